@@ -1,0 +1,31 @@
+# Two commands for a new user: `make setup` then `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+APT_PACKAGES := ffmpeg espeak-ng
+
+.PHONY: setup test test-slow lint format bench clean
+
+setup:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	@bash scripts/apt-deps.sh $(APT_PACKAGES)
+
+test:
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	bash scripts/pytest.sh -m "not slow"
+
+test-slow:
+	bash scripts/pytest.sh -m slow
+
+format:
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
