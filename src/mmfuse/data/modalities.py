@@ -1,0 +1,108 @@
+"""Which file extensions belong to which modality, and sniffing a file's real kind.
+
+Extensions decide a manifest column's role; the magic bytes tell a user that a file named
+`clip.mp4` is really a text file, which is a far better error than "invalid data".
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmfuse.errors import MediaError
+
+MODALITIES = ("image", "audio", "video", "text")
+
+EXTENSIONS: dict[str, frozenset[str]] = {
+    "image": frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}),
+    "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}),
+    "video": frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}),
+    "text": frozenset({".txt"}),
+}
+
+# A file larger than this is refused before decoding (override per call); 2 GiB covers long
+# videos while stopping a mislabelled disk image from being read into memory.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def modality_of_path(value: str) -> str | None:
+    """The modality a path's extension names, or None for anything else."""
+    suffix = Path(value.strip()).suffix.lower()
+    for modality, exts in EXTENSIONS.items():
+        if suffix in exts:
+            return modality
+    return None
+
+
+_MAGIC: list[tuple[bytes, int, str, str]] = [
+    # (bytes, offset, modality, format name)
+    (b"\x89PNG\r\n\x1a\n", 0, "image", "PNG"),
+    (b"\xff\xd8\xff", 0, "image", "JPEG"),
+    (b"GIF8", 0, "image", "GIF"),
+    (b"BM", 0, "image", "BMP"),
+    (b"II*\x00", 0, "image", "TIFF"),
+    (b"MM\x00*", 0, "image", "TIFF"),
+    (b"WEBP", 8, "image", "WebP"),
+    (b"WAVE", 8, "audio", "WAV"),
+    (b"fLaC", 0, "audio", "FLAC"),
+    (b"ID3", 0, "audio", "MP3"),
+    (b"OggS", 0, "audio", "Ogg"),
+    (b"AVI ", 8, "video", "AVI"),
+    (b"ftyp", 4, "video", "MP4/MOV"),
+    (b"\x1a\x45\xdf\xa3", 0, "video", "Matroska/WebM"),
+]
+
+
+def sniff(path: str | Path) -> tuple[str | None, str | None]:
+    """(modality, format) guessed from the first bytes; (None, None) when unknown.
+
+    MP4/Ogg/Matroska may hold audio only, so a container guess is a hint, not a verdict.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None, None
+    for magic, offset, modality, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return modality, name
+    if head and _looks_like_text(head):
+        return "text", "text"
+    return None, None
+
+
+def _looks_like_text(head: bytes) -> bool:
+    # A multi-byte UTF-8 character may be cut at the end of the sample: allow 3 bytes of slack.
+    for cut in range(4):
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return False
+    return bool(text) and all(ch.isprintable() or ch in "\r\n\t" for ch in text)
+
+
+def check_file(path: str | Path, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Path:
+    """Existence, emptiness and size checks shared by every reader."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError(p, "missing", "no such file; check the path and the manifest's folder")
+    if not p.is_file():
+        raise MediaError(p, "unreadable", "not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise MediaError(p, "zero-length", "the file is empty")
+    if max_bytes is not None and size > max_bytes:
+        raise MediaError(
+            p, "too-large", f"{size} bytes is over the {max_bytes}-byte limit (max_bytes=)"
+        )
+    return p
+
+
+def unreadable(path: str | Path, expected: str, cause: BaseException | str) -> MediaError:
+    """The error for a file the decoder rejected, naming what it really is when we can tell."""
+    modality, fmt = sniff(path)
+    if modality is not None and modality != expected:
+        return MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
+    return MediaError(path, "unreadable", f"cannot decode as {expected}: {cause}")

@@ -1,0 +1,227 @@
+"""Check every row and every referenced file of a manifest before training.
+
+Each problem is reported with its row, column, path and reason; errors (the sample cannot be
+used) are told apart from warnings (usable but suspicious). Files are opened in parallel threads:
+PyAV, Pillow and libsndfile release the GIL while decoding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mmfuse.data.audio import read_audio
+from mmfuse.data.image import image_size, read_image
+from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.data.text import read_text
+from mmfuse.data.video import probe_video, read_video
+from mmfuse.errors import MediaError
+
+SEVERITIES = ("error", "warning")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest. `row` is the 0-based data row (None: whole manifest)."""
+
+    severity: str  # "error": the sample cannot be used; "warning": usable but suspicious
+    reason: str  # short tag: missing, truncated, empty-label, single-sample-class, ...
+    message: str
+    row: int | None = None
+    column: str | None = None
+    path: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = "manifest" if self.row is None else f"row {self.row}"
+        parts = [where, self.column or "-", self.path or "-", self.severity, self.reason]
+        return "  ".join(parts) + f": {self.message}"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What counts as suspicious (warnings)."""
+
+    min_image_side: int = 32  # pixels
+    min_audio_seconds: float = 0.1
+    silence_dbfs: float = -60.0  # RMS level below which audio is called near-silent
+    clip_seconds: float | None = None  # a video shorter than this is flagged
+
+
+def validate(
+    manifest,
+    label: str | list[str] | None = None,
+    modalities: dict[str, str] | None = None,
+    *,
+    classes: list[str] | None = None,
+    thresholds: Thresholds | None = None,
+    workers: int | None = None,
+) -> list[Problem]:
+    """Every problem in a manifest (a `Manifest`, a path or a DataFrame), sorted by row.
+
+    `classes`: the allowed class names; a label outside them is an error.
+    Raises `ManifestError` only when the manifest itself cannot be read.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest, label=label, modalities=modalities)
+    limits = thresholds or Thresholds()
+    problems = _manifest_problems(manifest, classes)
+
+    # Each distinct file is checked once, however many rows point at it.
+    files: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for col, modality in manifest.inputs.items():
+        if modality == "text" and col not in manifest.text_files:
+            continue
+        for row, value in enumerate(manifest.frame[col]):
+            if value is not None:
+                files.setdefault((modality, value), []).append((row, col))
+
+    workers = workers or min(32, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda key: _check_file(*key, limits), list(files))
+        for (_modality, path), found in zip(files, results):
+            for severity, reason, message in found:
+                for row, col in files[(_modality, path)]:
+                    problems.append(Problem(severity, reason, message, row, col, path))
+
+    return sorted(problems, key=lambda p: (-1 if p.row is None else p.row, p.column or ""))
+
+
+def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
+    problems: list[Problem] = []
+    for col, why in m.uninferred.items():
+        problems.append(Problem("warning", "unknown-role", f"column ignored: {why}", None, col))
+    if not m.inputs:
+        problems.append(
+            Problem("error", "no-inputs", "no image, audio, video or text column was found")
+        )
+    if not m.labels:
+        problems.append(
+            Problem(
+                "warning",
+                "no-label",
+                "no label column found (named label/class/target); pass --label COL",
+            )
+        )
+    inputs = list(m.inputs)
+    for row in range(len(m)):
+        if inputs and all(m.frame.at[row, c] is None for c in inputs):
+            problems.append(
+                Problem("error", "empty-row", f"every input column is empty: {inputs}", row)
+            )
+        for col in m.labels:
+            value = m.frame.at[row, col]
+            if value is None:
+                problems.append(Problem("error", "empty-label", "the label is empty", row, col))
+            elif classes is not None and value not in classes:
+                problems.append(
+                    Problem(
+                        "error",
+                        "unknown-label",
+                        f"label {value!r} is not one of the {len(classes)} known classes",
+                        row,
+                        col,
+                    )
+                )
+    for col in m.labels:
+        counts = Counter(v for v in m.frame[col] if v is not None)
+        for row, value in enumerate(m.frame[col]):
+            if value is not None and counts[value] == 1:
+                problems.append(
+                    Problem(
+                        "warning",
+                        "single-sample-class",
+                        f"class {value!r} has a single sample: it cannot be both trained "
+                        "on and evaluated",
+                        row,
+                        col,
+                    )
+                )
+    # Identical rows usually mean a manifest was concatenated twice.
+    relevant = [c for c, r in m.roles.items() if r != "ignore"]
+    first_seen: dict[tuple, int] = {}
+    for row, key in enumerate(m.frame[relevant].itertuples(index=False, name=None)):
+        if key in first_seen:
+            problems.append(
+                Problem("warning", "duplicate-row", f"same as row {first_seen[key]}", row)
+            )
+        else:
+            first_seen[key] = row
+    return problems
+
+
+def _check_file(modality: str, path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+    """(severity, reason, message) for one file; empty when it is fine."""
+    try:
+        if modality == "image":
+            return _check_image(path, t)
+        if modality == "audio":
+            return _check_audio(path, t)
+        if modality == "video":
+            return _check_video(path, t)
+        text = read_text(path)
+        return [] if text else [("warning", "empty-text", "the text file is empty")]
+    except MediaError as e:
+        return [("error", e.reason, e.detail or str(e))]
+
+
+def _check_image(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+    w, h = image_size(path)
+    # A full decode (at a reduced JPEG scale) is what catches truncated files.
+    read_image(path, draft_size=(64, 64))
+    if min(w, h) < t.min_image_side:
+        return [("warning", "tiny-image", f"{w}×{h} pixels is under {t.min_image_side} a side")]
+    return []
+
+
+def _check_audio(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+    samples, rate = read_audio(path)
+    found = []
+    seconds = samples.shape[-1] / rate
+    if seconds < t.min_audio_seconds:
+        found.append(("warning", "short-audio", f"only {seconds:.3f} s long"))
+    rms = float(np.sqrt(np.mean(np.square(samples.numpy(), dtype=np.float64))))
+    level = 20 * math.log10(max(rms, 1e-12))
+    if level < t.silence_dbfs:
+        found.append(("warning", "near-silent", f"RMS level {level:.1f} dBFS"))
+    return found
+
+
+def _check_video(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+    info = probe_video(path)
+    if info.truncated:
+        return [
+            (
+                "error",
+                "truncated",
+                f"only {info.decodable_frames} of the {info.frame_count} frames its header "
+                "promises can be read",
+            )
+        ]
+    # First, middle and last frames: catches damage the demuxer alone does not see.
+    read_video(path, num_frames=3)
+    if t.clip_seconds is not None and info.duration < t.clip_seconds:
+        return [
+            (
+                "warning",
+                "short-video",
+                f"{info.duration:.2f} s is shorter than the {t.clip_seconds} s clip length",
+            )
+        ]
+    return []
+
+
+def summarize(problems: list[Problem]) -> dict[str, int]:
+    """Counts for the last line of a report: errors, warnings and rows affected."""
+    return {
+        "errors": sum(p.severity == "error" for p in problems),
+        "warnings": sum(p.severity == "warning" for p in problems),
+        "rows_with_errors": len({p.row for p in problems if p.severity == "error"}),
+    }

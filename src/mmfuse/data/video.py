@@ -1,0 +1,347 @@
+"""Video reading with PyAV: metadata, frame sampling and the audio track of the same window.
+
+A read returns every frame it was asked for or raises `MediaError`: FFmpeg (through PyAV or
+OpenCV) happily stops at the 82nd of 300 promised frames without an exception, so every target
+frame is checked against what the demuxer and decoder really delivered.
+
+How frames are reached: a probe demuxes the file once (no decoding, ~1 ms per 100 frames) to learn
+every frame's timestamp and where the key frames are. For each wanted frame the reader then
+decides between decoding on from where the decoder stands and seeking to the key frame before it,
+by counting the frames each way. With sparse key frames (x264's default: one per 250 frames)
+that means decoding straight through; with dense ones it means seeking.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.logging
+import numpy as np
+import torch
+
+from mmfuse.data.audio import decode_audio_stream, resample
+from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, unreadable
+from mmfuse.errors import MediaError
+
+# PyAV's Python logging callback can deadlock with threads (PyAV issues #751, #1191); keep it
+# off explicitly even if a user's code turned it on.
+av.logging.set_level(None)
+
+# A seek costs about this many decoded frames (demuxer reset, decoder flush and re-fill);
+# measured with benchmarks/decode.py on x264 clips.
+SEEK_COST_FRAMES = 4
+
+SAMPLING_MODES = ("uniform", "random")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe learns without decoding. Sizes are as displayed (after rotation)."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration: float  # seconds, as the header says
+    frame_count: int  # as the header says (or as counted when the header is silent)
+    decodable_frames: int  # frames the demuxer really finds
+    has_audio: bool
+    keyframe_interval: float  # mean frames between key frames
+    rotation: int  # degrees counter-clockwise to display upright
+    codec: str
+    frame_times: tuple[float, ...]  # presentation time of every frame, sorted, from 0
+    keyframe_indices: tuple[int, ...]  # indices into frame_times
+
+    @property
+    def truncated(self) -> bool:
+        return self.decodable_frames < self.frame_count
+
+
+@dataclass
+class VideoClip:
+    frames: torch.Tensor  # T×C×H×W uint8
+    timestamps: torch.Tensor  # T float64 seconds from the start of the video
+    audio: torch.Tensor | None = None  # N (mono) or C×N float32, same time window
+    sample_rate: int | None = None
+    start: float = 0.0  # the window the frames were sampled from
+    end: float = 0.0
+
+
+def probe_video(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> VideoInfo:
+    """Metadata of a video file; cached per file path, size and modification time."""
+    path = check_file(path, max_bytes)
+    st = path.stat()
+    return _probe_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
+    container = _open(path)
+    with container:
+        vs = _video_stream(container, path)
+        tb = vs.time_base
+        start_pts = vs.start_time or 0
+        pts: list[int] = []
+        keyframe_pts: list[int] = []
+        try:
+            for packet in container.demux(vs):
+                if packet.pts is None:  # the flush packet at the end
+                    continue
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframe_pts.append(packet.pts)
+        except av.FFmpegError:
+            pass  # a damaged tail: what was found before it is what can be decoded
+        if not pts:
+            raise MediaError(path, "truncated", "the video stream holds no frames")
+        pts.sort()
+        key_idx = sorted({bisect.bisect_left(pts, k) for k in keyframe_pts}) or [0]
+        times = tuple(float((p - start_pts) * tb) for p in pts)
+        rate = vs.average_rate or vs.guessed_rate
+        fps = float(rate) if rate else (len(pts) - 1) / max(times[-1], 1e-9)
+        if vs.duration is not None:
+            duration = float(vs.duration * tb)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = times[-1] + 1.0 / fps
+        header_frames = vs.frames or 0
+        frame_count = header_frames if header_frames > 0 else len(pts)
+        # A header silent about frame count still gives a duration to check against.
+        if header_frames == 0 and times[-1] + 1.0 / fps < duration - 0.5:
+            frame_count = max(frame_count, round(duration * fps))
+        rotation = _rotation(container, vs)
+        w, h = vs.codec_context.width, vs.codec_context.height
+        if rotation % 180 != 0:
+            w, h = h, w
+        return VideoInfo(
+            path=path,
+            width=w,
+            height=h,
+            fps=fps,
+            duration=duration,
+            frame_count=frame_count,
+            decodable_frames=len(pts),
+            has_audio=bool(container.streams.audio),
+            keyframe_interval=len(pts) / len(key_idx),
+            rotation=rotation,
+            codec=vs.codec_context.name,
+            frame_times=times,
+            keyframe_indices=tuple(key_idx),
+        )
+
+
+def sample_times(
+    start: float,
+    end: float,
+    num_frames: int,
+    mode: str = "uniform",
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Times to sample in `[start, end)`: segment centres, or a random point per segment.
+
+    The random mode is TSN-style: one frame from each of `num_frames` equal segments, so a
+    training clip still covers the whole window.
+    """
+    if mode not in SAMPLING_MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}; valid: {', '.join(SAMPLING_MODES)}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    segment = (end - start) / num_frames
+    if mode == "uniform":
+        offsets = [0.5] * num_frames
+    else:
+        offsets = torch.rand(num_frames, generator=generator, dtype=torch.float64).tolist()
+    return [start + (i + u) * segment for i, u in enumerate(offsets)]
+
+
+def sliding_windows(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
+    """`(start, end)` windows of `window` seconds every `stride` seconds covering `duration`.
+
+    The last window is pulled back to end at `duration`, so the tail is never dropped.
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be > 0, got {window} and {stride}")
+    if duration <= window:
+        return [(0.0, duration)]
+    count = math.ceil((duration - window) / stride - 1e-9) + 1
+    starts = [min(i * stride, duration - window) for i in range(count)]
+    return [(s, s + window) for s in starts]
+
+
+def read_video(
+    path: str | Path,
+    num_frames: int = 8,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    mode: str = "uniform",
+    generator: torch.Generator | None = None,
+    size: tuple[int, int] | None = None,
+    strategy: str = "auto",
+    with_audio: bool = False,
+    audio_rate: int | None = 16000,
+    mono: bool = True,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> VideoClip:
+    """Sample `num_frames` frames from `[start, end)` seconds (default: the whole video).
+
+    `size=(height, width)` scales frames during colour conversion (cheaper than afterwards).
+    `strategy` is "auto" (per frame: seek or decode on, whichever decodes fewer frames),
+    "seek" or "sequential" (decode straight through). With `with_audio`, the audio track of the
+    same window comes back too (`audio=None` when the file has none).
+    """
+    if strategy not in ("auto", "seek", "sequential"):
+        raise ValueError(f"unknown strategy {strategy!r}; valid: auto, seek, sequential")
+    info = probe_video(path, max_bytes=max_bytes)
+    start = 0.0 if start is None else float(start)
+    end = info.duration if end is None else float(end)
+    if not 0 <= start < end:
+        raise ValueError(f"need 0 <= start < end, got start={start}, end={end}")
+    if start >= info.duration:
+        raise MediaError(
+            path, "too-short", f"window starts at {start:.3f} s, video is {info.duration:.3f} s"
+        )
+    times = sample_times(start, min(end, info.duration), num_frames, mode, generator)
+    indices = [_frame_at(info, t) for t in times]
+    frames, stamps = _decode_frames(info, indices, strategy, size)
+    clip = VideoClip(
+        frames=torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(),  # T×C×H×W
+        timestamps=torch.tensor(stamps, dtype=torch.float64),
+        start=start,
+        end=min(end, info.duration),
+    )
+    if with_audio and info.has_audio:
+        clip.audio, clip.sample_rate = _read_track(
+            info.path, clip.start, clip.end, audio_rate, mono
+        )
+    return clip
+
+
+def _frame_at(info: VideoInfo, t: float) -> int:
+    """Index of the frame on screen at time t; past the decodable end is an error."""
+    i = bisect.bisect_right(info.frame_times, t + 1e-9) - 1
+    last = len(info.frame_times) - 1
+    if i >= last and info.truncated and t >= info.frame_times[last] + 1.5 / info.fps:
+        raise MediaError(
+            info.path,
+            "truncated",
+            f"frame at {t:.3f} s requested, but only {info.decodable_frames} of the "
+            f"{info.frame_count} frames the header promises can be decoded "
+            f"(up to {info.frame_times[last]:.3f} s)",
+        )
+    return max(i, 0)
+
+
+def _decode_frames(
+    info: VideoInfo, indices: list[int], strategy: str, size: tuple[int, int] | None
+) -> tuple[list[np.ndarray], list[float]]:
+    wanted = sorted(set(indices))
+    got: dict[int, np.ndarray] = {}
+    container = _open(info.path)
+    with container:
+        vs = _video_stream(container, info.path)
+        tb = vs.time_base
+        start_pts = vs.start_time or 0
+        frame_pts = [round(t / tb) + start_pts for t in info.frame_times]
+        decoder = None
+        position = None  # index of the next frame the decoder will hand out
+        try:
+            for idx in wanted:
+                key = info.keyframe_indices[bisect.bisect_right(info.keyframe_indices, idx) - 1]
+                if _should_seek(strategy, position, idx, key):
+                    container.seek(frame_pts[key], stream=vs, backward=True)
+                    decoder = container.decode(vs)
+                    position = key
+                target = frame_pts[idx]
+                for frame in decoder:
+                    if frame.pts is None or frame.pts < target:
+                        continue
+                    got[idx] = _to_rgb(frame, info.rotation, size)
+                    position = idx + 1
+                    break
+                else:
+                    raise MediaError(
+                        info.path,
+                        "truncated",
+                        f"decoding ended before frame {idx} ({info.frame_times[idx]:.3f} s) "
+                        f"of {info.frame_count}",
+                    )
+        except av.FFmpegError as e:
+            raise MediaError(info.path, "truncated", f"decoding failed part-way: {e}") from None
+    return [got[i] for i in indices], [info.frame_times[i] for i in indices]
+
+
+def _should_seek(strategy: str, position: int | None, idx: int, key: int) -> bool:
+    if position is None or idx < position:
+        return True  # nothing decoded yet, or the target lies behind the decoder
+    if strategy == "seek":
+        return key > position or idx > position
+    if strategy == "sequential":
+        return False
+    # auto: decoding on costs idx - position frames; seeking costs idx - key plus the overhead.
+    return (idx - key) + SEEK_COST_FRAMES < idx - position
+
+
+def _to_rgb(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None) -> np.ndarray:
+    if size is not None:
+        h, w = size
+        if rotation % 180 != 0:
+            h, w = w, h  # scale before rotating, so the displayed size is what was asked
+        frame = frame.reformat(width=w, height=h, format="rgb24")
+    arr = frame.to_ndarray(format="rgb24")  # H×W×3
+    if rotation % 360 != 0:
+        arr = np.ascontiguousarray(np.rot90(arr, k=(rotation // 90) % 4))
+    return arr
+
+
+def _rotation(container: av.container.InputContainer, vs) -> int:
+    """Display rotation in degrees counter-clockwise, read from the first frame's matrix.
+
+    PyAV exposes the display matrix on frames only, so decode one (after the probe's scan).
+    """
+    try:
+        container.seek(vs.start_time or 0, stream=vs, backward=True)
+        for frame in container.decode(vs):
+            angle = frame.rotation or 0
+            return round(angle / 90.0) * 90 % 360
+    except av.FFmpegError:
+        pass
+    return 0
+
+
+def _read_track(path: str, start: float, end: float, rate: int | None, mono: bool):
+    container = _open(path)
+    with container:
+        stream = container.streams.audio[0]
+        data, native = decode_audio_stream(container, stream, start, end, path)
+    if mono and data.shape[0] > 1:
+        data = data.mean(axis=0, keepdims=True)
+    if rate is not None and rate != native:
+        data = resample(data, native, rate)
+        native = rate
+    want = round((end - start) * native)
+    if data.shape[1] < want:  # the track may end a little before the picture
+        data = np.pad(data, ((0, 0), (0, want - data.shape[1])))
+    out = torch.from_numpy(np.ascontiguousarray(data[:, :want], dtype=np.float32))
+    return (out[0] if mono else out), native
+
+
+def _open(path: str | Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path))
+    except av.FFmpegError as e:
+        raise unreadable(path, "video", e) from None
+
+
+def _video_stream(container: av.container.InputContainer, path: str | Path):
+    if not container.streams.video:
+        kind = "audio only" if container.streams.audio else "no video stream"
+        raise MediaError(path, "wrong-modality", f"expected video, found {kind}")
+    vs = container.streams.video[0]
+    return vs
