@@ -1,0 +1,168 @@
+"""The encoder contract, the per-modality registries and `build`.
+
+Every encoder is an `Encoder`: it maps one modality's batch to `B×D` (`forward`) and to a token
+sequence `B×T×D` (`forward_tokens`, for attention/transformer fusion), says what input it expects
+(`input_spec`, from which `mmfuse.features` builds the transform) and can describe itself as a
+JSON-safe `config()` that `build(**config)` turns back into the same architecture.
+
+Families register one small builder per variant with `@register(modality, name)`. A builder's
+keyword arguments are its options; `build` fills in their defaults and records them, so a saved
+config names every option even if a default changes later.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mmfuse.errors import MmfuseError
+from mmfuse.features.spec import _Spec
+from mmfuse.registry import Registry
+
+MODALITIES = ("audio", "image", "text", "video")
+
+_REGISTRIES: dict[str, Registry] = {m: Registry(f"{m} encoder") for m in MODALITIES}
+
+# `hf:<path-or-id>` names a Hugging Face model: the part after the colon is the `path` option.
+HF_PREFIX = "hf:"
+
+
+class EncoderError(MmfuseError, ValueError):
+    """A wrong encoder name, option, input shape or model path; the message says the fix."""
+
+
+class Encoder(nn.Module):
+    """Base class for all encoders. Subclasses set the three attributes and the two forwards."""
+
+    modality: str
+    output_dim: int
+    input_spec: _Spec
+
+    def __init__(self):
+        super().__init__()
+        self._frozen = False
+        # Filled in by `build`; an encoder made directly from its class has no registered name.
+        self._build_config: dict | None = None
+
+    def forward(self, x) -> torch.Tensor:  # B×D
+        raise NotImplementedError
+
+    def forward_tokens(self, x) -> torch.Tensor:  # B×T×D
+        raise NotImplementedError
+
+    def freeze(self) -> Encoder:
+        """Stop training this encoder: no gradients, and BatchNorm/dropout stay in eval mode."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self._frozen = True
+        return self.train(self.training)
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def train(self, mode: bool = True) -> Encoder:
+        # A parent model calls .train() on all children each epoch; a frozen encoder must not
+        # start updating BatchNorm running stats or applying dropout again.
+        super().train(mode and not self._frozen)
+        return self
+
+    def config(self) -> dict:
+        """JSON-safe `{"modality", "name", **options}`; `build(**config)` rebuilds the encoder."""
+        if self._build_config is None:
+            raise EncoderError(
+                f"{type(self).__name__} was not made by mmfuse.encoders.build, so it has no "
+                "registered name to save; build it with build(modality, name, **options)"
+            )
+        return copy.deepcopy(self._build_config)
+
+    def extra_repr(self) -> str:
+        return f"modality={self.modality!r}, output_dim={self.output_dim}"
+
+
+def check_shape(x: torch.Tensor, expected: tuple, what: str) -> None:
+    """Raise a ValueError naming expected vs got shape. `expected` holds ints or names (free)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what}: expected a tensor of shape {_fmt(expected)}, got {type(x)}")
+    ok = x.ndim == len(expected) and all(
+        not isinstance(e, int) or e == s for e, s in zip(expected, x.shape)
+    )
+    if not ok:
+        raise EncoderError(
+            f"{what}: expected input of shape {_fmt(expected)}, got {_fmt(tuple(x.shape))}; "
+            "check that the transform was built from this encoder's input_spec"
+        )
+
+
+def _fmt(shape: tuple) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+def register(modality: str, name: str) -> Callable:
+    """Decorator: register a builder function as encoder `name` for `modality`."""
+    return _registry(modality).register(name)
+
+
+def _registry(modality: str) -> Registry:
+    if modality not in _REGISTRIES:
+        raise EncoderError(
+            f"unknown modality {modality!r}; valid modalities: {', '.join(MODALITIES)}"
+        )
+    return _REGISTRIES[modality]
+
+
+def available() -> dict[str, list[str]]:
+    """`{modality: [encoder names]}`; `hf` also accepts `hf:<path-or-id>`."""
+    return {m: _REGISTRIES[m].names() for m in MODALITIES}
+
+
+def build(modality: str, name: str, **options) -> Encoder:
+    """Build encoder `name` for `modality`, e.g. `build("image", "resnet18", width=32)`.
+
+    `name` may be `hf:<folder-or-hub-id>` for any Hugging Face model (same as `name="hf",
+    path=...`). Unknown modalities, names or options raise a ValueError listing the valid ones.
+    """
+    registry = _registry(modality)
+    if name.startswith(HF_PREFIX):
+        if options.get("path") is not None:
+            raise EncoderError(
+                f"give the Hugging Face path once: either {name!r} or path=..., not both"
+            )
+        name, options = "hf", {**options, "path": name[len(HF_PREFIX) :]}
+    if name not in registry:
+        elsewhere = [m for m in MODALITIES if name in _REGISTRIES[m]]
+        hint = f" ({name!r} is a {'/'.join(elsewhere)} encoder)" if elsewhere else ""
+        raise EncoderError(
+            f"unknown {modality} encoder {name!r}{hint}; valid {modality} encoders: "
+            f"{', '.join(registry.names())} (or hf:<path-or-id>)"
+        )
+    builder = registry.get(name)
+    signature = inspect.signature(builder)
+    unknown = sorted(set(options) - set(signature.parameters))
+    if unknown:
+        raise EncoderError(
+            f"unknown option(s) {unknown} for {modality} encoder {name!r}; "
+            f"valid options: {', '.join(signature.parameters) or '(none)'}"
+        )
+    # Folders given as Path objects are stored as strings, so the config stays JSON-safe.
+    options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
+    bound = signature.bind(**options)
+    bound.apply_defaults()
+    encoder = builder(**bound.arguments)
+    if encoder.modality != modality:
+        raise EncoderError(f"builder {name!r} made a {encoder.modality} encoder, not {modality}")
+    # The JSON round trip turns tuples into lists now, so config() equals what a saved file holds.
+    try:
+        options = json.loads(json.dumps(bound.arguments))
+    except TypeError as e:
+        raise EncoderError(
+            f"options of {modality} encoder {name!r} must be JSON-safe: {e}"
+        ) from None
+    encoder._build_config = {"modality": modality, "name": name, **options}
+    return encoder
