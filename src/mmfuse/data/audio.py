@@ -16,7 +16,12 @@ import soundfile as sf
 import soxr
 import torch
 
-from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, unreadable
+from mmfuse.data.modalities import (
+    DEFAULT_MAX_BYTES,
+    check_file,
+    refuse_other_modality,
+    unreadable,
+)
 from mmfuse.errors import MediaError
 
 SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
@@ -109,6 +114,7 @@ def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[
 
 
 def _read_pyav(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
+    refuse_other_modality(path, "audio")
     try:
         container = av.open(str(path))
     except av.FFmpegError as e:

@@ -65,7 +65,9 @@ def image_size(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -
             with Image.open(path) as im:
                 w, h = im.size
                 orientation = im.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise MediaError(path, "too-large", str(e)) from None
+    except UnidentifiedImageError as e:
         raise unreadable(path, "image", e) from None
     except (OSError, ValueError, SyntaxError) as e:
         raise MediaError(path, "unreadable", str(e)) from None
@@ -106,5 +108,5 @@ def _to_rgb_tensor(im: Image.Image, background: tuple[int, int, int]) -> torch.T
             rgba = im.convert("RGBA")
             base = Image.new("RGBA", rgba.size, (*background, 255))
             im = Image.alpha_composite(base, rgba)
-        rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        rgb = np.array(im.convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()  # 3×H×W

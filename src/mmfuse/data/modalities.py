@@ -33,41 +33,42 @@ def modality_of_path(value: str) -> str | None:
     return None
 
 
-_MAGIC: list[tuple[bytes, int, str, str]] = [
-    # (bytes, offset, modality, format name)
-    (b"\x89PNG\r\n\x1a\n", 0, "image", "PNG"),
-    (b"\xff\xd8\xff", 0, "image", "JPEG"),
-    (b"GIF8", 0, "image", "GIF"),
-    (b"BM", 0, "image", "BMP"),
-    (b"II*\x00", 0, "image", "TIFF"),
-    (b"MM\x00*", 0, "image", "TIFF"),
-    (b"WEBP", 8, "image", "WebP"),
-    (b"WAVE", 8, "audio", "WAV"),
-    (b"fLaC", 0, "audio", "FLAC"),
-    (b"ID3", 0, "audio", "MP3"),
-    (b"OggS", 0, "audio", "Ogg"),
-    (b"AVI ", 8, "video", "AVI"),
-    (b"ftyp", 4, "video", "MP4/MOV"),
-    (b"\x1a\x45\xdf\xa3", 0, "video", "Matroska/WebM"),
+# (magic bytes, offset, modalities the container can hold, format name)
+_MAGIC: list[tuple[bytes, int, frozenset[str], str]] = [
+    (b"\x89PNG\r\n\x1a\n", 0, frozenset({"image"}), "PNG"),
+    (b"\xff\xd8\xff", 0, frozenset({"image"}), "JPEG"),
+    (b"GIF8", 0, frozenset({"image"}), "GIF"),
+    (b"BM", 0, frozenset({"image"}), "BMP"),
+    (b"II*\x00", 0, frozenset({"image"}), "TIFF"),
+    (b"MM\x00*", 0, frozenset({"image"}), "TIFF"),
+    (b"WEBP", 8, frozenset({"image"}), "WebP"),
+    (b"WAVE", 8, frozenset({"audio"}), "WAV"),
+    (b"fLaC", 0, frozenset({"audio"}), "FLAC"),
+    (b"ID3", 0, frozenset({"audio"}), "MP3"),
+    (b"OggS", 0, frozenset({"audio", "video"}), "Ogg"),
+    (b"AVI ", 8, frozenset({"video"}), "AVI"),
+    (b"ftyp", 4, frozenset({"audio", "video"}), "MP4/MOV"),
+    (b"\x1a\x45\xdf\xa3", 0, frozenset({"audio", "video"}), "Matroska/WebM"),
 ]
+_TEXT = frozenset({"text"})
 
 
-def sniff(path: str | Path) -> tuple[str | None, str | None]:
-    """(modality, format) guessed from the first bytes; (None, None) when unknown.
+def sniff(path: str | Path) -> tuple[frozenset[str], str | None]:
+    """(modalities the file may hold, format name) from its first bytes; (∅, None) if unknown.
 
-    MP4/Ogg/Matroska may hold audio only, so a container guess is a hint, not a verdict.
+    MP4, Ogg and Matroska hold audio or video, so a container names both.
     """
     try:
         with open(path, "rb") as f:
             head = f.read(512)
     except OSError:
-        return None, None
-    for magic, offset, modality, name in _MAGIC:
+        return frozenset(), None
+    for magic, offset, modalities, name in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
-            return modality, name
+            return modalities, name
     if head and _looks_like_text(head):
-        return "text", "text"
-    return None, None
+        return _TEXT, "text"
+    return frozenset(), None
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -100,9 +101,20 @@ def check_file(path: str | Path, max_bytes: int | None = DEFAULT_MAX_BYTES) -> P
     return p
 
 
+def refuse_other_modality(path: str | Path, expected: str) -> None:
+    """Raise before decoding when the bytes clearly belong to another modality.
+
+    FFmpeg opens a JPEG as a one-frame "video" and then fails deep inside decoding; saying
+    "this is an image" up front is the error a user can act on.
+    """
+    modalities, fmt = sniff(path)
+    if modalities and expected not in modalities:
+        raise MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
+
+
 def unreadable(path: str | Path, expected: str, cause: BaseException | str) -> MediaError:
     """The error for a file the decoder rejected, naming what it really is when we can tell."""
-    modality, fmt = sniff(path)
-    if modality is not None and modality != expected:
+    modalities, fmt = sniff(path)
+    if modalities and expected not in modalities:
         return MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
     return MediaError(path, "unreadable", f"cannot decode as {expected}: {cause}")

@@ -25,7 +25,12 @@ import numpy as np
 import torch
 
 from mmfuse.data.audio import decode_audio_stream, resample
-from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, unreadable
+from mmfuse.data.modalities import (
+    DEFAULT_MAX_BYTES,
+    check_file,
+    refuse_other_modality,
+    unreadable,
+)
 from mmfuse.errors import MediaError
 
 # PyAV's Python logging callback can deadlock with threads (PyAV issues #751, #1191); keep it
@@ -104,17 +109,22 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
         times = tuple(float((p - start_pts) * tb) for p in pts)
         rate = vs.average_rate or vs.guessed_rate
         fps = float(rate) if rate else (len(pts) - 1) / max(times[-1], 1e-9)
-        if vs.duration is not None:
-            duration = float(vs.duration * tb)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = times[-1] + 1.0 / fps
         header_frames = vs.frames or 0
         frame_count = header_frames if header_frames > 0 else len(pts)
+        if vs.duration is not None:
+            header_duration = float(vs.duration * tb)
+        elif container.duration is not None:
+            header_duration = container.duration / av.time_base  # may include a longer audio
+        else:
+            header_duration = times[-1] + 1.0 / fps
         # A header silent about frame count still gives a duration to check against.
-        if header_frames == 0 and times[-1] + 1.0 / fps < duration - 0.5:
-            frame_count = max(frame_count, round(duration * fps))
+        if header_frames == 0 and times[-1] + 1.0 / fps < header_duration - 0.5:
+            frame_count = max(frame_count, round(header_duration * fps))
+        # The picture's own extent when every frame is there; the promise when it is not, so
+        # that sampling reaches for the missing frames and fails loudly.
+        last_gap = times[-1] - times[-2] if len(times) > 1 else 1.0 / fps
+        complete = len(pts) >= frame_count
+        duration = times[-1] + min(last_gap, 1.0 / fps) if complete else header_duration
         rotation = _rotation(container, vs)
         w, h = vs.codec_context.width, vs.codec_context.height
         if rotation % 180 != 0:
@@ -333,6 +343,7 @@ def _read_track(path: str, start: float, end: float, rate: int | None, mono: boo
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
+    refuse_other_modality(path, "video")
     try:
         return av.open(str(path))
     except av.FFmpegError as e:
@@ -340,6 +351,11 @@ def _open(path: str | Path) -> av.container.InputContainer:
 
 
 def _video_stream(container: av.container.InputContainer, path: str | Path):
+    fmt = container.format.name
+    if fmt == "image2" or fmt.endswith("_pipe"):  # FFmpeg's still-image demuxers
+        raise MediaError(
+            path, "wrong-modality", f"expected video, FFmpeg reads it as an image ({fmt})"
+        )
     if not container.streams.video:
         kind = "audio only" if container.streams.audio else "no video stream"
         raise MediaError(path, "wrong-modality", f"expected video, found {kind}")
