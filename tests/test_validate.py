@@ -1,0 +1,121 @@
+"""`validate` and `mmfuse validate`: every bad row listed, errors vs warnings, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from mmfuse import validate
+from mmfuse.cli import main
+from mmfuse.data import Thresholds
+
+
+@pytest.fixture
+def manifest_dir(tmp_path, media):
+    """A CSV manifest with relative paths: good rows, each bad file kind and row-level faults."""
+    for path in media.values():
+        shutil.copy(path, tmp_path / path.name)
+
+    def name(key):
+        return media[key].name
+
+    rows = [
+        # 0-2: good rows (one class each needs 2+ samples)
+        {"image": name("png_rgb"), "audio": name("wav_int16_mono"), "video": name("h264_mp4"), "caption": "a cat", "label": "cat"},
+        {"image": name("jpeg_rgb"), "audio": name("flac"), "video": name("vp9_webm"), "caption": "a cat again", "label": "cat"},
+        {"image": name("png_named_jpg"), "audio": name("m4a"), "video": name("mpeg4_avi"), "caption": "a dog", "label": "dog"},
+        # 3: bad files in every column
+        {"image": name("random_jpg"), "audio": name("empty_wav"), "video": name("truncated_mp4"), "caption": "x", "label": "dog"},
+        # 4: wrong modality, missing file, huge header
+        {"image": name("huge_header_png"), "audio": name("h264_mp4"), "video": "nope.mp4", "caption": "y", "label": "dog"},
+        # 5: warnings only: tiny image, near-silent and short audio
+        {"image": name("tiny_4x4"), "audio": name("wav_near_silent"), "video": name("text_mp4"), "caption": "z", "label": "cat"},
+        # 6: empty label; 7: every input empty; 8: a class with one sample; 9: duplicate of 0
+        {"image": name("png_rgb"), "audio": "", "video": "", "caption": "q", "label": ""},
+        {"image": "", "audio": "", "video": "", "caption": "", "label": "cat"},
+        {"image": name("bmp_rgb"), "audio": name("wav_20ms"), "video": "", "caption": "w", "label": "bird"},
+        {"image": name("png_rgb"), "audio": name("wav_int16_mono"), "video": name("h264_mp4"), "caption": "a cat", "label": "cat"},
+    ]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    frame["score"] = range(len(frame))  # numbers: a column whose role cannot be inferred
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path
+
+
+def _found(problems):
+    return {(p.row, p.column, p.severity, p.reason) for p in problems}
+
+
+def test_every_problem_is_listed_with_row_column_and_reason(manifest_dir):
+    problems = validate(manifest_dir / "train.csv", thresholds=Thresholds(clip_seconds=1.0))
+    found = _found(problems)
+    expected = {
+        (3, "image", "error", "unreadable"),
+        (3, "audio", "error", "zero-length"),
+        (3, "video", "error", "truncated"),
+        (4, "image", "error", "too-large"),
+        (4, "audio", "error", "wrong-modality"),
+        (4, "video", "error", "missing"),
+        (5, "image", "warning", "tiny-image"),
+        (5, "audio", "warning", "near-silent"),
+        (5, "video", "error", "wrong-modality"),
+        (6, "label", "error", "empty-label"),
+        (7, None, "error", "empty-row"),
+        (8, "label", "warning", "single-sample-class"),
+        (8, "audio", "warning", "short-audio"),
+        (9, None, "warning", "duplicate-row"),
+        (None, "score", "warning", "unknown-role"),
+    }
+    assert expected <= found, expected - found
+    assert not [p for p in problems if p.row in (0, 1, 2)], "good rows must be clean"
+    missing = next(p for p in problems if p.reason == "missing")
+    assert missing.path.endswith("nope.mp4") and str(manifest_dir) in missing.path
+    assert all(p.severity in ("error", "warning") for p in problems)
+
+
+def test_unknown_labels_against_known_classes(manifest_dir):
+    problems = validate(manifest_dir / "train.csv", classes=["cat", "dog"])
+    assert (8, "label", "error", "unknown-label") in _found(problems)
+
+
+def test_video_shorter_than_clip_is_a_warning(manifest_dir):
+    problems = validate(manifest_dir / "train.csv", thresholds=Thresholds(clip_seconds=5.0))
+    assert (0, "video", "warning", "short-video") in _found(problems)
+
+
+def test_cli_exit_codes_and_json(manifest_dir, tmp_path, capsys, media):
+    assert main(["validate", str(manifest_dir / "train.csv")]) == 1
+    out = capsys.readouterr()
+    assert "row 3  audio" in out.out and "zero-length" in out.out
+    assert "errors in" in out.err and "10 rows" in out.err
+
+    assert main(["validate", str(manifest_dir / "train.csv"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 9 and report["rows_with_errors"] == 5
+    assert {"row", "column", "path", "severity", "reason", "message"} <= set(report["problems"][0])
+
+    clean = pd.DataFrame(
+        {
+            "image": [str(media["png_rgb"]), str(media["jpeg_rgb"]), str(media["tiny_4x4"])],
+            "label": ["a", "a", "a"],
+        }
+    )
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    assert main(["validate", str(tmp_path / "clean.csv")]) == 0  # a warning alone exits 0
+    assert main(["validate", str(tmp_path / "clean.csv"), "--strict"]) == 1
+    capsys.readouterr()
+
+    assert main(["validate", str(tmp_path / "absent.csv")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path / "clean.csv"), "--label", "nope"]) == 2
+    assert main(["validate", str(tmp_path / "clean.csv"), "--modality", "oops"]) == 2
+    assert main(["validate"]) == 2  # argparse usage error
+    assert main(["--version"]) == 0
+
+
+def test_cli_help_has_examples(capsys):
+    assert main(["validate", "--help"]) == 0
+    assert "examples:" in capsys.readouterr().out
