@@ -1,0 +1,338 @@
+"""Batched image transforms with random parameters drawn once per sample.
+
+Each op splits its work as torchvision transforms v2 do: `make_params` draws one row of random
+parameters per sample, `transform` applies them. Ops see `n×G×C×H×W`: n samples, each a group of
+G images that share the sample's parameters (G = 1 for images, G = frames for a video clip, so a
+flipped clip flips every frame). `Pipeline` takes `C×H×W`, `B×C×H×W` or a list of differently
+sized `C×H×W` images and hides the grouping.
+
+Images are uint8 in [0, 255] or float in [0, 1]; `ToFloat` turns the first into the second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mmfuse.features._random import rand, randint_below
+from mmfuse.features.spec import ImageSpec
+
+Params = dict[str, torch.Tensor]
+
+
+class ImageOp(nn.Module):
+    """One transform step. Deterministic ops keep the default, empty `make_params`."""
+
+    def make_params(
+        self, x: torch.Tensor, generator: torch.Generator | None
+    ) -> Params:  # x: n×G×C×H×W; every value has n rows
+        return {}
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:  # n×G×C×H×W
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.transform(x, self.make_params(x, generator))
+
+
+class ResizeShorter(ImageOp):
+    """Resize so the shorter side is `size`, keeping the aspect ratio (bilinear, antialiased)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        short, long = min(h, w), max(h, w)
+        # Truncating the long side, as torchvision's Resize(int) does.
+        new_long = int(self.size * long / short)
+        size = (self.size, new_long) if h <= w else (new_long, self.size)
+        return resize(x, size)
+
+
+class CenterCrop(ImageOp):
+    """Cut the central `size×size` square; an image smaller than that is zero-padded first."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        x = _pad_to(x, self.size)
+        h, w = x.shape[-2:]
+        top, left = (h - self.size) // 2, (w - self.size) // 2
+        return x[..., top : top + self.size, left : left + self.size]
+
+
+class RandomCrop(ImageOp):
+    """Cut a `size×size` square at a uniform random position per sample."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def make_params(self, x: torch.Tensor, generator: torch.Generator | None) -> Params:
+        n, h, w = x.shape[0], *x.shape[-2:]
+        if min(h, w) < self.size:
+            raise ValueError(
+                f"RandomCrop({self.size}) on a {h}×{w} image; resize the shorter side to at "
+                f"least {self.size} first (ResizeShorter)"
+            )
+        top = randint_below(torch.full((n,), h - self.size + 1, device=x.device), generator)
+        left = randint_below(torch.full((n,), w - self.size + 1, device=x.device), generator)
+        return {"top": top, "left": left}
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return crop(x, params["top"], params["left"], self.size, self.size)
+
+
+class RandomResizedCrop(ImageOp):
+    """Inception-style crop: random area fraction and aspect ratio per sample, resized to size.
+
+    Parameters are drawn as torchvision's RandomResizedCrop draws them (ten tries, then a centre
+    crop with the ratio clamped), but for every sample of the batch at once.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        tries: int = 10,
+    ):
+        super().__init__()
+        if not (0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]):
+            raise ValueError(
+                f"RandomResizedCrop needs 0 < scale[0] <= scale[1] <= 1 and "
+                f"0 < ratio[0] <= ratio[1]; got scale={scale}, ratio={ratio}"
+            )
+        self.size, self.scale, self.ratio, self.tries = size, scale, ratio, tries
+
+    def make_params(self, x: torch.Tensor, generator: torch.Generator | None) -> Params:
+        n, height, width = x.shape[0], *x.shape[-2:]
+        dev = x.device
+        area = height * width
+        u = rand((n, self.tries, 2), generator, dev)  # n×tries×2
+        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
+        lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(lo + (hi - lo) * u[..., 1])
+        w = torch.sqrt(target * aspect).round().long()  # n×tries
+        h = torch.sqrt(target / aspect).round().long()
+        ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+        first = ok.int().argmax(dim=1, keepdim=True)  # n×1, index of the first good try
+        w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]  # n
+        fallback_w, fallback_h = self._fallback(height, width)
+        found = ok.any(dim=1)
+        w = torch.where(found, w, fallback_w)
+        h = torch.where(found, h, fallback_h)
+        top = randint_below(height - h + 1, generator)
+        left = randint_below(width - w + 1, generator)
+        top = torch.where(found, top, (height - h) // 2)
+        left = torch.where(found, left, (width - w) // 2)
+        return {"top": top, "left": left, "height": h, "width": w}
+
+    def _fallback(self, height: int, width: int) -> tuple[int, int]:
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            return width, round(width / self.ratio[0])
+        if in_ratio > self.ratio[1]:
+            return round(height * self.ratio[1]), height
+        return width, height
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        boxes = torch.stack([params[k] for k in ("top", "left", "height", "width")], 1).tolist()
+        # Crops differ in size per sample, so each is resized on its own: interpolate's antialias
+        # needs one output grid per call. grid_sample would batch it but alias on downscaling.
+        out = [
+            resize(x[i : i + 1, ..., top : top + h, left : left + w], (self.size, self.size))
+            for i, (top, left, h, w) in enumerate(boxes)
+        ]
+        return torch.cat(out) if out else x[..., : self.size, : self.size]
+
+
+class HorizontalFlip(ImageOp):
+    """Mirror left-right with probability `p`, decided per sample."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def make_params(self, x: torch.Tensor, generator: torch.Generator | None) -> Params:
+        return {"flip": rand((x.shape[0],), generator, x.device) < self.p}
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        flip = params["flip"].view(-1, *[1] * (x.ndim - 1))  # n×1×1×1×1
+        return torch.where(flip, x.flip(-1), x)
+
+
+class ColorJitter(ImageOp):
+    """Random brightness, contrast and saturation per sample, in that fixed order.
+
+    Each factor is uniform in [max(0, 1 - s), 1 + s] for strength s and blended as torchvision
+    blends (brightness towards black, contrast towards the mean grey level, saturation towards
+    the greyscale image). Works on float in [0, 1]; uint8 goes through float and back.
+    """
+
+    def __init__(self, brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4):
+        super().__init__()
+        for name, s in (("brightness", brightness), ("contrast", contrast),
+                        ("saturation", saturation)):  # fmt: skip
+            if s < 0:
+                raise ValueError(f"ColorJitter {name}={s} must be >= 0 (0 turns it off)")
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def make_params(self, x: torch.Tensor, generator: torch.Generator | None) -> Params:
+        u = rand((x.shape[0], 3), generator, x.device)  # n×3
+        strength = torch.tensor([self.brightness, self.contrast, self.saturation], device=x.device)
+        low = (1 - strength).clamp(min=0)
+        return {"factors": low + (1 + strength - low) * u}
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        uint8 = x.dtype == torch.uint8
+        y = x.float() / 255 if uint8 else x
+        f = params["factors"].to(y.dtype).view(-1, 3, 1, 1, 1, 1)  # n×3×1×1×1×1 (n×G×C×H×W)
+        y = _blend(y, torch.zeros_like(y[:, :, :1]), f[:, 0])
+        grey_mean = _greyscale(y).mean(dim=(-3, -2, -1), keepdim=True)  # n×G×1×1×1
+        y = _blend(y, grey_mean, f[:, 1])
+        y = _blend(y, _greyscale(y), f[:, 2])
+        return (y * 255).round().to(torch.uint8) if uint8 else y
+
+
+class ToFloat(ImageOp):
+    """uint8 [0, 255] → float32 [0, 1]; float input passes through unchanged."""
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+class Normalize(ImageOp):
+    """(x - mean) / std per channel, on float images."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"Normalize needs equal-length mean and positive std: {mean}, {std}")
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if not x.is_floating_point():
+            raise TypeError(f"Normalize got {x.dtype}; put ToFloat before it")
+        if x.shape[-3] != len(self.mean):
+            raise ValueError(
+                f"image has {x.shape[-3]} channels but mean/std have {len(self.mean)}; "
+                "fix the spec's mean and std"
+            )
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return (x - mean) / std
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear antialiased resize of `…×C×H×W` to `size` (h, w); keeps uint8 as uint8."""
+    flat = x.reshape(-1, *x.shape[-3:])  # N×C×H×W, every leading dim folded into N
+    # uint8 antialiased bilinear exists on CPU only; elsewhere go through float and round back.
+    direct = flat.is_floating_point() or flat.device.type == "cpu"
+    y = flat if direct else flat.float()
+    y = nn.functional.interpolate(y, size=size, mode="bilinear", antialias=True)
+    if not direct:
+        y = y.round_().clamp_(0, 255).to(x.dtype)
+    return y.reshape(*x.shape[:-2], *size)
+
+
+def crop(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Per-sample crop of `n×…×H×W` at offsets `top`, `left` (each `n`), one gather for all."""
+    n = x.shape[0]
+    rows = (top[:, None] + torch.arange(height, device=x.device))[:, :, None]  # n×h×1
+    cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, :]  # n×1×w
+    moved = x.movedim((-2, -1), (1, 2))  # n×H×W×…
+    out = moved[torch.arange(n, device=x.device)[:, None, None], rows, cols]  # n×h×w×…
+    return out.movedim((1, 2), (-2, -1)).contiguous()
+
+
+def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    if h >= size and w >= size:
+        return x
+    dh, dw = max(0, size - h), max(0, size - w)
+    return nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+
+
+def _greyscale(x: torch.Tensor) -> torch.Tensor:  # …×C×H×W → …×1×H×W
+    if x.shape[-3] == 1:
+        return x
+    r, g, b = x.unbind(-3)[:3]
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+
+
+class Pipeline(nn.Module):
+    """A sequence of ImageOps applied to images or, with `group`, to clips of frames.
+
+    Call it on `C×H×W` (one image, any size), `B×C×H×W`, or a list of `C×H×W` of mixed sizes
+    (each transformed alone, then stacked). A generator passed to the call overrides the one
+    given at construction; with neither, torch's global RNG is used.
+    """
+
+    def __init__(self, ops: list[ImageOp], generator: torch.Generator | None = None):
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+        self.generator = generator
+
+    def forward(
+        self, x: torch.Tensor | list[torch.Tensor], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if isinstance(x, (list, tuple)):
+            return torch.stack([self(item, generator) for item in x])
+        if x.ndim == 3:
+            return self.apply_grouped(x[None, None], generator)[0, 0]  # C×H×W
+        if x.ndim == 4:
+            return self.apply_grouped(x[:, None], generator)[:, 0]  # B×C×H×W
+        raise ValueError(
+            f"image batch of shape {tuple(x.shape)}; expected C×H×W, B×C×H×W or a list of C×H×W "
+            "(for video use video_transform)"
+        )
+
+    def apply_grouped(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """`n×G×C×H×W` → same layout, one draw of parameters per sample shared by its G images."""
+        generator = generator if generator is not None else self.generator
+        for op in self.ops:
+            x = op.transform(x, op.make_params(x, generator))
+        return x
+
+
+def eval_ops(
+    size: int, resize_to: int | None, mean: tuple[float, ...], std: tuple[float, ...]
+) -> list[ImageOp]:
+    """Resize the shorter side (default size·8/7), centre-crop, scale to float, normalise."""
+    resize_to = round(size * 8 / 7) if resize_to is None else resize_to
+    return [ResizeShorter(resize_to), CenterCrop(size), ToFloat(), Normalize(mean, std)]
+
+
+def train_ops(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> list[ImageOp]:
+    """Random resized crop, flip and colour jitter, then scale to float and normalise."""
+    return [
+        RandomResizedCrop(size),
+        ToFloat(),
+        HorizontalFlip(),
+        ColorJitter(),
+        Normalize(mean, std),
+    ]
+
+
+def image_transform(
+    spec: ImageSpec, train: bool = False, generator: torch.Generator | None = None
+) -> Pipeline:
+    """The preprocessing an encoder with this ImageSpec expects; deterministic when not `train`."""
+    if train:
+        return Pipeline(train_ops(spec.size, spec.mean, spec.std), generator)
+    return Pipeline(eval_ops(spec.size, spec.resize, spec.mean, spec.std), generator)
