@@ -19,6 +19,7 @@ import torch
 from mmfuse.data.modalities import (
     DEFAULT_MAX_BYTES,
     check_file,
+    media_errors_only,
     refuse_other_modality,
     unreadable,
 )
@@ -31,6 +32,7 @@ SOUNDFILE_EXTENSIONS = frozenset({".wav", ".flac", ".ogg"})
 _TRUNCATION_SLACK_S = 0.1
 
 
+@media_errors_only("audio")
 def read_audio(
     path: str | Path,
     *,
@@ -116,7 +118,7 @@ def _read_soundfile(path: Path, offset: float, duration: float | None) -> tuple[
 def _read_pyav(path: Path, offset: float, duration: float | None) -> tuple[np.ndarray, int]:
     refuse_other_modality(path, "audio")
     try:
-        container = av.open(str(path))
+        container = av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as e:
         raise unreadable(path, "audio", e) from None
     with container:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, unreadable
+from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, media_errors_only, unreadable
 from mmfuse.errors import MediaError
 
 # Pillow's own guard warns at ~89 Mpx and raises at twice that; we raise at one clear limit of
@@ -17,6 +17,7 @@ from mmfuse.errors import MediaError
 DEFAULT_MAX_PIXELS = 89_478_485
 
 
+@media_errors_only("image")
 def read_image(
     path: str | Path,
     *,
@@ -56,6 +57,7 @@ def read_image(
         raise MediaError(path, "unreadable", str(e)) from None
 
 
+@media_errors_only("image")
 def image_size(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[int, int]:
     """(width, height) from the header alone, after EXIF orientation."""
     path = check_file(path, max_bytes)

@@ -6,6 +6,8 @@ Extensions decide a manifest column's role; the magic bytes tell a user that a f
 
 from __future__ import annotations
 
+import functools
+import struct
 from pathlib import Path
 
 from mmfuse.errors import MediaError
@@ -118,3 +120,40 @@ def unreadable(path: str | Path, expected: str, cause: BaseException | str) -> M
     if modalities and expected not in modalities:
         return MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
     return MediaError(path, "unreadable", f"cannot decode as {expected}: {cause}")
+
+
+# What decoders raise on bytes they cannot make sense of, beyond their own error types: a
+# malformed header surfaces as any of these from Pillow, libsndfile or FFmpeg's Python bindings.
+_DECODER_FAILURES = (
+    OSError,
+    ValueError,
+    EOFError,
+    RuntimeError,
+    SyntaxError,
+    IndexError,
+    KeyError,
+    struct.error,
+)
+
+
+def media_errors_only(modality: str):
+    """Make a reader keep its promise that only `MediaError` escapes.
+
+    The reader's first argument is the path. Decoder failures nobody anticipated become
+    "unreadable" with the original exception named, so `validate` can still list the row.
+    """
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(path, *args, **kwargs):
+            try:
+                return fn(path, *args, **kwargs)
+            except MediaError:
+                raise
+            except _DECODER_FAILURES as e:
+                detail = f"cannot decode as {modality}: {type(e).__name__}: {e}"
+                raise MediaError(path, "unreadable", detail) from e
+
+        return wrapper
+
+    return decorate

@@ -28,6 +28,7 @@ from mmfuse.data.audio import decode_audio_stream, resample
 from mmfuse.data.modalities import (
     DEFAULT_MAX_BYTES,
     check_file,
+    media_errors_only,
     refuse_other_modality,
     unreadable,
 )
@@ -78,6 +79,7 @@ class VideoClip:
     end: float = 0.0
 
 
+@media_errors_only("video")
 def probe_video(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> VideoInfo:
     """Metadata of a video file; cached per file path, size and modification time."""
     path = check_file(path, max_bytes)
@@ -185,6 +187,7 @@ def sliding_windows(duration: float, window: float, stride: float) -> list[tuple
     return [(s, s + window) for s in starts]
 
 
+@media_errors_only("video")
 def read_video(
     path: str | Path,
     num_frames: int = 8,
@@ -346,7 +349,7 @@ def _read_track(path: str, start: float, end: float, rate: int | None, mono: boo
 def _open(path: str | Path) -> av.container.InputContainer:
     refuse_other_modality(path, "video")
     try:
-        return av.open(str(path))
+        return av.open(str(path), metadata_errors="ignore")
     except av.FFmpegError as e:
         raise unreadable(path, "video", e) from None
 
@@ -361,4 +364,6 @@ def _video_stream(container: av.container.InputContainer, path: str | Path):
         kind = "audio only" if container.streams.audio else "no video stream"
         raise MediaError(path, "wrong-modality", f"expected video, found {kind}")
     vs = container.streams.video[0]
+    if vs.codec_context is None or not vs.codec_context.width:
+        raise MediaError(path, "unreadable", "the video stream's codec or frame size is unknown")
     return vs
