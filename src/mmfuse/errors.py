@@ -35,3 +35,12 @@ class MediaError(MmfuseError):
 
 class ManifestError(MmfuseError):
     """A manifest cannot be read or its columns cannot be understood."""
+
+
+class CheckpointError(MmfuseError):
+    """A checkpoint cannot be written or trusted. The message names the file and what to do."""
+
+    def __init__(self, path, detail: str):
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(f"{self.path}: {detail}")
