@@ -118,7 +118,8 @@ def test_explicit_predictions_and_class_names():
 
 
 def test_accepts_torch_tensors():
-    torch = pytest.importorskip("torch")
+    import torch
+
     y_true = torch.tensor([0, 1, -1, 2, 1])
     proba = torch.softmax(torch.randn(5, 3, requires_grad=True), dim=-1)  # float32, with grad
     with warnings.catch_warnings():
