@@ -60,6 +60,21 @@ def read_audio(
     else:
         data, rate = _read_pyav(path, offset, duration)
 
+    return finish_audio(data, rate, sample_rate, mono, duration, pad)
+
+
+def finish_audio(
+    data: np.ndarray,
+    rate: int,
+    sample_rate: int | None,
+    mono: bool,
+    duration: float | None,
+    pad: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Decoded `C×N` audio → mono or kept channels, resampled, cut/padded to `duration`.
+
+    Audio files and video tracks both end here, so both come out shaped the same way.
+    """
     if mono and data.shape[0] > 1:
         data = data.mean(axis=0, keepdims=True)
     if sample_rate is not None and sample_rate != rate:

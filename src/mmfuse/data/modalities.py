@@ -109,17 +109,23 @@ def refuse_other_modality(path: str | Path, expected: str) -> None:
     FFmpeg opens a JPEG as a one-frame "video" and then fails deep inside decoding; saying
     "this is an image" up front is the error a user can act on.
     """
-    modalities, fmt = sniff(path)
-    if modalities and expected not in modalities:
-        raise MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
+    error = _wrong_modality(path, expected)
+    if error is not None:
+        raise error
 
 
 def unreadable(path: str | Path, expected: str, cause: BaseException | str) -> MediaError:
     """The error for a file the decoder rejected, naming what it really is when we can tell."""
+    return _wrong_modality(path, expected) or MediaError(
+        path, "unreadable", f"cannot decode as {expected}: {cause}"
+    )
+
+
+def _wrong_modality(path: str | Path, expected: str) -> MediaError | None:
     modalities, fmt = sniff(path)
     if modalities and expected not in modalities:
         return MediaError(path, "wrong-modality", f"expected {expected}, but it looks like {fmt}")
-    return MediaError(path, "unreadable", f"cannot decode as {expected}: {cause}")
+    return None
 
 
 # What decoders raise on bytes they cannot make sense of, beyond their own error types: a

@@ -24,7 +24,7 @@ import av.logging
 import numpy as np
 import torch
 
-from mmfuse.data.audio import decode_audio_stream, resample
+from mmfuse.data.audio import decode_audio_stream, finish_audio
 from mmfuse.data.modalities import (
     DEFAULT_MAX_BYTES,
     check_file,
@@ -334,16 +334,8 @@ def _read_track(path: str, start: float, end: float, rate: int | None, mono: boo
     with container:
         stream = container.streams.audio[0]
         data, native = decode_audio_stream(container, stream, start, end, path)
-    if mono and data.shape[0] > 1:
-        data = data.mean(axis=0, keepdims=True)
-    if rate is not None and rate != native:
-        data = resample(data, native, rate)
-        native = rate
-    want = round((end - start) * native)
-    if data.shape[1] < want:  # the track may end a little before the picture
-        data = np.pad(data, ((0, 0), (0, want - data.shape[1])))
-    out = torch.from_numpy(np.ascontiguousarray(data[:, :want], dtype=np.float32))
-    return (out[0] if mono else out), native
+    # The track may end a little before the picture: pad it to the window.
+    return finish_audio(data, native, rate, mono, end - start, pad=True)
 
 
 def _open(path: str | Path) -> av.container.InputContainer:
