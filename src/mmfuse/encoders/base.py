@@ -63,6 +63,13 @@ class Encoder(nn.Module):
         self._frozen = True
         return self.train(self.training)
 
+    def unfreeze(self) -> Encoder:
+        """Train this encoder again (fine-tuning after a frozen warm-up of the head)."""
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self._frozen = False
+        return self
+
     @property
     def frozen(self) -> bool:
         return self._frozen

@@ -1,6 +1,7 @@
-"""Training: crash-safe checkpoints (the trainer itself builds on these)."""
+"""Training: the `Trainer`, its config, the dataset it reads, the feature cache, checkpoints."""
 
 from mmfuse.errors import CheckpointError
+from mmfuse.train.cached_features import default_cache_dir, fill_feature_cache
 from mmfuse.train.checkpoint import (
     best_checkpoint,
     capture_rng_state,
@@ -11,11 +12,27 @@ from mmfuse.train.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
+from mmfuse.train.trainer import BadSampleError, FitResult, Trainer
 
 __all__ = [
+    "BadSampleError",
     "CheckpointError",
+    "FeatureCache",
+    "FitResult",
+    "MultimodalDataset",
+    "Skipped",
+    "TrainConfig",
+    "Trainer",
     "best_checkpoint",
     "capture_rng_state",
+    "collate",
+    "content_hash",
+    "default_cache_dir",
+    "encoder_fingerprint",
+    "fill_feature_cache",
     "latest_checkpoint",
     "load_checkpoint",
     "mark_best",

@@ -1,0 +1,31 @@
+"""The multimodal model and its JSON config.
+
+>>> from mmfuse.model import ModelConfig, InputConfig, HeadConfig, MultimodalModel
+>>> cfg = ModelConfig(
+...     inputs={"image": InputConfig("image", "image", "cnn", {"width": 8, "stages": 2})},
+...     heads=[HeadConfig("label", ["cat", "dog"])],
+... )
+>>> model = MultimodalModel.from_config(cfg)
+"""
+
+from mmfuse.model.config import (
+    ConfigError,
+    FusionConfig,
+    HeadConfig,
+    InputConfig,
+    JsonConfig,
+    ModelConfig,
+)
+from mmfuse.model.heads import ClassifierHead
+from mmfuse.model.multimodal import MultimodalModel
+
+__all__ = [
+    "ClassifierHead",
+    "ConfigError",
+    "FusionConfig",
+    "HeadConfig",
+    "InputConfig",
+    "JsonConfig",
+    "ModelConfig",
+    "MultimodalModel",
+]

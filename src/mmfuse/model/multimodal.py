@@ -1,0 +1,166 @@
+"""`MultimodalModel`: one encoder per input, one fusion module, one head per task.
+
+Everything is keyed by input name (sorted, the presence mask's column order) and by task, never
+by position. An input absent from a row is not encoded at all: each encoder sees only the rows
+that have its input, so BatchNorm statistics are never polluted by placeholder zeros, and the
+fusion module learns of the gap from the mask. Features computed earlier (the trainer's cache of
+a frozen encoder) can be passed in place of an input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mmfuse import encoders as encoder_registry
+from mmfuse import fusion as fusion_registry
+from mmfuse.model.config import ConfigError, ModelConfig
+from mmfuse.model.heads import ClassifierHead
+
+Batch = Mapping[str, "Tensor | Mapping[str, Tensor]"]
+
+
+class MultimodalModel(nn.Module):
+    """Encoders (a dict by input name), a fusion module and heads (a dict by task).
+
+    `forward(inputs, mask, features=None)` → `{task: B×C logits}`. `inputs[name]` is the
+    preprocessed batch for that input (text: the dict its encoder's `tokenize` returns), `mask`
+    is B×M bool in sorted input-name order, and `features[name]` (B×D) replaces encoding.
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        fusion: nn.Module,
+        heads: Mapping[str, nn.Module],
+    ):
+        super().__init__()
+        self.names: list[str] = sorted(encoders)
+        self.encoders = nn.ModuleDict({n: encoders[n] for n in self.names})
+        self.fusion = fusion
+        self.heads = nn.ModuleDict(dict(heads))
+        if getattr(fusion, "modalities", None) not in (None, tuple(self.names)):
+            raise ConfigError(
+                f"fusion was built for {list(fusion.modalities)} but the encoders are "
+                f"{self.names}; build the fusion with input_dims keyed by the input names"
+            )
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> MultimodalModel:
+        encoders = {}
+        for name, spec in config.inputs.items():
+            encoders[name] = encoder_registry.build(spec.modality, spec.encoder, **spec.options)
+        dims = {n: encoders[n].output_dim for n in sorted(encoders)}
+        fusion = config.fusion
+        decision = fusion_registry.FUSIONS.get(fusion.name).is_decision_level
+        if decision:
+            if len(config.heads) != 1:
+                raise ConfigError(
+                    f"fusion {fusion.name!r} outputs class logits itself, so it serves one task, "
+                    f"not {len(config.heads)}; use a feature-level fusion (e.g. attention) for "
+                    "multi-task models"
+                )
+            out_dim = len(config.heads[0].classes)
+        else:
+            out_dim = fusion.dim
+        fuser = fusion_registry.build(fusion.name, dims, out_dim, **fusion.options)
+        heads: dict[str, nn.Module] = {}
+        for h in config.heads:
+            heads[h.task] = (
+                nn.Identity()
+                if decision
+                else ClassifierHead(out_dim, len(h.classes), h.dropout, h.hidden)
+            )
+        model = cls(encoders, fuser, heads)
+        for name, spec in config.inputs.items():
+            if spec.mode == "freeze" or spec.finetune_after > 0:
+                model.encoders[name].freeze()
+        return model
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.heads)
+
+    def encode(
+        self,
+        inputs: Batch,
+        mask: Tensor,
+        features: Mapping[str, Tensor] | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """Per input: B×D features (zeros where absent); with token fusion also tokens/masks."""
+        features = features or {}
+        feats: dict[str, Tensor] = {}
+        tokens: dict[str, Tensor] = {}
+        token_mask: dict[str, Tensor] = {}
+        want_tokens = getattr(self.fusion, "uses_tokens", False)
+        batch = mask.shape[0]
+        for j, name in enumerate(self.names):
+            encoder = self.encoders[name]
+            if name in features:
+                feats[name] = features[name]
+                continue
+            rows = mask[:, j].nonzero().flatten()  # only rows that have this input
+            if rows.numel() == 0:  # no row has it: nothing to encode, the mask hides it
+                feats[name] = torch.zeros(batch, encoder.output_dim, device=mask.device)
+                continue
+            x = _take(inputs[name], rows)
+            if want_tokens:
+                t = encoder.forward_tokens(x)  # b×T×D
+                tokens[name] = _scatter(t, rows, batch)
+                attn = x.get("attention_mask") if isinstance(x, Mapping) else None
+                valid = (
+                    attn.bool()
+                    if attn is not None and attn.shape[1] == t.shape[1]
+                    else torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
+                )
+                token_mask[name] = _scatter(valid, rows, batch)
+                # The vector is only a shape placeholder once tokens are given.
+                feats[name] = t.new_zeros(batch, encoder.output_dim)
+            else:
+                feats[name] = _scatter(encoder(x), rows, batch)  # B×D
+        return feats, tokens, token_mask
+
+    def classify(
+        self,
+        feats: Mapping[str, Tensor],
+        mask: Tensor,
+        tokens: Mapping[str, Tensor] | None = None,
+        token_mask: Mapping[str, Tensor] | None = None,
+        return_weights: bool = False,
+    ):
+        """Fuse per-input features under `mask` and apply every head → `{task: B×C}`."""
+        kwargs = {}
+        if tokens:
+            kwargs = {"tokens": tokens, "token_mask": token_mask}
+        fused = self.fusion(feats, mask, return_weights=return_weights, **kwargs)
+        weights = None
+        if return_weights:
+            fused, weights = fused
+        logits = {task: head(fused) for task, head in self.heads.items()}
+        return (logits, weights) if return_weights else logits
+
+    def forward(
+        self,
+        inputs: Batch,
+        mask: Tensor,
+        features: Mapping[str, Tensor] | None = None,
+        return_weights: bool = False,
+    ):
+        feats, tokens, token_mask = self.encode(inputs, mask, features)
+        return self.classify(feats, mask, tokens, token_mask, return_weights)
+
+
+def _take(x, rows: Tensor):
+    if isinstance(x, Mapping):
+        return {k: v[rows] for k, v in x.items()}
+    return x[rows]
+
+
+def _scatter(values: Tensor, rows: Tensor, batch: int) -> Tensor:
+    """Rows `rows` of a B×… tensor set to `values`, the rest zero (differentiable)."""
+    if values.shape[0] == batch:  # every row present: nothing to scatter
+        return values
+    out = values.new_zeros((batch, *values.shape[1:]))
+    return out.index_copy(0, rows, values)

@@ -1,0 +1,113 @@
+"""Fill the on-disk feature cache for one frozen input of a dataset, then hold it in memory.
+
+A frozen encoder gives the same output for the same file on every epoch and in every run, so
+it is run once per file: entries are keyed by the file's content hash under a folder named by
+the encoder's fingerprint (config, input spec, weights). Later epochs read an N×D tensor, and
+later runs find the entries on disk and skip decoding and encoding altogether.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
+
+
+def default_cache_dir() -> Path:
+    """`$MMFUSE_CACHE`, else `$XDG_CACHE_HOME/mmfuse`, else `~/.cache/mmfuse`."""
+    if os.environ.get("MMFUSE_CACHE"):
+        return Path(os.environ["MMFUSE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mmfuse"
+
+
+def fill_feature_cache(
+    dataset: MultimodalDataset,
+    name: str,
+    encoder: torch.nn.Module,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[torch.Tensor, dict[int, Skipped]]:
+    """Features of input `name` for every row (N×D, zeros where absent or failed) and the
+    rows that failed to load, computing only what the cache lacks."""
+    manifest, spec = dataset.manifest, dataset.inputs[name]
+    is_path = spec.modality != "text" or spec.column in manifest.text_files
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    description = {"input": name, "modality": spec.modality, "encoder": spec.encoder}
+    cache = FeatureCache(root / "features", encoder_fingerprint(encoder), description=description)
+    out = torch.zeros(len(dataset), encoder.output_dim)
+    errors: dict[int, Skipped] = {}
+    keys: dict[int, str] = {}
+    for row in range(len(dataset)):
+        value = manifest.value(row, spec.column)
+        if value is None:
+            continue
+        try:
+            key = content_hash(value, is_path=is_path)
+        except OSError as e:
+            errors[row] = Skipped(row, spec.column, str(value), "decode", "missing", str(e))
+            continue
+        feature = cache.get(key)
+        if feature is None:
+            keys[row] = key
+        else:
+            out[row] = feature
+    if keys:
+        _compute(
+            dataset, name, encoder, cache, keys, out, errors, batch_size, workers, device, progress
+        )
+    return out, errors
+
+
+def _compute(
+    dataset, name, encoder, cache, keys, out, errors, batch_size, workers, device, progress
+) -> None:
+    # Eval-mode preprocessing only: a cached feature must not depend on one epoch's augmentation.
+    single = MultimodalDataset(
+        dataset.manifest,
+        {name: dataset.inputs[name]},
+        {name: dataset.specs[name]},
+        {},
+        train=False,
+        decode_timeout=dataset.decode_timeout,
+    )
+    rows = sorted(keys)
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        single,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=torch.Generator(),
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc=f"caching {name!r} features", unit="batch", leave=False)
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        for batch in loader:
+            for s in batch["skipped"]:
+                errors[s.row] = s
+            if "inputs" not in batch:
+                continue
+            x = batch["inputs"][name]
+            if isinstance(x, list):
+                x = encoder.tokenize(x)
+                x = {k: v.to(device) for k, v in x.items()}
+            else:
+                x = x.to(device)
+            features = encoder(x).float().cpu()  # b×D
+            for row, feature in zip(batch["rows"].tolist(), features):
+                cache.put(keys[row], feature)
+                out[row] = feature
+    encoder.train(was_training)

@@ -1,0 +1,89 @@
+"""How to train: one JSON-safe dataclass, saved beside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmfuse.model.config import ConfigError, JsonConfig
+
+BAD_SAMPLE_POLICIES = ("skip", "error")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig(JsonConfig):
+    """Optimisation, schedule, data loading, robustness options and run bookkeeping."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    # Optimiser and schedule.
+    optimizer: str = "adamw"  # "adamw" | "sgd" (with momentum)
+    lr: float = 1e-3
+    backbone_lr: float | None = None  # encoders' learning rate; None: same as lr
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    schedule: str = "cosine"  # "cosine" | "step" | "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # "step" schedule: decay every this many epochs...
+    gamma: float = 0.1  # ...by this factor
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0  # max global grad norm; None: no clipping
+    # Loss.
+    label_smoothing: float = 0.0
+    class_weights: str | None = None  # None or "balanced" (inverse class frequency)
+    # Early stopping and checkpoints.
+    monitor: str = "val_accuracy"  # any key of an epoch's metrics, e.g. val_macro_f1, val_loss
+    patience: int | None = None  # stop after this many epochs without improvement
+    checkpoint_every: int | None = None  # also checkpoint every N optimiser steps (mid-epoch)
+    # Data loading.
+    workers: int = 0
+    on_bad_sample: str = "skip"  # "skip" (count, report, go on) | "error" (stop at the first)
+    decode_timeout: float | None = 60.0  # seconds one sample may take to decode
+    cache_features: bool = True  # cache frozen encoders' features on disk
+    cache_dir: str | None = None  # default: the user's cache folder
+    # Speed.
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    channels_last: bool = False
+    # Robustness training.
+    augment: bool = True  # random crops/flips/jitter for images and video, random audio crops
+    spec_augment: bool = True  # SpecAugment masks on log-mel/MFCC inputs (when augmenting)
+    mixup_alpha: float = 0.0  # > 0: mixup of the float inputs and labels, Beta(alpha, alpha)
+    fgsm_epsilon: float = 0.0  # > 0: FGSM adversarial examples on the float inputs
+    # Logging.
+    progress: bool = True
+    tensorboard: bool = True  # log there too when the tensorboard package is installed
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ConfigError(
+                f"on_bad_sample={self.on_bad_sample!r} is not one of {BAD_SAMPLE_POLICIES}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r} is not one of {PRECISIONS}")
+        if self.class_weights not in (None, "balanced"):
+            raise ConfigError(f"class_weights={self.class_weights!r}; use None or 'balanced'")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0: load in this process), got {self.workers}")
+        if self.patience is not None:
+            _positive_int("patience", self.patience)
+        if self.checkpoint_every is not None:
+            _positive_int("checkpoint_every", self.checkpoint_every)
+        if self.mixup_alpha < 0 or self.fgsm_epsilon < 0:
+            raise ConfigError("mixup_alpha and fgsm_epsilon must be >= 0 (0 turns them off)")
+
+    @property
+    def monitor_mode(self) -> str:
+        """ "min" for losses, "max" for everything else (accuracy, F1, ...)."""
+        return "min" if self.monitor.endswith("loss") else "max"
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")

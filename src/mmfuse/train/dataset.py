@@ -1,0 +1,282 @@
+"""Manifest rows → preprocessed tensors, one sample at a time, in DataLoader workers.
+
+A sample that cannot be loaded (missing, truncated or undecodable file, a decode that hangs past
+`decode_timeout`) comes back as a `Skipped` record instead of raising: a plain DataLoader ends
+the epoch on the first exception, which would let one bad file out of a million stop a run.
+The trainer counts the records and reports them (path, stage, reason) at the end.
+
+Every random choice for a sample (crop, flip, frame times, SpecAugment masks, corruption noise)
+comes from a generator seeded by `(seed, epoch, row)`. So a sample's augmentation does not depend
+on which worker loads it, on the number of workers, or on whether the run was resumed; that is
+what lets a resumed run reproduce an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from mmfuse.data.audio import read_audio
+from mmfuse.data.image import read_image
+from mmfuse.data.manifest import Manifest
+from mmfuse.data.text import read_text
+from mmfuse.data.video import read_video
+from mmfuse.errors import ManifestError, MediaError
+from mmfuse.features.audio_transform import AudioTransform
+from mmfuse.features.image import image_transform
+from mmfuse.features.video import video_transform
+from mmfuse.model.config import InputConfig
+from mmfuse.train.losses import IGNORE_INDEX
+
+
+@dataclass
+class Skipped:
+    """A sample left out, and why: enough to find the file and fix it."""
+
+    row: int
+    column: str | None
+    path: str | None
+    stage: str  # "decode", "timeout", "preprocess", "no-input"
+    reason: str  # MediaError reason ("truncated", "unreadable", ...) or the exception type
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f", column {self.column!r}" if self.column else "")
+        path = f" ({self.path})" if self.path else ""
+        return f"{where}{path}: {self.stage} failed: {self.reason}: {self.message}"
+
+
+class DecodeTimeout(Exception):
+    pass
+
+
+def sample_seed(seed: int, epoch: int, row: int) -> int:
+    """A well-mixed 63-bit seed for one sample in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, row]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@contextmanager
+def time_limit(seconds: float | None):
+    """Raise DecodeTimeout in this thread after `seconds`, via SIGALRM.
+
+    Signals reach only the main thread, which is where DataLoader workers (processes) and a
+    workers=0 loader run; elsewhere (a server thread) the decode is not bounded here.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise DecodeTimeout(f"decoding took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class MultimodalDataset(torch.utils.data.Dataset):
+    """Rows of a manifest as samples for a model's inputs and tasks.
+
+    Index with a row number, or with `(epoch, row)` so the sample's random draws are those of
+    that epoch. An item is a dict `{"row", "inputs": {name: tensor | str}, "present": {name:
+    bool}, "labels": {task: class index or -100}}`, or a `Skipped` record.
+
+    `specs[name]` is the encoder's `input_spec`; `train` turns augmentation on. `corruptions`
+    maps an input name to `(corruption, level)` applied to the raw media (robustness curves).
+    `features[name]` (N×D, from the feature cache) replaces loading that input; rows listed in
+    `feature_errors[name]` failed when the cache was filled and are skipped.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        inputs: Mapping[str, InputConfig],
+        specs: Mapping[str, object],
+        tasks: Mapping[str, Sequence[str]],
+        *,
+        train: bool = False,
+        augment: bool = True,
+        spec_augment: bool = True,
+        seed: int = 0,
+        decode_timeout: float | None = None,
+        corruptions: Mapping[str, tuple] | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+        feature_errors: Mapping[str, Mapping[int, Skipped]] | None = None,
+    ):
+        self.manifest = manifest
+        self.inputs = dict(inputs)
+        self.names = sorted(self.inputs)
+        self.specs = dict(specs)
+        self.tasks = {t: list(c) for t, c in tasks.items()}
+        self.train = train
+        self.augment = train and augment
+        self.spec_augment = spec_augment
+        self.seed = seed
+        self.decode_timeout = decode_timeout
+        self.corruptions = dict(corruptions or {})
+        self.features = dict(features or {})
+        self.feature_errors = {k: dict(v) for k, v in (feature_errors or {}).items()}
+        missing = [c.column for c in self.inputs.values() if c.column not in manifest.frame]
+        if missing:
+            raise ManifestError(
+                f"{manifest.source}: the model reads column(s) {missing}, which the manifest "
+                f"lacks; its columns are {list(manifest.frame.columns)}"
+            )
+        self.labels = {t: self._label_indices(t, classes) for t, classes in self.tasks.items()}
+        self.transforms = {n: self._transform(n) for n in self.names}
+        self.placeholders = {n: self._placeholder(n) for n in self.names}
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def _label_indices(self, task: str, classes: list[str]) -> np.ndarray:
+        """Class index per row, IGNORE_INDEX where the label is missing (multi-task data)."""
+        index = {c: i for i, c in enumerate(classes)}
+        out = np.full(len(self.manifest), IGNORE_INDEX, dtype=np.int64)
+        if task not in self.manifest.frame:
+            return out  # an unlabelled manifest (prediction) has no label column at all
+        for row in range(len(self.manifest)):
+            value = self.manifest.value(row, task)
+            if value is None:
+                continue
+            key = _label_text(value)
+            if key not in index:
+                raise ManifestError(
+                    f"{self.manifest.source}: row {row}, column {task!r}: label {key!r} is not "
+                    f"one of the model's classes {classes}; drop the row or retrain with it"
+                )
+            out[row] = index[key]
+        return out
+
+    def _transform(self, name: str):
+        spec, modality = self.specs[name], self.inputs[name].modality
+        if modality == "image":
+            return image_transform(spec, train=self.augment)
+        if modality == "video":
+            return video_transform(spec, train=self.augment)
+        if modality == "audio":
+            masks = 2 if self.augment and self.spec_augment else 0
+            return AudioTransform(spec, train=self.augment, freq_masks=masks, time_masks=masks)
+        return None  # text is tokenized per batch by its encoder
+
+    def _placeholder(self, name: str):
+        """What an absent input looks like in a batch: zeros of the loaded shape (or "")."""
+        if name in self.features:
+            return torch.zeros(self.features[name].shape[1])
+        spec, modality = self.specs[name], self.inputs[name].modality
+        if modality == "image":
+            return torch.zeros(3, spec.size, spec.size)
+        if modality == "video":
+            return torch.zeros(spec.frames, 3, spec.size, spec.size)
+        if modality == "audio":
+            length = round(spec.duration * spec.sample_rate)
+            return self.transforms[name].eval()(torch.zeros(length)).detach()
+        return ""
+
+    def __getitem__(self, key):
+        epoch, row = key if isinstance(key, tuple) else (0, key)
+        row = int(row)
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
+        item = {"row": row, "inputs": {}, "present": {}, "labels": {}}
+        for name in self.names:
+            column = self.inputs[name].column
+            value = self.manifest.value(row, column)
+            if value is None:
+                item["inputs"][name], item["present"][name] = self.placeholders[name], False
+                continue
+            if name in self.features:
+                failed = self.feature_errors.get(name, {}).get(row)
+                if failed is not None:
+                    return failed
+                item["inputs"][name], item["present"][name] = self.features[name][row], True
+                continue
+            try:
+                with time_limit(self.decode_timeout):
+                    item["inputs"][name] = self.load(name, value, generator)
+            except DecodeTimeout as e:
+                return Skipped(row, column, _path_of(value), "timeout", "timeout", str(e))
+            except MediaError as e:
+                return Skipped(row, column, str(e.path), "decode", e.reason, e.detail or str(e))
+            except Exception as e:  # a bug in a decoder must not end the epoch either
+                return Skipped(row, column, _path_of(value), "preprocess", type(e).__name__, str(e))
+            item["present"][name] = True
+        if not any(item["present"].values()):
+            return Skipped(row, None, None, "no-input", "empty", "every input cell is empty")
+        item["labels"] = {t: int(v[row]) for t, v in self.labels.items()}
+        return item
+
+    def load(self, name: str, value, generator: torch.Generator | None = None):
+        """Read and preprocess one cell of input `name` (eval-mode when `generator` is None)."""
+        spec, modality = self.specs[name], self.inputs[name].modality
+        corruption, level = self.corruptions.get(name, (None, None))
+        transform = self.transforms[name]
+        if modality == "text":
+            if self.inputs[name].column in self.manifest.text_files:
+                return read_text(value)
+            return str(value)
+        if modality == "image":
+            side = spec.resize or math.ceil(spec.size * 8 / 7)
+            raw = read_image(value, draft_size=(side, side))
+        elif modality == "audio":
+            raw, _ = read_audio(value, sample_rate=spec.sample_rate)
+        else:
+            clip = read_video(
+                value,
+                spec.frames,
+                mode="random" if self.augment else "uniform",
+                generator=generator,
+            )
+            raw = clip.frames  # T×C×H×W uint8
+        if corruption is not None:
+            raw = corruption(raw, level, generator)
+        with torch.no_grad():
+            if modality == "video":
+                return transform(raw, generator, indices=torch.arange(raw.shape[0]))
+            return transform(raw, generator)
+
+
+def _label_text(value) -> str:
+    # Integer labels read from CSV come back as numpy ints or floats like 3.0; classes are strings.
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _path_of(value) -> str | None:
+    return str(value) if isinstance(value, str) and len(value) < 4096 else None
+
+
+def collate(items: list) -> dict:
+    """Stack loaded samples; `Skipped` records ride along in `batch["skipped"]`."""
+    skipped = [i for i in items if isinstance(i, Skipped)]
+    items = [i for i in items if not isinstance(i, Skipped)]
+    batch = {"rows": torch.tensor([i["row"] for i in items], dtype=torch.long), "skipped": skipped}
+    if not items:
+        return batch
+    names = sorted(items[0]["inputs"])
+    batch["inputs"] = {}
+    for n in names:
+        values = [i["inputs"][n] for i in items]
+        batch["inputs"][n] = values if isinstance(values[0], str) else torch.stack(values)
+    batch["mask"] = torch.tensor(
+        [[i["present"][n] for n in names] for i in items], dtype=torch.bool
+    )
+    tasks = sorted(items[0]["labels"])
+    batch["labels"] = {
+        t: torch.tensor([i["labels"][t] for i in items], dtype=torch.long) for t in tasks
+    }
+    return batch
