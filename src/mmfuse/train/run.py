@@ -1,0 +1,161 @@
+"""One call from manifests to a trained, evaluated model with its report.
+
+This is the code path the Python API and the `mmfuse train` command share: pick an encoder per
+input column (defaults per modality), build the model from a seed, train with `Trainer`, reload
+the best checkpoint, evaluate (metrics, ablation, robustness) and write the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmfuse.data.manifest import Manifest
+from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConfig, ModelConfig
+from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.train import checkpoint as ckpt
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.dataset import MultimodalDataset
+from mmfuse.train.trainer import FitResult, Trainer
+
+# Small encoders trained from scratch: they run on a laptop CPU. Swap in resnet18 or an
+# `hf:` model for real data.
+DEFAULT_ENCODERS: dict[str, tuple[str, dict]] = {
+    "image": ("cnn", {"width": 32, "stages": 4, "image_size": 64}),
+    "audio": ("mel-cnn", {"width": 32, "stages": 4}),
+    "video": ("frames", {"image": "cnn", "image_options": {"width": 32, "image_size": 64}}),
+    "text": ("embedding-bag", {"dim": 64}),
+}
+
+
+def model_config_for(
+    manifest: Manifest,
+    *,
+    encoders: Mapping[str, str | Mapping | InputConfig] | None = None,
+    fusion: str | FusionConfig = "attention",
+    labels: list[str] | None = None,
+) -> ModelConfig:
+    """A ModelConfig with one input per media column of `manifest` and one head per label.
+
+    `encoders` maps a column (or a modality, for every column of it) to an encoder name, a dict
+    of InputConfig fields (`{"encoder": "resnet18", "mode": "freeze"}`) or an InputConfig.
+    """
+    encoders = dict(encoders or {})
+    unknown = sorted(set(encoders) - set(manifest.inputs) - set(DEFAULT_ENCODERS))
+    if unknown:
+        raise ConfigError(
+            f"encoders given for {unknown}, which are neither input columns "
+            f"{list(manifest.inputs)} nor modalities {sorted(DEFAULT_ENCODERS)}"
+        )
+    inputs = {}
+    for column, modality in manifest.inputs.items():
+        choice = encoders.get(column, encoders.get(modality))
+        inputs[column] = _input_config(column, modality, choice)
+    labels = labels or manifest.labels
+    if not labels:
+        raise ConfigError(f"{manifest.source} has no label column; name one with label=...")
+    heads = [HeadConfig(task, manifest.classes[task]) for task in labels]
+    fusion = fusion if isinstance(fusion, FusionConfig) else FusionConfig(name=fusion)
+    return ModelConfig(inputs=inputs, heads=heads, fusion=fusion)
+
+
+def _input_config(column: str, modality: str, choice) -> InputConfig:
+    if isinstance(choice, InputConfig):
+        return choice
+    name, options = DEFAULT_ENCODERS[modality]
+    if choice is None:
+        return InputConfig(column, modality, name, dict(options))
+    if isinstance(choice, str):
+        # A named encoder gets its own defaults, not the default encoder's options.
+        return InputConfig(column, modality, choice)
+    fields = dict(choice)
+    fields.setdefault("encoder", name)
+    if fields["encoder"] == name:
+        fields.setdefault("options", dict(options))
+    return InputConfig(column=column, modality=modality, **fields)
+
+
+def build_model(config: ModelConfig, seed: int) -> MultimodalModel:
+    """The model with weights initialised from `seed` alone."""
+    torch.manual_seed(seed)
+    return MultimodalModel.from_config(config)
+
+
+def dataset_for(
+    manifest: Manifest,
+    model: MultimodalModel,
+    config: ModelConfig,
+    train_config: TrainConfig,
+    *,
+    train: bool,
+) -> MultimodalDataset:
+    return MultimodalDataset(
+        manifest,
+        config.inputs,
+        {n: model.encoders[n].input_spec for n in model.names},
+        {h.task: h.classes for h in config.heads},
+        train=train,
+        augment=train_config.augment,
+        spec_augment=train_config.spec_augment,
+        seed=train_config.seed,
+        decode_timeout=train_config.decode_timeout,
+    )
+
+
+@dataclass
+class TrainRun:
+    model: MultimodalModel
+    trainer: Trainer
+    fit: FitResult
+    evaluation: dict | None
+    report: Path | None
+
+
+def train_model(
+    train: Manifest,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    val: Manifest | None = None,
+    test: Manifest | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainRun:
+    """Train into `out_dir` (checkpoints, metrics.jsonl), then evaluate the best checkpoint on
+    `test` (else `val`) and write `out_dir/report.md` with metrics.json and the PNGs."""
+    out_dir = Path(out_dir)
+    model = build_model(model_config, train_config.seed)
+    trainer = Trainer(model, train_config, out_dir, model_config=model_config, log=log)
+    train_set = dataset_for(train, model, model_config, train_config, train=True)
+    val_set = (
+        None if val is None else dataset_for(val, model, model_config, train_config, train=False)
+    )
+    fit = trainer.fit(train_set, val_set, resume=resume)
+    if fit.best_checkpoint is not None:
+        ckpt.load_checkpoint(fit.best_checkpoint, model, restore_rng=False)
+    evaluation, report = None, None
+    target = test if test is not None else val
+    if evaluate and target is not None:
+        eval_set = (
+            val_set
+            if target is val
+            else dataset_for(target, model, model_config, train_config, train=False)
+        )
+        trainer.prepare_cache(eval_set)
+        evaluation = evaluate_model(
+            trainer,
+            eval_set,
+            out_dir,
+            history=fit.history,
+            title=f"mmfuse: {target.source}",
+            extra={"checkpoint": str(fit.best_checkpoint), "best epoch": fit.best_epoch},
+            log=log,
+        )
+        report = out_dir / "report.md"
+    return TrainRun(model, trainer, fit, evaluation, report)
