@@ -100,6 +100,7 @@ class Trainer:
         self.rng = torch.Generator().manual_seed(config.seed)  # mixup and modality dropout
         self.skipped: list[Skipped] = []
         self._cached: set[str] = set()  # inputs whose batches hold cached features
+        self._val_skipped: list[Skipped] = []
 
     # ------------------------------------------------------------------ set-up
     def _saved_config(self) -> dict:
@@ -226,6 +227,10 @@ class Trainer:
             "best_epoch": None,
             "bad_epochs": 0,
             "skipped": [],
+            # Sums over the batches of the epoch so far (loss × rows, rows), saved mid-epoch so
+            # that a resumed epoch reports the same mean train_loss as an uninterrupted one.
+            "epoch_loss": 0.0,
+            "epoch_rows": 0,
         }
         if resume:
             state = self._resume(optimizer, scheduler, state)
@@ -245,17 +250,22 @@ class Trainer:
                 "epoch": epoch + 1,
                 "step": step,
                 "train_loss": train_loss,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": _head_lr(optimizer),
                 "train_time": took,
                 "samples_per_s": seen / took if took else None,
             }
             if val is not None:
                 record.update(self.validate(val))
+                if epoch == state["epoch"] and self._val_skipped:  # once per run is enough
+                    self.log(
+                        f"validation: {len(self._val_skipped)} sample(s) could not be loaded and "
+                        f"are left out of the validation metrics, e.g. {self._val_skipped[0]}"
+                    )
             state["history"].append(record)
             logger.write(record)
             self.log(_epoch_line(record, cfg.epochs))
             improved = self._improved(record, state)
-            state.update(epoch=epoch + 1, batch=0)
+            state.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_rows=0)
             last = self._save(model, optimizer, scheduler, state)
             if improved:
                 ckpt.mark_best(last)
@@ -341,6 +351,9 @@ class Trainer:
         loader = self._loader(train, batches[first_batch:], cfg.seed + epoch)
         self.model.train()
         total, count, seen = 0.0, 0, 0
+        if first_batch:
+            # .get: a checkpoint written before these sums were saved resumes as before.
+            total, count = state.get("epoch_loss", 0.0), state.get("epoch_rows", 0)
         start = time.perf_counter()
         bar = _progress(
             loader, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first_batch
@@ -360,7 +373,7 @@ class Trainer:
             due = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0
             # The epoch-end checkpoint covers the last batch.
             if due and b + 1 < len(batches):
-                state.update(epoch=epoch, batch=b + 1)
+                state.update(epoch=epoch, batch=b + 1, epoch_loss=total, epoch_rows=count)
                 self._save(self.model, optimizer, scheduler, state)
         took = time.perf_counter() - start
         return (total / count if count else float("nan")), seen, took
@@ -372,7 +385,9 @@ class Trainer:
                     f"{s}; fix or remove the file, or set on_bad_sample='skip' to leave such "
                     "samples out and report them"
                 )
-            self.skipped.append(s)
+            # A bad file fails again every epoch; report it once.
+            if (s.row, s.column) not in {(k.row, k.column) for k in self.skipped}:
+                self.skipped.append(s)
 
     def _batch_to_device(self, batch) -> tuple[dict, dict, Tensor, dict]:
         """Split a batch into raw inputs and cached features, on the device; tokenize text."""
@@ -450,10 +465,15 @@ class Trainer:
 
     def _with_fgsm(self, loss, inputs, features, mask, labels, names) -> Tensor:
         """Goodfellow et al.'s FGSM: also train on x + ε·sign(∇ₓ loss), half weight each."""
-        grads = torch.autograd.grad(loss, [inputs[n] for n in names], retain_graph=True)
+        # allow_unused: an input that no row of this batch has is never encoded, so it has no
+        # gradient (None) and is left as it is.
+        grads = torch.autograd.grad(
+            loss, [inputs[n] for n in names], retain_graph=True, allow_unused=True
+        )
         adversarial = dict(inputs)
         for n, g in zip(names, grads):
-            adversarial[n] = (inputs[n] + self.config.fgsm_epsilon * g.sign()).detach()
+            if g is not None:
+                adversarial[n] = (inputs[n] + self.config.fgsm_epsilon * g.sign()).detach()
         _, loss_fn = self._loss(adversarial, features, mask, labels)
         adv_loss, _ = loss_fn(labels)
         return 0.5 * (loss + adv_loss)
@@ -542,6 +562,7 @@ class Trainer:
     def validate(self, dataset: MultimodalDataset) -> dict:
         """`val_loss` and `val_<metric>` for the first task (`val_<task>_<metric>` for others)."""
         out = self.predict(dataset)
+        self._val_skipped = out["skipped"]
         record = {"val_loss": out["loss"]}
         for i, task in enumerate(self.tasks):
             y = out["labels"][task]
@@ -574,6 +595,15 @@ class Trainer:
             )
             for s in self.skipped[:5]:
                 self.log(f"  {s}")
+
+
+def _head_lr(optimizer) -> float:
+    # The fusion and heads' rate, i.e. `lr` as scheduled. Group 0 is the encoders' group whenever
+    # one is trained, which would log `backbone_lr` under the name `lr`.
+    for group in optimizer.param_groups:
+        if group.get("name", "").split("/")[0] == "head":
+            return group["lr"]
+    return optimizer.param_groups[0]["lr"]
 
 
 def _is_float(x) -> bool:
