@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,8 +253,9 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
     wav = Path(manifest.value(1, "audio"))
     png.write_bytes(b"this is not a PNG" * 10)
     wav.write_bytes(wav.read_bytes()[:20])  # cut inside the 44-byte header
-    result, _, _ = fit(manifest, tmp_path / "run", epochs=1)
+    result, _, _ = fit(manifest, tmp_path / "run", epochs=2)
     assert math.isfinite(result.history[0]["train_loss"])
+    assert len(result.skipped) == 2  # each bad file once, though every epoch meets it
     found = {(s.row, s.column, Path(s.path)): s for s in result.skipped}
     assert set(found) == {(0, "image", png), (1, "audio", wav)}
     for s in found.values():
@@ -439,3 +441,16 @@ def test_finetune_after_and_backbone_lr(tmp_path):
         "head": 1e-2,
         "head/no_decay": 1e-2,
     }
+
+
+def test_resume_restores_a_best_mark_lost_to_a_kill(tmp_path):
+    manifest = make_data(tmp_path / "data", 2)
+    result, _, config = fit(manifest, tmp_path / "run", epochs=2)
+    # Without validation every epoch is the best so far, so the last checkpoint is the best.
+    assert result.best_checkpoint.name.endswith(result.last_checkpoint.name.split("-")[-1])
+    shutil.rmtree(result.best_checkpoint)  # as if killed before mark_best ran
+    model = build_model(config)
+    trainer = Trainer(model, quick_config(), tmp_path / "run", model_config=config)
+    resumed = trainer.fit(make_dataset(manifest, config, model, train=True), resume=True)
+    assert resumed.best_checkpoint is not None
+    assert resumed.best_checkpoint.name == result.best_checkpoint.name

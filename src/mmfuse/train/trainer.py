@@ -303,6 +303,13 @@ class Trainer:
             verify=False,
         )
         state = dict(info["extra"]["trainer"])
+        # A kill between writing an epoch's checkpoint and marking it best leaves the mark on
+        # an older one; the saved state knows which epoch was best.
+        best = ckpt.best_checkpoint(self.run_dir)
+        if state["batch"] == 0 and state["best_epoch"] == state["epoch"] and (
+            best is None or _step_of(best) != _step_of(latest)
+        ):
+            ckpt.mark_best(latest)
         self.log(f"resumed from {latest.name}: epoch {state['epoch'] + 1}, batch {state['batch']}")
         return state
 
@@ -595,6 +602,10 @@ class Trainer:
             )
             for s in self.skipped[:5]:
                 self.log(f"  {s}")
+
+
+def _step_of(path: Path) -> str:
+    return path.name.rsplit("-", 1)[-1]
 
 
 def _head_lr(optimizer) -> float:
