@@ -334,6 +334,23 @@ def test_frozen_encoder_features_are_cached(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == len(manifest) + 1
 
 
+def test_a_dataset_reused_without_the_cache_loads_files_again(tmp_path):
+    manifest = make_data(tmp_path / "data", 2, modalities=("image", "text"))
+    config = tiny_model_config(
+        manifest.classes, inputs=("image", "text"), modes={"image": {"mode": "freeze"}}
+    )
+    model = build_model(config)
+    train = make_dataset(manifest, config, model, train=True)
+    cfg = quick_config(epochs=1, cache_dir=str(tmp_path / "cache"))
+    Trainer(model, cfg, tmp_path / "run1", model_config=config).fit(train)
+    assert train.features["image"].shape == (len(manifest), model.encoders["image"].output_dim)
+    off = quick_config(epochs=1, cache_features=False)
+    result = Trainer(model, off, tmp_path / "run2", model_config=config).fit(train)
+    assert "image" not in train.features
+    assert train[0]["inputs"]["image"].shape == (3, 32, 32)
+    assert math.isfinite(result.history[0]["train_loss"])
+
+
 # --------------------------------------------------------------------------- multi-task
 
 

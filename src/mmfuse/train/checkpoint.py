@@ -267,17 +267,18 @@ def save_checkpoint(
     return final
 
 
-def mark_best(checkpoint: str | os.PathLike, *, tag: str = "best") -> Path:
+def mark_best(checkpoint: str | os.PathLike, *, tag: str = "best", verify: bool = True) -> Path:
     """Make `checkpoint` the run's best: hard-link its files into `<tag>-<step>/` beside it.
 
     Hard links cost no space or copy time and survive the pruning of the original (the
     files are never modified in place); where links are not supported the files are copied.
-    Only the newest `<tag>-*` folder is kept. Returns the new folder.
+    Only the newest `<tag>-*` folder is kept. Returns the new folder. `verify=False` skips
+    rehashing the files, for a checkpoint this process has just written.
     """
     if not _TAG.fullmatch(tag):
         raise ValueError(f"tag={tag!r}: use lowercase letters, digits and _ (e.g. 'best')")
     source = Path(checkpoint)
-    meta = verify_checkpoint(source)
+    meta = verify_checkpoint(source) if verify else _read_meta(source)
     run_dir = source.parent
     final = run_dir / f"{tag}-{meta['step']:08d}"
     if final.resolve() == source.resolve():

@@ -61,6 +61,7 @@ class FitResult:
     last_checkpoint: Path | None
     skipped: list[Skipped] = field(default_factory=list)
     stopped_early: bool = False
+    cache_time: float = 0.0  # seconds spent filling the feature cache before epoch 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,15 +162,20 @@ class Trainer:
             return []
         return [n for n, s in self.model_config.inputs.items() if s.mode == "freeze"]
 
-    def prepare_cache(self, *datasets: MultimodalDataset) -> None:
-        """Fill the feature cache for frozen inputs and hand the features to the datasets."""
+    def prepare_cache(self, *datasets: MultimodalDataset | None) -> None:
+        """Fill the feature cache for frozen inputs and attach the features to the datasets
+        (`dataset.features[name]`, N×D), which then serve them instead of decoding."""
         names = self._cacheable()
-        if not names:
-            return
         self.model.to(self.device)
         for dataset in datasets:
             if dataset is None:
                 continue
+            # Features an earlier fit attached for inputs this run trains (or does not cache)
+            # would be stale: load those inputs from their files again.
+            for stale in set(dataset.features) - set(names):
+                del dataset.features[stale]
+                dataset.feature_errors.pop(stale, None)
+                dataset.placeholders[stale] = dataset._placeholder(stale)
             for name in names:
                 feats, errors = fill_feature_cache(
                     dataset,
@@ -196,7 +202,9 @@ class Trainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
+        started = time.perf_counter()
         self.prepare_cache(train, val)
+        self.cache_time = time.perf_counter() - started
         self._cached = set(train.features)
         model = self.model.to(self.device)
         if cfg.channels_last:
@@ -268,7 +276,7 @@ class Trainer:
             state.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_rows=0)
             last = self._save(model, optimizer, scheduler, state)
             if improved:
-                ckpt.mark_best(last)
+                ckpt.mark_best(last, verify=False)  # just written and hashed by this process
             if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                 self.log(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
                 stopped_early = True
@@ -283,6 +291,7 @@ class Trainer:
             last_checkpoint=ckpt.latest_checkpoint(self.run_dir),
             skipped=list(self.skipped),
             stopped_early=stopped_early,
+            cache_time=self.cache_time,
         )
 
     def _resume(self, optimizer, scheduler, state: dict) -> dict:
@@ -306,8 +315,10 @@ class Trainer:
         # A kill between writing an epoch's checkpoint and marking it best leaves the mark on
         # an older one; the saved state knows which epoch was best.
         best = ckpt.best_checkpoint(self.run_dir)
-        if state["batch"] == 0 and state["best_epoch"] == state["epoch"] and (
-            best is None or _step_of(best) != _step_of(latest)
+        if (
+            state["batch"] == 0
+            and state["best_epoch"] == state["epoch"]
+            and (best is None or _step_of(best) != _step_of(latest))
         ):
             ckpt.mark_best(latest)
         self.log(f"resumed from {latest.name}: epoch {state['epoch'] + 1}, batch {state['batch']}")
