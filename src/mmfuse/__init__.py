@@ -1,5 +1,7 @@
 """mmfuse: multimodal deep learning on image, audio, video and text."""
 
+from mmfuse._version import __version__
+from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data import (
     Manifest,
     Problem,
@@ -13,13 +15,12 @@ from mmfuse.data import (
 )
 from mmfuse.errors import ManifestError, MediaError, MmfuseError
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Manifest",
     "ManifestError",
     "MediaError",
     "MmfuseError",
+    "MultimodalClassifier",
     "Problem",
     "__version__",
     "probe_video",

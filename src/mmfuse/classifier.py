@@ -1,0 +1,267 @@
+"""`MultimodalClassifier`: the scikit-learn-style front door to training, prediction and saving.
+
+    clf = MultimodalClassifier(fusion="attention", encoders={"image": "resnet18"}, epochs=10)
+    clf.fit(train_df, label="label", val=val_df)    # DataFrame, manifest path or folder
+    clf.predict(test_df); clf.predict_proba(test_df); clf.evaluate(test_df)
+    clf.save("model/"); MultimodalClassifier.load("model/")
+
+`__init__` only stores hyperparameters (so `get_params`, `set_params` and `sklearn.clone` work);
+`fit` does the work through the same `train_model` path as `mmfuse train`; learned state ends
+in `_`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.model.config import FusionConfig, ModelConfig
+from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.model.saved import load_model, save_model
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.dataset import MultimodalDataset
+from mmfuse.train.run import model_config_for, train_model
+from mmfuse.train.trainer import Trainer
+
+
+class NotFittedError(ValueError, AttributeError):
+    """predict/evaluate/save before fit (the same class name as scikit-learn's)."""
+
+
+class MultimodalClassifier(BaseEstimator):
+    """Classify samples from any mix of image, audio, video and text columns.
+
+    Args:
+        fusion: a fusion method name (`mmfuse.fusion.available()`).
+        encoders: per column or modality, an encoder name or a dict of InputConfig fields, e.g.
+            `{"image": "resnet18", "text": {"encoder": "hf", "mode": "freeze"}}`; others get
+            the defaults of `mmfuse.train.run.DEFAULT_ENCODERS`.
+        epochs, batch_size, lr, seed, device, workers: as in `TrainConfig`.
+        fusion_dim, fusion_options, modality_dropout: as in `FusionConfig`.
+        train_options: any other `TrainConfig` fields, e.g. `{"precision": "bf16"}`.
+        out_dir: the run folder (checkpoints, report); default: a new temporary folder.
+        verbose: print progress and per-epoch lines.
+    """
+
+    def __init__(
+        self,
+        fusion: str = "attention",
+        encoders: Mapping | None = None,
+        epochs: int = 10,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        seed: int = 0,
+        device: str = "auto",
+        workers: int = 0,
+        fusion_dim: int = 256,
+        fusion_options: Mapping | None = None,
+        modality_dropout: float = 0.0,
+        train_options: Mapping | None = None,
+        out_dir: str | os.PathLike | None = None,
+        verbose: bool = True,
+    ):
+        self.fusion = fusion
+        self.encoders = encoders
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.device = device
+        self.workers = workers
+        self.fusion_dim = fusion_dim
+        self.fusion_options = fusion_options
+        self.modality_dropout = modality_dropout
+        self.train_options = train_options
+        self.out_dir = out_dir
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+    def _train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=self.seed,
+            device=self.device,
+            workers=self.workers,
+            progress=self.verbose,
+            **dict(self.train_options or {}),
+        )
+
+    def fit(
+        self,
+        X,
+        label: str | list[str] | None = None,
+        val=None,
+        *,
+        modalities: Mapping[str, str] | None = None,
+        resume: bool = False,
+    ) -> MultimodalClassifier:
+        """Train on `X` (DataFrame, manifest file or class-per-folder root); return self.
+
+        `val` (same kinds) drives early stopping and the report; `modalities` declares column
+        roles the inference gets wrong, e.g. `{"notes": "text", "id": "ignore"}`.
+        """
+        train = _as_manifest(X, label, modalities)
+        val_manifest = None if val is None else _as_manifest(val, train.labels, modalities)
+        fusion = FusionConfig(
+            name=self.fusion,
+            dim=self.fusion_dim,
+            options=dict(self.fusion_options or {}),
+            modality_dropout=self.modality_dropout,
+        )
+        config = model_config_for(train, encoders=self.encoders, fusion=fusion)
+        train_config = self._train_config()
+        run_dir = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="mmfuse-"))
+        run = train_model(
+            train,
+            config,
+            train_config,
+            run_dir,
+            val=val_manifest,
+            resume=resume,
+            log=print if self.verbose else _quiet,
+        )
+        self._set_fitted(run.model, config, train_config)
+        self.run_dir_ = run_dir
+        self.history_ = run.fit.history
+        self.skipped_ = run.fit.skipped
+        self.evaluation_ = run.evaluation
+        return self
+
+    def _set_fitted(self, model: MultimodalModel, config: ModelConfig, train_config: TrainConfig):
+        self.model_ = model
+        self.model_config_ = config
+        self.train_config_ = train_config
+        self.labels_ = {h.task: h.classes for h in config.heads}
+        self.task_ = config.heads[0].task
+        self.classes_ = np.array(config.heads[0].classes, dtype=object)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError(
+                "this MultimodalClassifier is not fitted yet; call fit(...) or "
+                "MultimodalClassifier.load(folder) first"
+            )
+
+    # ------------------------------------------------------------------ inference
+    def _dataset(self, X) -> MultimodalDataset:
+        config = self.model_config_
+        roles = {spec.column: spec.modality for spec in config.inputs.values()}
+        manifest = _as_manifest(X, None, roles, need_label=False)
+        specs = {n: self.model_.encoders[n].input_spec for n in self.model_.names}
+        return MultimodalDataset(
+            manifest,
+            config.inputs,
+            specs,
+            self.labels_,
+            decode_timeout=self.train_config_.decode_timeout,
+        )
+
+    def _trainer(self) -> Trainer:
+        config = TrainConfig(
+            batch_size=self.train_config_.batch_size,
+            device=self.train_config_.device,
+            workers=self.train_config_.workers,
+            precision=self.train_config_.precision,
+            progress=False,
+        )
+        run_dir = getattr(self, "run_dir_", None) or Path(tempfile.gettempdir())
+        return Trainer(self.model_, config, run_dir, model_config=self.model_config_, log=_quiet)
+
+    def predict_proba(self, X, task: str | None = None) -> np.ndarray:
+        """N×C class probabilities (columns in `classes_` order); NaN rows could not be read."""
+        self._check_fitted()
+        task = task or self.task_
+        dataset = self._dataset(X)
+        out = self._trainer().predict(dataset)
+        proba = np.full((len(dataset), len(self.labels_[task])), np.nan)
+        proba[out["rows"]] = out["proba"]["all"][task]
+        return proba
+
+    def predict(self, X, task: str | None = None) -> np.ndarray:
+        """Predicted class names; None for rows whose files could not be read."""
+        task = task or getattr(self, "task_", None)
+        proba = self.predict_proba(X, task)
+        classes = np.array(self.labels_[task], dtype=object)
+        ok = ~np.isnan(proba).any(axis=1)
+        out = np.full(len(proba), None, dtype=object)
+        out[ok] = classes[proba[ok].argmax(axis=1)]
+        return out
+
+    def evaluate(
+        self, X, out_dir: str | os.PathLike | None = None, *, ablation=True, robustness=False
+    ) -> dict:
+        """Metrics on labelled data `X` (per task when several); with `out_dir`, the report."""
+        self._check_fitted()
+        result = evaluate_model(
+            self._trainer(),
+            self._dataset(X),
+            out_dir,
+            ablation=ablation,
+            robustness=robustness,
+            title="mmfuse evaluation",
+        )
+        self.last_evaluation_ = result
+        return result["metrics"]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model folder (config.json, labels.json, model.safetensors, report)."""
+        self._check_fitted()
+        report = getattr(self, "run_dir_", None)
+        has_report = report is not None and (Path(report) / "report.md").is_file()
+        return save_model(
+            path,
+            self.model_,
+            self.model_config_,
+            train_config=self.train_config_.to_dict(),
+            report_dir=report if has_report else None,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> MultimodalClassifier:
+        model, config, train = load_model(path, device)
+        train_config = TrainConfig.from_dict(train) if train else TrainConfig(device=device)
+        train_config.device = device
+        clf = cls(
+            fusion=config.fusion.name,
+            epochs=train_config.epochs,
+            batch_size=train_config.batch_size,
+            lr=train_config.lr,
+            seed=train_config.seed,
+            device=device,
+            workers=train_config.workers,
+            fusion_dim=config.fusion.dim,
+            fusion_options=config.fusion.options or None,
+            modality_dropout=config.fusion.modality_dropout,
+            verbose=False,
+        )
+        clf._set_fitted(model, config, train_config)
+        return clf
+
+
+def _as_manifest(X, label, modalities, *, need_label: bool = True) -> Manifest:
+    if isinstance(X, Manifest):
+        return X
+    if not isinstance(X, (pd.DataFrame, str, os.PathLike)):
+        raise TypeError(
+            f"expected a DataFrame, a manifest path (CSV/JSONL/Parquet) or a class-per-folder "
+            f"root, got {type(X).__name__}"
+        )
+    manifest = read_manifest(X, label=label, modalities=dict(modalities or {}) or None)
+    if need_label and not manifest.labels:
+        raise ValueError(f"{manifest.source}: no label column found; pass label='<column>' to fit")
+    return manifest
+
+
+def _quiet(message: str) -> None:
+    pass

@@ -1,0 +1,124 @@
+"""A saved model: a folder anyone can inspect, that loads without unpickling anything.
+
+    model/
+        config.json        format, mmfuse version, ModelConfig and TrainConfig
+        labels.json        {task: [class names]}, index i names class i
+        model.safetensors  every weight (encoders, fusion, heads)
+        metrics.json, report.md, *.png   the evaluation, when there was one
+
+The model is rebuilt from config.json (each encoder's preprocessing follows from its name and
+options), then the weights are loaded strictly: a missing or extra tensor is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from mmfuse._version import __version__
+from mmfuse.errors import CheckpointError
+from mmfuse.model.config import ModelConfig
+from mmfuse.model.multimodal import MultimodalModel
+
+FORMAT = 1
+CONFIG, LABELS, WEIGHTS = "config.json", "labels.json", "model.safetensors"
+REPORT_FILES = ("metrics.json", "report.md")
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: MultimodalModel,
+    config: ModelConfig,
+    *,
+    train_config: dict | None = None,
+    report_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Write the model folder; copy report.md, metrics.json and PNGs from `report_dir`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path / WEIGHTS, metadata={"format": str(FORMAT)})
+    labels = {h.task: h.classes for h in config.heads}
+    (path / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
+    saved = {
+        "format": FORMAT,
+        "mmfuse_version": __version__,
+        "model": config.to_dict(),
+        "train": train_config,
+    }
+    (path / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    if report_dir is not None:
+        report_dir = Path(report_dir)
+        files = [report_dir / n for n in REPORT_FILES] + sorted(report_dir.glob("*.png"))
+        for f in files:
+            if f.is_file() and f.resolve() != (path / f.name).resolve():
+                shutil.copy2(f, path / f.name)
+    return path
+
+
+def read_saved_config(path: str | os.PathLike) -> dict:
+    """config.json of a model folder, checked for a format this mmfuse can read."""
+    path = Path(path)
+    file = path / CONFIG
+    if not file.is_file():
+        raise CheckpointError(
+            path,
+            f"is not an mmfuse model folder (no {CONFIG}); give the folder that `mmfuse train "
+            "--out` or `MultimodalClassifier.save` wrote",
+        )
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            file, f"cannot be read as JSON ({e}); the folder is damaged"
+        ) from None
+    fmt = saved.get("format") if isinstance(saved, dict) else None
+    if not isinstance(fmt, int):
+        raise CheckpointError(file, "has no integer 'format'; it was not written by mmfuse")
+    if fmt > FORMAT:
+        raise CheckpointError(
+            file,
+            f"was written by mmfuse {saved.get('mmfuse_version', '?')} in model format {fmt}; "
+            f"this is mmfuse {__version__}, which reads format {FORMAT} and older. Upgrade "
+            "mmfuse (pip install -U mmfuse) to load it",
+        )
+    return saved
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """`(model, ModelConfig, train config dict or None)` from a model folder."""
+    path = Path(path)
+    saved = read_saved_config(path)
+    config = ModelConfig.from_dict(saved["model"])
+    model = MultimodalModel.from_config(config)
+    try:
+        state = load_file(path / WEIGHTS, device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            path / WEIGHTS,
+            f"cannot be read as safetensors ({e}); the file is missing or damaged: copy it "
+            "again, or retrain",
+        ) from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            path / WEIGHTS,
+            f"does not match {CONFIG}: missing {missing[:5]}, unexpected {unexpected[:5]}; "
+            "the two files come from different models",
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # same names, other shapes
+        raise CheckpointError(
+            path / WEIGHTS, f"does not match {CONFIG}: {str(e).splitlines()[-1].strip()}"
+        ) from None
+    model.to(device).eval()
+    return model, config, saved.get("train")
