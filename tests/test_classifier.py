@@ -12,15 +12,7 @@ from sklearn.base import clone
 from mmfuse.classifier import MultimodalClassifier, NotFittedError
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.errors import CheckpointError
-
-ENCODERS = {
-    "image": {"encoder": "cnn", "options": {"width": 8, "stages": 2, "image_size": 32}},
-    "audio": {
-        "encoder": "mel-cnn",
-        "options": {"width": 8, "stages": 2, "duration": 0.25, "n_mels": 32},
-    },
-    "text": {"encoder": "embedding-bag", "options": {"dim": 16, "vocab_size": 1024}},
-}
+from train_helpers import SMALL_ENCODERS as ENCODERS
 
 
 def small(**overrides) -> MultimodalClassifier:

@@ -15,15 +15,7 @@ from mmfuse.evaluate import ablation_variants, accuracy_of, corrupted
 from mmfuse.evaluate.corruptions import CORRUPTIONS
 from mmfuse.train import TrainConfig
 from mmfuse.train.run import dataset_for, model_config_for, train_model
-
-SMALL = {
-    "image": {"encoder": "cnn", "options": {"width": 8, "stages": 2, "image_size": 32}},
-    "audio": {
-        "encoder": "mel-cnn",
-        "options": {"width": 8, "stages": 2, "duration": 0.25, "n_mels": 32},
-    },
-    "text": {"encoder": "embedding-bag", "options": {"dim": 16, "vocab_size": 1024}},
-}
+from train_helpers import SMALL_ENCODERS as SMALL
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,12 @@ INPUT_OPTIONS = {
     "text": ("embedding-bag", {"dim": 16, "vocab_size": 1024}),
 }
 
+# The same encoders as InputConfig fields, for `model_config_for` and `MultimodalClassifier`.
+SMALL_ENCODERS = {
+    name: {"encoder": encoder, "options": dict(options)}
+    for name, (encoder, options) in INPUT_OPTIONS.items()
+}
+
 
 def make_data(
     root: Path,
