@@ -125,6 +125,8 @@ def train_model(
     test: Manifest | None = None,
     resume: bool = False,
     evaluate: bool = True,
+    ablation: bool = True,
+    robustness: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainRun:
     """Train into `out_dir` (checkpoints, metrics.jsonl), then evaluate the best checkpoint on
@@ -153,6 +155,8 @@ def train_model(
             eval_set,
             out_dir,
             history=fit.history,
+            ablation=ablation,
+            robustness=robustness,
             title=f"mmfuse: {target.source}",
             extra={"checkpoint": str(fit.best_checkpoint), "best epoch": fit.best_epoch},
             log=log,

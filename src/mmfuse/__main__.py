@@ -1,0 +1,3 @@
+from mmfuse.cli import entry_point
+
+entry_point()
