@@ -42,7 +42,7 @@ from mmfuse.data.audio import resample
 from mmfuse.data.writers import write_audio, write_video
 from mmfuse.errors import MmfuseError
 
-VERSION = 1
+VERSION = 2
 MARKER = "avdigits.json"
 SPLITS = ("train", "val", "test")
 COLUMNS = ("image", "audio", "video", "text", "label")
@@ -75,10 +75,12 @@ VIDEO_GLYPH = 30  # side of the moving digit in video frames
 VIDEO_FPS = 10
 VIDEO_FRAMES = 10  # 1 s
 
-# Corruption strengths, tuned so that each modality alone is clearly imperfect. On 2000 samples
-# (seed 0), logistic regression on the val+test rows scores: image (16×16 pixels) 67 %, audio
-# (MFCC means) 76 %, text (bag of words) 61 %, and the mean of their probabilities 91 %.
-SNR_DB = (-13.0, 5.0)  # speech-to-noise ratio, uniform
+# Corruption strengths, tuned so that each modality alone is clearly imperfect and fusion has
+# something to add. `mmfuse demo` (1500 samples, small CNNs from scratch, 6 epochs) scores on the
+# test split: image 0.84, audio 0.51, video frames 0.72, frames + audio track 0.79, all four
+# fused 0.92. Speech is mixed at -24..0 dB: at the first setting tried (-13..5 dB) the audio
+# CNN alone reached 0.95, leaving fusion nothing to show.
+SNR_DB = (-24.0, 0.0)  # speech-to-noise ratio, uniform
 ROTATION_DEG = 12.0
 SCALE = (0.85, 1.1)
 SHEAR = 0.2
