@@ -9,7 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from mmfuse.errors import MmfuseError
+
 T = TypeVar("T", bound=Callable)
+
+
+class UnknownNameError(MmfuseError, KeyError, ValueError):
+    """An unregistered name. A KeyError for lookups, a ValueError (a bad value) for callers and
+    the command line, which report it as a usage error."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
 
 
 class Registry(Generic[T]):
@@ -31,7 +41,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except KeyError:
             valid = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid names: {valid}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

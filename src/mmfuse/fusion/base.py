@@ -28,9 +28,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mmfuse.errors import MmfuseError
 from mmfuse.registry import Registry
 
 FUSIONS: Registry[type[Fusion]] = Registry("fusion method")
+
+
+class FusionOptionError(MmfuseError, TypeError, ValueError):
+    """An option the fusion method does not take (a TypeError, as for any bad keyword)."""
 
 
 def register(name: str):
@@ -60,7 +65,7 @@ def build(name: str, input_dims: Mapping[str, int], output_dim: int, **options: 
     valid = [p for p in params if p not in ("self", "input_dims", "output_dim")]
     unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise TypeError(
+        raise FusionOptionError(
             f"fusion {name!r} has no option(s) {unknown}; valid options: {valid or '(none)'}"
         )
     return cls(input_dims, output_dim, **options)
