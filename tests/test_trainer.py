@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 from mmfuse.data.manifest import read_manifest
 from mmfuse.errors import MediaError
 from mmfuse.evaluate.metrics import classification_metrics
+from mmfuse.features import sample as sample_module
 from mmfuse.model import FusionConfig
 from mmfuse.train import BadSampleError, Trainer, latest_checkpoint
-from mmfuse.train import dataset as dataset_module
 from mmfuse.train.losses import IGNORE_INDEX
 from train_helpers import (
     build_model,
@@ -127,16 +127,16 @@ sys.path.insert(0, sys.argv[1])
 from train_helpers import build_model, make_dataset, quick_config, tiny_model_config
 
 from mmfuse.data.manifest import read_manifest
+from mmfuse.features import sample
 from mmfuse.train import Trainer
-from mmfuse.train import dataset
 
 data, run, delay = Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
 # Slow decoding down (without changing what is decoded) so that a kill lands mid-epoch.
-read_image = dataset.read_image
+read_image = sample.read_image
 def slow_read_image(*args, **kwargs):
     time.sleep(delay)
     return read_image(*args, **kwargs)
-dataset.read_image = slow_read_image
+sample.read_image = slow_read_image
 
 manifest = read_manifest(data / "manifest.csv")
 config = tiny_model_config(manifest.classes)
@@ -273,14 +273,14 @@ def test_corrupt_files_are_skipped_and_reported(tmp_path):
 def test_hanging_decode_is_bounded_by_decode_timeout(tmp_path, monkeypatch):
     manifest = make_data(tmp_path / "data", 2, modalities=("image", "text"))
     hangs = Path(manifest.value(3, "image"))
-    read_image = dataset_module.read_image
+    read_image = sample_module.read_image
 
     def hanging_read_image(path, *args, **kwargs):
         if Path(path) == hangs:
             time.sleep(5)
         return read_image(path, *args, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "read_image", hanging_read_image)
+    monkeypatch.setattr(sample_module, "read_image", hanging_read_image)
     start = time.perf_counter()
     config = tiny_model_config(manifest.classes, inputs=("image", "text"))
     result, _, _ = fit(manifest, tmp_path / "run", config=config, epochs=1, decode_timeout=0.3)

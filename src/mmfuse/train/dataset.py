@@ -13,7 +13,6 @@ what lets a resumed run reproduce an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import math
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -23,15 +22,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from mmfuse.data.audio import read_audio
-from mmfuse.data.image import read_image
 from mmfuse.data.manifest import Manifest
-from mmfuse.data.text import read_text
-from mmfuse.data.video import read_video
 from mmfuse.errors import ManifestError, MediaError
-from mmfuse.features.audio_transform import AudioTransform
-from mmfuse.features.image import image_transform
-from mmfuse.features.video import video_transform
+from mmfuse.features.sample import SampleLoader
 from mmfuse.model.config import InputConfig
 from mmfuse.train.losses import IGNORE_INDEX
 
@@ -137,7 +130,15 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 f"lacks; its columns are {list(manifest.frame.columns)}"
             )
         self.labels = {t: self._label_indices(t, classes) for t, classes in self.tasks.items()}
-        self.transforms = {n: self._transform(n) for n in self.names}
+        self.loader = SampleLoader(
+            {n: c.modality for n, c in self.inputs.items()},
+            self.specs,
+            augment=self.augment,
+            spec_augment=spec_augment,
+            corruptions=corruptions,
+            text_files=[n for n, c in self.inputs.items() if c.column in manifest.text_files],
+        )
+        self.transforms = self.loader.transforms
         self.placeholders = {n: self._placeholder(n) for n in self.names}
 
     def __len__(self) -> int:
@@ -162,30 +163,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
             out[row] = index[key]
         return out
 
-    def _transform(self, name: str):
-        spec, modality = self.specs[name], self.inputs[name].modality
-        if modality == "image":
-            return image_transform(spec, train=self.augment)
-        if modality == "video":
-            return video_transform(spec, train=self.augment)
-        if modality == "audio":
-            masks = 2 if self.augment and self.spec_augment else 0
-            return AudioTransform(spec, train=self.augment, freq_masks=masks, time_masks=masks)
-        return None  # text is tokenized per batch by its encoder
-
     def _placeholder(self, name: str):
         """What an absent input looks like in a batch: zeros of the loaded shape (or "")."""
         if name in self.features:
             return torch.zeros(self.features[name].shape[1])
-        spec, modality = self.specs[name], self.inputs[name].modality
-        if modality == "image":
-            return torch.zeros(3, spec.size, spec.size)
-        if modality == "video":
-            return torch.zeros(spec.frames, 3, spec.size, spec.size)
-        if modality == "audio":
-            length = round(spec.duration * spec.sample_rate)
-            return self.transforms[name].eval()(torch.zeros(length)).detach()
-        return ""
+        return self.loader.placeholders[name]
 
     def __getitem__(self, key):
         epoch, row = key if isinstance(key, tuple) else (0, key)
@@ -220,33 +202,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
         return item
 
     def load(self, name: str, value, generator: torch.Generator | None = None):
-        """Read and preprocess one cell of input `name` (eval-mode when `generator` is None)."""
-        spec, modality = self.specs[name], self.inputs[name].modality
-        corruption, level = self.corruptions.get(name, (None, None))
-        transform = self.transforms[name]
-        if modality == "text":
-            if self.inputs[name].column in self.manifest.text_files:
-                return read_text(value)
-            return str(value)
-        if modality == "image":
-            side = spec.resize or math.ceil(spec.size * 8 / 7)
-            raw = read_image(value, draft_size=(side, side))
-        elif modality == "audio":
-            raw, _ = read_audio(value, sample_rate=spec.sample_rate)
-        else:
-            clip = read_video(
-                value,
-                spec.frames,
-                mode="random" if self.augment else "uniform",
-                generator=generator,
-            )
-            raw = clip.frames  # T×C×H×W uint8
-        if corruption is not None:
-            raw = corruption(raw, level, generator)
-        with torch.no_grad():
-            if modality == "video":
-                return transform(raw, generator, indices=torch.arange(raw.shape[0]))
-            return transform(raw, generator)
+        """Read and preprocess one cell of input `name` (see `SampleLoader.load`)."""
+        return self.loader.load(name, value, generator)
 
 
 def _label_text(value) -> str:
