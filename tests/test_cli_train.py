@@ -138,6 +138,7 @@ def test_predict_a_manifest_to_csv(trained, tmp_path):
         "audio",
         "text",
         "prediction",
+        "error",
         *(f"proba_{c}" for c in classes),
     ]
     proba = preds[[f"proba_{c}" for c in classes]].to_numpy()

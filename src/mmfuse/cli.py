@@ -378,9 +378,11 @@ def _add_evaluate(sub) -> None:
 def predict_command(args: argparse.Namespace) -> int:
     """Predict classes with a saved model, for a whole manifest or for one sample.
 
-    With MANIFEST: a CSV with the row number, the model's input columns, `prediction` and,
-    with --proba, one proba_<class> column per class; to --out, or to stdout. Rows whose files
-    cannot be read get an empty prediction (`mmfuse validate` tells why).
+    With MANIFEST: a table with the row number, the model's input columns, `prediction` and,
+    with --proba, one proba_<class> column per class; to stdout (CSV) or to --out. With --out the
+    rows are streamed in chunks (bounded memory, decoding in --workers processes, a progress bar
+    with ETA), an `error` column says why a row could not be read, --shard I/N takes one of N
+    equal slices (their outputs concatenate to the whole), and --resume continues a killed run.
 
     For one sample, give its files with --image/--audio/--video and its text with --text;
     leave out any the sample lacks. Prints the label, then each class's probability. A model
@@ -388,6 +390,8 @@ def predict_command(args: argparse.Namespace) -> int:
 
     examples:
       mmfuse predict runs/train data/test.csv --out preds.csv --proba
+      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --workers 4
+      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --resume
       mmfuse predict runs/train data/test.csv > preds.csv
       mmfuse predict runs/train --image cat.jpg --text "a cat on a mat"
       mmfuse predict runs/train --video clip.mp4
@@ -407,9 +411,40 @@ def predict_command(args: argparse.Namespace) -> int:
     task = args.task or clf.task_
     if task not in clf.labels_:
         raise UsageError(f"--task {task!r}: the model's tasks are {', '.join(clf.labels_)}")
+    if args.manifest is not None and args.out is not None:
+        return _predict_streamed(args, task)
+    if args.shard or args.resume:
+        raise UsageError("--shard and --resume write part files: give --out FILE too")
     if args.manifest is not None:
         return _predict_manifest(clf, args.manifest, task, args.out, args.proba)
     return _predict_sample(clf, sample, columns, task)
+
+
+def _predict_streamed(args: argparse.Namespace, task: str) -> int:
+    from mmfuse.serve.batch_predict import parse_shard, predict_manifest
+    from mmfuse.serve.predictor import Predictor
+
+    predictor = Predictor(args.model_dir, device=args.device)
+    if task != predictor.task:
+        raise UsageError("--task with --out: streamed prediction writes the model's first task")
+    result = predict_manifest(
+        predictor,
+        args.manifest,
+        args.out,
+        shard=parse_shard(args.shard) if args.shard else (0, 1),
+        resume=args.resume,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        proba=args.proba,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    if result["failed"]:
+        print(
+            f"{result['failed']} of {result['rows']} rows could not be read; the `error` column "
+            "says why",
+            file=sys.stderr,
+        )
+    return EXIT_DATA if result["rows"] and result["failed"] == result["rows"] else EXIT_OK
 
 
 def _predict_manifest(clf, source: str, task: str, out: str | None, with_proba: bool) -> int:
@@ -499,8 +534,21 @@ def _add_predict(sub) -> None:
     p = _command(sub, "predict", predict_command)
     p.add_argument("model_dir", help="model folder written by `mmfuse train` (its --out)")
     p.add_argument("manifest", nargs="?", help="manifest with the model's input columns")
-    p.add_argument("--out", metavar="CSV", help="write the predictions here (default: stdout)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the predictions to this .csv or .parquet file, streamed in chunks "
+        "(default: CSV on stdout)",
+    )
     p.add_argument("--proba", action="store_true", help="add one proba_<class> column per class")
+    p.add_argument(
+        "--shard", metavar="I/N", help="with --out: predict only slice I of N (0-based), e.g. 0/4"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="with --out: continue a killed run from its parts"
+    )
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     p.add_argument("--image", metavar="FILE", help="one sample: its image file")
     p.add_argument("--audio", metavar="FILE", help="one sample: its audio file")
     p.add_argument("--video", metavar="FILE", help="one sample: its video file")

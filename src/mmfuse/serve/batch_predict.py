@@ -1,0 +1,223 @@
+"""Batch prediction over a manifest of any size: streamed, sharded, restartable.
+
+Rows are cut into chunks of `chunk_rows`; each chunk is decoded in DataLoader workers, predicted
+in batches through the same `Predictor.predict_tensors` the HTTP service uses, and written as
+its own Parquet part file (temp file + rename, so a part is complete or absent). A killed run
+restarted with `resume=True` skips the parts already written: no row is predicted twice or
+missed. At the end the parts are concatenated, one at a time, into the output file.
+
+`shard=(i, n)` takes the i-th of n contiguous, equal slices of the rows, so n machines (or a
+job array) can split a corpus and the shards' outputs, concatenated in order, are exactly the
+unsharded output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.errors import MmfuseError
+from mmfuse.serve.predictor import Predictor
+from mmfuse.train.dataset import MultimodalDataset, Skipped
+
+PART = "part-{:06d}.parquet"
+JOB = "job.json"
+
+
+def shard_bounds(n_rows: int, index: int, count: int) -> tuple[int, int]:
+    """Rows [start, stop) of shard `index` of `count`: contiguous, sizes differ by at most one."""
+    if not (isinstance(count, int) and count >= 1 and 0 <= index < count):
+        raise MmfuseError(f"--shard {index}/{count}: need 0 <= i < n, e.g. --shard 0/4")
+    return n_rows * index // count, n_rows * (index + 1) // count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise MmfuseError(f"--shard {text!r}: write it as i/n, e.g. 0/4") from None
+    shard_bounds(0, i, n)
+    return i, n
+
+
+def predict_manifest(
+    model: str | os.PathLike | Predictor,
+    source,
+    out: str | os.PathLike,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    batch_size: int = 64,
+    chunk_rows: int = 4096,
+    workers: int = 0,
+    proba: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Predict every row of `source` in shard `shard` into `out` (.parquet or .csv).
+
+    Returns `{"out", "rows", "failed", "parts_reused"}`. Output columns: `row` (the manifest
+    row), the model's input columns, `prediction` (empty where the files could not be read),
+    `error` (why), and with `proba` one `proba_<class>` column per class.
+    """
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    out = Path(out)
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise MmfuseError(f"--out {out}: use a .parquet or .csv file name")
+    manifest = _manifest(predictor, source)
+    start, stop = shard_bounds(len(manifest), *shard)
+    parts = out.with_name(out.name + ".parts")
+    job = {
+        "model": str(predictor.model_dir.resolve()),
+        "source": manifest.source,
+        "rows": len(manifest),
+        "shard": list(shard),
+        "chunk_rows": chunk_rows,
+        "proba": proba,
+    }
+    reused = _prepare_parts(parts, job, resume)
+    inputs = predictor.config.inputs
+    dataset = MultimodalDataset(manifest, inputs, predictor.specs, {}, train=False)
+    chunks = list(range(start, stop, chunk_rows))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        done_rows = sum(min(chunk_rows, stop - c) for k, c in enumerate(chunks) if k in reused)
+        bar = tqdm(total=stop - start, initial=done_rows, unit="row", desc="predicting")
+    failed = 0
+    for k, first in enumerate(chunks):
+        if k in reused:
+            continue
+        rows = list(range(first, min(first + chunk_rows, stop)))
+        table, bad = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
+        failed += bad
+        _write_part(parts / PART.format(k), table)
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    total, failed_total = _combine(parts, len(chunks), out)
+    shutil.rmtree(parts)
+    log(
+        f"wrote {total} predictions to {out}"
+        + (f" ({failed_total} unreadable)" * bool(failed_total))
+    )
+    return {"out": out, "rows": total, "failed": failed_total, "parts_reused": len(reused)}
+
+
+def _manifest(predictor: Predictor, source) -> Manifest:
+    if isinstance(source, Manifest):
+        return source
+    roles = {spec.column: spec.modality for spec in predictor.config.inputs.values()}
+    return read_manifest(source, modalities=roles)
+
+
+def _prepare_parts(parts: Path, job: dict, resume: bool) -> set[int]:
+    """The chunk numbers already written by an earlier run of the same job (with `resume`)."""
+    if parts.exists() and resume:
+        saved = json.loads((parts / JOB).read_text()) if (parts / JOB).is_file() else None
+        if saved != job:
+            raise MmfuseError(
+                f"{parts} holds parts of another job ({saved}); drop --resume to start over, or "
+                "resume with the same model, manifest, --shard and chunk size"
+            )
+        return {int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")}
+    if parts.exists():
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True)
+    (parts / JOB).write_text(json.dumps(job))
+    return set()
+
+
+def _predict_chunk(
+    predictor, dataset, rows, batch_size, workers, proba
+) -> tuple[pd.DataFrame, int]:
+    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=list
+    )
+    classes = predictor.labels[predictor.task]
+    probs = np.full((len(rows), len(classes)), np.nan, dtype=np.float32)
+    errors: list[str | None] = [None] * len(rows)
+    position = {r: i for i, r in enumerate(rows)}
+    for items in loader:
+        good = [i for i in items if not isinstance(i, Skipped)]
+        for s in items:
+            if isinstance(s, Skipped):
+                errors[position[s.row]] = f"{s.column}: {s.reason}: {s.message}"
+        if not good:
+            continue
+        samples = [{n: x for n, x in i["inputs"].items() if i["present"][n]} for i in good]
+        for item, result in zip(good, predictor.predict_tensors(samples)):
+            probs[position[item["row"]]] = [result.probabilities[c] for c in classes]
+    frame = dataset.manifest.frame
+    used = {c.column for c in predictor.config.inputs.values()}
+    columns = [c for c in frame.columns if c in used]  # the manifest's order
+    table = pd.DataFrame({"row": np.asarray(rows, dtype=np.int64)})
+    for column in columns:
+        values = frame[column].iloc[rows].to_numpy(dtype=object)
+        table[column] = [None if v is None or v != v else str(v) for v in values]
+    ok = ~np.isnan(probs).any(axis=1)
+    prediction = np.full(len(rows), None, dtype=object)
+    prediction[ok] = np.asarray(classes, dtype=object)[probs[ok].argmax(axis=1)]
+    table["prediction"] = prediction
+    table["error"] = errors
+    if proba:
+        for j, c in enumerate(classes):
+            table[f"proba_{c}"] = probs[:, j]
+    return table, int((~ok).sum())
+
+
+def _write_part(path: Path, table: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = pa.Table.from_pandas(table, schema=_schema(table.columns), preserve_index=False)
+    pq.write_table(data, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _combine(parts: Path, count: int, out: Path) -> tuple[int, int]:
+    """Concatenate the parts in order into `out`, one part in memory at a time."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    total = failed = 0
+    writer = None
+    try:
+        for k in range(count):
+            table = pq.read_table(parts / PART.format(k))
+            total += table.num_rows
+            failed += table.column("prediction").null_count
+            if out.suffix.lower() == ".parquet":
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+            else:
+                table.to_pandas().to_csv(tmp, mode="a", header=k == 0, index=False)
+        if count == 0:
+            pd.DataFrame({"row": []}).to_csv(tmp, index=False)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, out)
+    return total, failed
+
+
+def _schema(columns) -> pa.Schema:
+    # Fixed types, so a chunk whose `error` (or a text column) is all empty still matches the rest.
+    def kind(c: str):
+        if c == "row":
+            return pa.int64()
+        return pa.float32() if c.startswith("proba_") else pa.string()
+
+    return pa.schema([(c, kind(c)) for c in columns])

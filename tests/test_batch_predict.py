@@ -1,0 +1,137 @@
+"""Streaming, sharded, restartable batch prediction (`mmfuse.serve.batch_predict`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmfuse.classifier import MultimodalClassifier
+from mmfuse.data.synthetic import make_shapes
+from mmfuse.serve import batch_predict
+from mmfuse.serve.batch_predict import parse_shard, predict_manifest, shard_bounds
+from train_helpers import SMALL_ENCODERS
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bp")
+    make_shapes(root / "train", 4, 3, seed=0)
+    make_shapes(root / "data", 5, 3, seed=1)
+    clf = MultimodalClassifier(
+        encoders=SMALL_ENCODERS,
+        epochs=1,
+        batch_size=4,
+        fusion_dim=16,
+        device="cpu",
+        verbose=False,
+        out_dir=root / "run",
+        train_options={"tensorboard": False},
+    )
+    clf.fit(root / "train" / "manifest.csv")
+    clf.save(root / "model")
+    return root / "model", root / "data" / "manifest.csv", clf
+
+
+def run(model_dir, manifest, out, **options):
+    options = {
+        "chunk_rows": 4,
+        "batch_size": 3,
+        "progress": False,
+        "log": lambda s: None,
+        **options,
+    }
+    return predict_manifest(model_dir, manifest, out, **options)
+
+
+def test_output_matches_the_classifier_and_has_every_row(model, tmp_path):
+    model_dir, manifest, clf = model
+    result = run(model_dir, manifest, tmp_path / "preds.parquet")
+    table = pd.read_parquet(tmp_path / "preds.parquet")
+    assert result["rows"] == len(table) == 15
+    assert table["row"].tolist() == list(range(15))
+    proba = table[[f"proba_{c}" for c in clf.classes_]].to_numpy()
+    np.testing.assert_allclose(proba, clf.predict_proba(manifest), atol=1e-5)
+    assert list(table["prediction"]) == list(clf.predict(manifest))
+    assert not (tmp_path / "preds.parquet.parts").exists()
+
+
+def test_shards_concatenate_to_the_unsharded_output(model, tmp_path):
+    model_dir, manifest, _ = model
+    run(model_dir, manifest, tmp_path / "all.csv")
+    shards = [run(model_dir, manifest, tmp_path / f"s{i}.csv", shard=(i, 4)) for i in range(4)]
+    assert sum(s["rows"] for s in shards) == 15
+    whole = pd.read_csv(tmp_path / "all.csv")
+    joined = pd.concat([pd.read_csv(tmp_path / f"s{i}.csv") for i in range(4)], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, joined)
+
+
+def test_resume_after_a_crash_reuses_parts_without_duplicates(model, tmp_path, monkeypatch):
+    model_dir, manifest, _ = model
+    out = tmp_path / "preds.parquet"
+    real = batch_predict._write_part
+    written = []
+
+    def crash_after_two(path, table):
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed")
+        written.append(path)
+        real(path, table)
+
+    monkeypatch.setattr(batch_predict, "_write_part", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(model_dir, manifest, out)
+    monkeypatch.setattr(batch_predict, "_write_part", real)
+    assert len(list((tmp_path / "preds.parquet.parts").glob("part-*.parquet"))) == 2
+    result = run(model_dir, manifest, out, resume=True)
+    assert result["parts_reused"] == 2
+    table = pd.read_parquet(out)
+    assert table["row"].tolist() == list(range(15))  # no row twice, none missing
+    fresh = run(model_dir, manifest, tmp_path / "fresh.parquet")
+    assert fresh["parts_reused"] == 0
+    pd.testing.assert_frame_equal(table, pd.read_parquet(tmp_path / "fresh.parquet"))
+
+
+def test_resume_refuses_parts_of_another_job(model, tmp_path, monkeypatch):
+    model_dir, manifest, _ = model
+    out = tmp_path / "preds.csv"
+    monkeypatch.setattr(batch_predict, "_combine", lambda *a: (_ for _ in ()).throw(OSError))
+    with pytest.raises(OSError):
+        run(model_dir, manifest, out)
+    monkeypatch.undo()
+    with pytest.raises(batch_predict.MmfuseError, match="another job"):
+        run(model_dir, manifest, out, resume=True, shard=(1, 2))
+
+
+def test_unreadable_rows_get_an_error_not_a_prediction(model, tmp_path):
+    model_dir, manifest, _ = model
+    frame = pd.read_csv(manifest)
+    frame["image"] = [str(manifest.parent / p) for p in frame["image"]]
+    frame["audio"] = [str(manifest.parent / p) for p in frame["audio"]]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    frame.loc[3, "image"] = str(bad)
+    result = run(model_dir, frame, tmp_path / "preds.csv")
+    table = pd.read_csv(tmp_path / "preds.csv")
+    assert result["failed"] == 1
+    assert pd.isna(table.loc[3, "prediction"]) and "image" in table.loc[3, "error"]
+    assert table["prediction"].notna().sum() == 14
+
+
+def test_shard_arithmetic():
+    assert [shard_bounds(10, i, 3) for i in range(3)] == [(0, 3), (3, 6), (6, 10)]
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(batch_predict.MmfuseError):
+            parse_shard(bad)
+
+
+def test_cli_streams_a_shard_to_parquet(model, tmp_path, capsys):
+    from mmfuse.cli import main
+
+    model_dir, manifest, _ = model
+    out = tmp_path / "half.parquet"
+    code = main(["predict", str(model_dir), str(manifest), "--out", str(out), "--shard", "1/2"])
+    assert code == 0, capsys.readouterr().err
+    assert pd.read_parquet(out)["row"].tolist() == list(range(7, 15))
+    assert main(["predict", str(model_dir), str(manifest), "--shard", "1/2"]) == 2  # needs --out
