@@ -150,6 +150,8 @@ def train_command(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; to continue, run the same command with --resume (--out {out})")
         raise
+    if int(os.environ.get("RANK", "0")) != 0:
+        return EXIT_OK  # under torchrun, rank 0 saves the model and prints the report
     model_dir = clf.save(out)
 
     if clf.evaluation_ is not None:

@@ -139,6 +139,8 @@ def train_model(
         None if val is None else dataset_for(val, model, model_config, train_config, train=False)
     )
     fit = trainer.fit(train_set, val_set, resume=resume)
+    if not trainer.dist.is_main:  # under torchrun, rank 0 evaluates and writes the report
+        return TrainRun(model, trainer, fit, None, None)
     if fit.best_checkpoint is not None:
         ckpt.load_checkpoint(fit.best_checkpoint, model, restore_rng=False)
     evaluation, report = None, None

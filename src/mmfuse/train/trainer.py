@@ -33,6 +33,7 @@ from mmfuse.fusion.modality_dropout import drop_modalities
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
+from mmfuse.train import distributed
 from mmfuse.train.cached_features import fill_feature_cache
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
@@ -95,10 +96,17 @@ class Trainer:
         self.config = config
         self.model_config = model_config
         self.run_dir = Path(run_dir)
-        self.log = log
-        self.device = resolve_device(config.device)
+        # Under torchrun: this process's rank; only rank 0 logs and writes files.
+        self.dist = distributed.from_env()
+        self.log = log if self.dist.is_main else _quiet
+        self.device = distributed.setup(self.dist, resolve_device(config.device))
+        # `batch_size` is the global batch: each of the `world` ranks takes its share, so the
+        # averaged gradient is that of one batch of batch_size, however many processes run.
+        self.batch_size = max(1, config.batch_size // self.dist.world)
         self.tasks = list(model.tasks)
-        self.rng = torch.Generator().manual_seed(config.seed)  # mixup and modality dropout
+        # Mixup and modality dropout: each rank draws its own.
+        self.rng = torch.Generator().manual_seed(config.seed + self.dist.rank)
+        self.net: torch.nn.Module = model  # what training steps call: the model, or its DDP
         self.skipped: list[Skipped] = []
         self._cached: set[str] = set()  # inputs whose batches hold cached features
         self._val_skipped: list[Skipped] = []
@@ -176,6 +184,9 @@ class Trainer:
                 del dataset.features[stale]
                 dataset.feature_errors.pop(stale, None)
                 dataset.placeholders[stale] = dataset._placeholder(stale)
+            # Rank 0 fills the cache; the others wait, then find every entry and only read.
+            if names and not self.dist.is_main:
+                distributed.barrier(self.dist)
             for name in names:
                 feats, errors = fill_feature_cache(
                     dataset,
@@ -190,6 +201,8 @@ class Trainer:
                 dataset.features[name] = feats
                 dataset.feature_errors[name] = errors
                 dataset.placeholders[name] = torch.zeros(feats.shape[1])
+            if names and self.dist.is_main:
+                distributed.barrier(self.dist)
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -200,7 +213,14 @@ class Trainer:
         resume: bool = False,
     ) -> FitResult:
         cfg = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.enabled and cfg.fgsm_epsilon > 0:
+            raise MmfuseError(
+                "fgsm_epsilon > 0 needs two forward passes per step, which DistributedDataParallel "
+                "does not allow; train FGSM in a single process"
+            )
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier(self.dist)
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
         self.prepare_cache(train, val)
@@ -210,7 +230,7 @@ class Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         optimizer = self._optimizer()
-        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        steps_per_epoch = math.ceil(math.ceil(len(train) / self.dist.world) / self.batch_size)
         scheduler = build_scheduler(
             optimizer,
             schedule=cfg.schedule,
@@ -243,12 +263,15 @@ class Trainer:
         if resume:
             state = self._resume(optimizer, scheduler, state)
         self.skipped = [Skipped(**s) for s in state["skipped"]]
-        logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
-        logger.rewrite(state["history"])
+        logger = _NoLogger()
+        if self.dist.is_main:
+            logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
+            logger.rewrite(state["history"])
         stopped_early = False
         step = state["step"]
         for epoch in range(state["epoch"], cfg.epochs):
             self._unfreeze_due(epoch)
+            self.net = self._wrap(model)  # again each epoch: unfreezing changes what DDP syncs
             first_batch = state["batch"] if epoch == state["epoch"] else 0
             train_loss, seen, took = self._train_epoch(
                 train, optimizer, scheduler, epoch, first_batch, step, state
@@ -275,14 +298,18 @@ class Trainer:
             improved = self._improved(record, state)
             state.update(epoch=epoch + 1, batch=0, epoch_loss=0.0, epoch_rows=0)
             last = self._save(model, optimizer, scheduler, state)
-            if improved:
+            if improved and last is not None:
                 ckpt.mark_best(last, verify=False)  # just written and hashed by this process
             if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
                 self.log(f"early stop: {cfg.monitor} has not improved for {cfg.patience} epochs")
                 stopped_early = True
                 break
         logger.close()
-        self._write_skipped()
+        self.net = model
+        self._gather_skipped()
+        if self.dist.is_main:
+            self._write_skipped()
+        distributed.barrier(self.dist)
         return FitResult(
             history=state["history"],
             best_metric=state["best"],
@@ -316,7 +343,8 @@ class Trainer:
         # an older one; the saved state knows which epoch was best.
         best = ckpt.best_checkpoint(self.run_dir)
         if (
-            state["batch"] == 0
+            self.dist.is_main
+            and state["batch"] == 0
             and state["best_epoch"] == state["epoch"]
             and (best is None or _step_of(best) != _step_of(latest))
         ):
@@ -324,8 +352,36 @@ class Trainer:
         self.log(f"resumed from {latest.name}: epoch {state['epoch'] + 1}, batch {state['batch']}")
         return state
 
-    def _save(self, model, optimizer, scheduler, state: dict) -> Path:
+    def _wrap(self, model):
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # An input absent from every row of a batch is not encoded, so its encoder has no
+        # gradient that step: DDP must be told to expect unused parameters.
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+    def _gather_skipped(self) -> None:
+        if not self.dist.enabled:
+            return
+        merged: dict = {}
+        for part in distributed.gather(self.dist, [s.to_dict() for s in self.skipped]):
+            for s in part:
+                merged.setdefault((s["row"], s["column"]), s)
+        self.skipped = [Skipped(**s) for s in merged.values()]
+
+    def _save(self, model, optimizer, scheduler, state: dict) -> Path | None:
+        """Rank 0 writes the checkpoint; every rank waits until it is complete."""
         state["skipped"] = [s.to_dict() for s in self.skipped]
+        if not self.dist.is_main:
+            distributed.barrier(self.dist)
+            return None
+        path = self._write_checkpoint(model, optimizer, scheduler, state)
+        distributed.barrier(self.dist)
+        return path
+
+    def _write_checkpoint(self, model, optimizer, scheduler, state: dict) -> Path:
         return ckpt.save_checkpoint(
             self.run_dir,
             model,
@@ -361,11 +417,11 @@ class Trainer:
 
     def _train_epoch(self, train, optimizer, scheduler, epoch, first_batch, step, state):
         cfg = self.config
-        order = epoch_order(len(train), cfg.seed, epoch)
-        batches = [
-            [(epoch, r) for r in order[i : i + cfg.batch_size]]
-            for i in range(0, len(order), cfg.batch_size)
-        ]
+        order = distributed.rank_slice(
+            epoch_order(len(train), cfg.seed, epoch), self.dist, pad=True
+        )
+        size = self.batch_size
+        batches = [[(epoch, r) for r in order[i : i + size]] for i in range(0, len(order), size)]
         loader = self._loader(train, batches[first_batch:], cfg.seed + epoch)
         self.model.train()
         total, count, seen = 0.0, 0, 0
@@ -394,6 +450,7 @@ class Trainer:
                 state.update(epoch=epoch, batch=b + 1, epoch_loss=total, epoch_rows=count)
                 self._save(self.model, optimizer, scheduler, state)
         took = time.perf_counter() - start
+        total, count = distributed.sum_across(self.dist, total, count)
         return (total / count if count else float("nan")), seen, took
 
     def _note_skipped(self, skipped: list[Skipped]) -> None:
@@ -431,7 +488,7 @@ class Trainer:
 
     def _loss(self, inputs, features, mask, labels):
         with self._autocast():
-            logits = self.model(inputs, mask, features)
+            logits = self.net(inputs, mask, features)
         logits = {t: v.float() for t, v in logits.items()}
         return logits, lambda targets: multitask_loss(
             logits,
@@ -515,7 +572,8 @@ class Trainer:
         model.eval()
         outer = self._cached
         self._cached = set(dataset.features)  # names whose batches hold cached features
-        order = list(range(len(dataset)))
+        # Under torchrun each rank predicts every world-th row; the pieces are gathered below.
+        order = distributed.rank_slice(list(range(len(dataset))), self.dist, pad=False)
         batches = [
             order[i : i + self.config.batch_size]
             for i in range(0, len(order), self.config.batch_size)
@@ -569,13 +627,17 @@ class Trainer:
                 ys[t].append(batch["labels"][t])
         self._cached = outer
         cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
-        return {
+        result = {
             "rows": cat(rows),
             "labels": {t: cat(ys[t]) for t in self.tasks},
             "proba": {v: {t: cat(ps) for t, ps in probas[v].items()} for v in variants},
             "loss": loss_sum / loss_n if loss_n else None,
+            "loss_rows": loss_n,
             "skipped": skipped,
         }
+        if self.dist.enabled:
+            result = _merge_predictions(distributed.gather(self.dist, result))
+        return result
 
     def validate(self, dataset: MultimodalDataset) -> dict:
         """`val_loss` and `val_<metric>` for the first task (`val_<task>_<metric>` for others)."""
@@ -613,6 +675,46 @@ class Trainer:
             )
             for s in self.skipped[:5]:
                 self.log(f"  {s}")
+
+
+def _merge_predictions(parts: list[dict]) -> dict:
+    """One `predict` result from every rank's share, in row order."""
+    parts = [p for p in parts if len(p["rows"])] or parts[:1]
+    rows = np.concatenate([p["rows"] for p in parts])
+    order = np.argsort(rows, kind="stable")
+    first = parts[0]
+    loss_rows = sum(p["loss_rows"] for p in parts)
+    loss = sum((p["loss"] or 0.0) * p["loss_rows"] for p in parts)
+    return {
+        "rows": rows[order],
+        "labels": {
+            t: np.concatenate([p["labels"][t] for p in parts])[order] for t in first["labels"]
+        },
+        "proba": {
+            v: {
+                t: np.concatenate([p["proba"][v][t] for p in parts])[order]
+                for t in first["proba"][v]
+            }
+            for v in first["proba"]
+        },
+        "loss": loss / loss_rows if loss_rows else None,
+        "loss_rows": loss_rows,
+        "skipped": [s for p in parts for s in p["skipped"]],
+    }
+
+
+class _NoLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 def _step_of(path: Path) -> str:
