@@ -12,7 +12,7 @@ setup:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,serve,export]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,serve,export,ray]"
 	@bash scripts/apt-deps.sh $(APT_PACKAGES)
 
 test:
