@@ -4,6 +4,7 @@
     mmfuse train MANIFEST --val MANIFEST         MultimodalClassifier.fit, then .save(--out)
     mmfuse evaluate MODEL_DIR MANIFEST           MultimodalClassifier.evaluate
     mmfuse predict MODEL_DIR MANIFEST            MultimodalClassifier.predict_proba
+    mmfuse detect MODEL_DIR VIDEO                mmfuse.serve.detect.detect_events
     mmfuse datasets make avdigits DIR            mmfuse.data.avdigits.make_avdigits
     mmfuse demo                                  mmfuse.demo.run_demo
 
@@ -532,6 +533,13 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
     return EXIT_OK
 
 
+def _add_detect(sub) -> None:
+    from mmfuse.serve.detect import add_detect_arguments, detect_command
+
+    p = _command(sub, "detect", detect_command)
+    add_detect_arguments(p)
+
+
 def _add_predict(sub) -> None:
     p = _command(sub, "predict", predict_command)
     p.add_argument("model_dir", help="model folder written by `mmfuse train` (its --out)")
@@ -774,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_predict(sub)
+    _add_detect(sub)
     _add_datasets(sub)
     _add_demo(sub)
     return parser

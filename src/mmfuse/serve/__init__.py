@@ -1,4 +1,5 @@
-"""Shipping a trained model: a loaded-once predictor (the HTTP service builds on it)."""
+"""Shipping a trained model: a loaded-once predictor, the HTTP service, ONNX export and
+compression, streamed batch prediction and event detection on long videos."""
 
 from mmfuse.serve.predictor import InputError, Prediction, Predictor
 
