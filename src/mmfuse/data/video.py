@@ -262,17 +262,21 @@ def _decode_frames(
         vs = _video_stream(container, info.path)
         tb = vs.time_base
         start_pts = vs.start_time or 0
-        frame_pts = [round(t / tb) + start_pts for t in info.frame_times]
+
+        def frame_pts(i: int) -> int:
+            # Per wanted frame, not for the whole file: an hour of video has 10^5 frames.
+            return round(info.frame_times[i] / tb) + start_pts
+
         decoder = None
         position = None  # index of the next frame the decoder will hand out
         try:
             for idx in wanted:
                 key = info.keyframe_indices[bisect.bisect_right(info.keyframe_indices, idx) - 1]
                 if _should_seek(strategy, position, idx, key):
-                    container.seek(frame_pts[key], stream=vs, backward=True)
+                    container.seek(frame_pts(key), stream=vs, backward=True)
                     decoder = container.decode(vs)
                     position = key
-                target = frame_pts[idx]
+                target = frame_pts(idx)
                 for frame in decoder:
                     if frame.pts is None or frame.pts < target:
                         continue
