@@ -5,6 +5,7 @@
     mmfuse evaluate MODEL_DIR MANIFEST           MultimodalClassifier.evaluate
     mmfuse predict MODEL_DIR MANIFEST            MultimodalClassifier.predict_proba
     mmfuse detect MODEL_DIR VIDEO                mmfuse.serve.detect.detect_events
+    mmfuse serve MODEL_DIR                       mmfuse.serve.app.serve (HTTP API + web page)
     mmfuse datasets make avdigits DIR            mmfuse.data.avdigits.make_avdigits
     mmfuse demo                                  mmfuse.demo.run_demo
 
@@ -533,6 +534,13 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
     return EXIT_OK
 
 
+def _add_serve(sub) -> None:
+    from mmfuse.serve.app import add_serve_arguments, serve_command  # imports FastAPI
+
+    p = _command(sub, "serve", serve_command)
+    add_serve_arguments(p)
+
+
 def _add_detect(sub) -> None:
     from mmfuse.serve.detect import add_detect_arguments, detect_command
 
@@ -783,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_predict(sub)
     _add_detect(sub)
+    _add_serve(sub)
     _add_datasets(sub)
     _add_demo(sub)
     return parser
