@@ -6,6 +6,8 @@
     mmfuse predict MODEL_DIR MANIFEST            MultimodalClassifier.predict_proba
     mmfuse detect MODEL_DIR VIDEO                mmfuse.serve.detect.detect_events
     mmfuse serve MODEL_DIR                       mmfuse.serve.app.serve (HTTP API + web page)
+    mmfuse export MODEL_DIR --out model.onnx     mmfuse.serve.export.export_onnx
+    mmfuse compress MODEL_DIR --prune 0.5        mmfuse.serve.compress.prune_model
     mmfuse datasets make avdigits DIR            mmfuse.data.avdigits.make_avdigits
     mmfuse demo                                  mmfuse.demo.run_demo
 
@@ -534,6 +536,18 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
     return EXIT_OK
 
 
+def _add_export(sub) -> None:
+    from mmfuse.serve.export import add_export_arguments, export_command
+
+    add_export_arguments(_command(sub, "export", export_command))
+
+
+def _add_compress(sub) -> None:
+    from mmfuse.serve.compress import add_compress_arguments, compress_command
+
+    add_compress_arguments(_command(sub, "compress", compress_command))
+
+
 def _add_serve(sub) -> None:
     from mmfuse.serve.app import add_serve_arguments, serve_command  # imports FastAPI
 
@@ -792,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(sub)
     _add_detect(sub)
     _add_serve(sub)
+    _add_export(sub)
+    _add_compress(sub)
     _add_datasets(sub)
     _add_demo(sub)
     return parser
