@@ -135,3 +135,49 @@ def test_cli_streams_a_shard_to_parquet(model, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert pd.read_parquet(out)["row"].tolist() == list(range(7, 15))
     assert main(["predict", str(model_dir), str(manifest), "--shard", "1/2"]) == 2  # needs --out
+
+
+KILL_SCRIPT = r"""
+import sys, time
+from mmfuse.serve import batch_predict
+
+real = batch_predict._predict_chunk
+def slow(*args, **kwargs):  # slow each chunk down so that the kill lands between parts
+    time.sleep(float(sys.argv[4]))
+    return real(*args, **kwargs)
+batch_predict._predict_chunk = slow
+batch_predict.predict_manifest(
+    sys.argv[1], sys.argv[2], sys.argv[3], chunk_rows=2, batch_size=2, progress=False,
+    resume=True,
+)
+"""
+
+
+def test_sigkill_mid_run_then_resume_gives_every_row_once(model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model_dir, manifest, _ = model
+    out = tmp_path / "preds.parquet"
+    script = tmp_path / "predict.py"
+    script.write_text(KILL_SCRIPT)
+    args = [sys.executable, str(script), str(model_dir), str(manifest), str(out)]
+    victim = subprocess.Popen([*args, "0.4"], stderr=subprocess.PIPE)
+    parts = tmp_path / "preds.parquet.parts"
+    deadline = time.monotonic() + 60
+    while len(list(parts.glob("part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        assert victim.poll() is None, victim.communicate()
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    written = len(list(parts.glob("part-*.parquet")))
+    assert 3 <= written < 8 and not out.exists()  # killed mid-run, between parts
+    done = subprocess.run([*args, "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_parquet(out)
+    assert table["row"].tolist() == list(range(15))
+    fresh = run(model_dir, manifest, tmp_path / "fresh.parquet")
+    assert fresh["rows"] == 15
+    pd.testing.assert_frame_equal(table, pd.read_parquet(tmp_path / "fresh.parquet"))
