@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -19,3 +20,13 @@ def media(tmp_path_factory) -> dict[str, Path]:
     for tool in ("espeak-ng", "ffmpeg"):
         assert shutil.which(tool), f"{tool} is missing: run `make setup` (it apt-installs it)"
     return make_corpus(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module of width-8 models: they gain nothing from more, and on a
+    busy 2-core machine OpenMP's spinning threads make each tiny conv far slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.serve import batch_predict
 from mmfuse.serve.batch_predict import parse_shard, predict_manifest, shard_bounds
-from train_helpers import SMALL_ENCODERS
+from train_helpers import tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -18,16 +17,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("bp")
     make_shapes(root / "train", 4, 3, seed=0)
     make_shapes(root / "data", 5, 3, seed=1)
-    clf = MultimodalClassifier(
-        encoders=SMALL_ENCODERS,
-        epochs=1,
-        batch_size=4,
-        fusion_dim=16,
-        device="cpu",
-        verbose=False,
-        out_dir=root / "run",
-        train_options={"tensorboard": False},
-    )
+    clf = tiny_classifier(root / "run")
     clf.fit(root / "train" / "manifest.csv")
     clf.save(root / "model")
     return root / "model", root / "data" / "manifest.csv", clf

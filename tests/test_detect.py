@@ -94,14 +94,7 @@ def make_long_video(path, segments, seed: int = 0):
     return write_video(path, frames, fps=FPS, audio=audio, audio_rate=SAMPLE_RATE)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Width-8 models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    # spinning threads make each tiny conv far slower (training and detection alike).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,12 @@ from mmfuse.serve.export import (
     onnx_matches_torch,
     read_sidecar,
 )
-from train_helpers import SMALL_ENCODERS, make_dataset
+from train_helpers import make_dataset, tiny_classifier
 
 
 def fit_and_save(root, fusion: str = "attention", epochs: int = 2):
-    clf = MultimodalClassifier(
-        fusion=fusion,
-        encoders=SMALL_ENCODERS,
-        epochs=epochs,
-        batch_size=4,
-        lr=1e-2,
-        fusion_dim=32,
-        device="cpu",
-        verbose=False,
-        train_options={"tensorboard": False},
-        out_dir=root / f"run-{fusion}",
+    clf = tiny_classifier(
+        root / f"run-{fusion}", fusion=fusion, epochs=epochs, lr=1e-2, fusion_dim=32
     )
     clf.fit(root / "data" / "manifest.csv")
     return clf.save(root / f"model-{fusion}")

@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import ray
 
-from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.integrations.ray import predict_dataset
 from mmfuse.serve.batch_predict import predict_manifest
-from train_helpers import SMALL_ENCODERS
+from train_helpers import tiny_classifier
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +23,7 @@ def local_ray():
 def test_map_batches_matches_batch_prediction(local_ray, tmp_path):
     make_shapes(tmp_path / "train", 4, 3, seed=0)
     frame = make_shapes(tmp_path / "data", 3, 3, seed=1)
-    clf = MultimodalClassifier(
-        encoders=SMALL_ENCODERS,
-        epochs=1,
-        batch_size=4,
-        fusion_dim=16,
-        device="cpu",
-        verbose=False,
-        out_dir=tmp_path / "run",
-        train_options={"tensorboard": False},
-    )
+    clf = tiny_classifier(tmp_path / "run")
     clf.fit(tmp_path / "train" / "manifest.csv").save(tmp_path / "model")
     for column in ("image", "audio"):
         frame[column] = [str(tmp_path / "data" / p) for p in frame[column]]

@@ -22,7 +22,7 @@ from mmfuse.serve import app as serve_app
 from mmfuse.serve.app import MAX_TEXT_BYTES, SPOOL_BYTES, add_serve_arguments, create_app
 from mmfuse.serve.batcher import DynamicBatcher
 from mmfuse.train.run import dataset_for
-from train_helpers import SMALL_ENCODERS
+from train_helpers import tiny_classifier
 
 CLASSES = ["blue", "green", "red"]
 INPUTS = ["audio", "image", "text"]
@@ -31,17 +31,8 @@ INPUTS = ["audio", "image", "text"]
 def train_tiny_model(root: Path) -> tuple[Path, Path]:
     """Shapes data (6 per class) in root/data and a 2-epoch attention model in root/model."""
     make_shapes(root / "data", 6, 3, seed=0)
-    clf = MultimodalClassifier(
-        fusion="attention",
-        encoders=SMALL_ENCODERS,
-        epochs=2,
-        batch_size=6,
-        lr=1e-2,
-        fusion_dim=32,
-        device="cpu",
-        verbose=False,
-        train_options={"tensorboard": False},
-        out_dir=root / "run",
+    clf = tiny_classifier(
+        root / "run", fusion="attention", epochs=2, batch_size=6, lr=1e-2, fusion_dim=32
     )
     clf.fit(root / "data" / "manifest.csv")
     clf.save(root / "model")

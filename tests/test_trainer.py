@@ -45,14 +45,7 @@ TESTS = Path(__file__).parent
 EPOCH_KEYS = {"epoch", "step", "train_loss", "lr", "train_time", "samples_per_s", "val_loss"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Width-8 models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    # spinning threads make each tiny conv far slower. The resume script uses one thread too.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

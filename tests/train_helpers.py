@@ -109,3 +109,20 @@ def state_dicts_equal(a: dict, b: dict) -> list[str]:
 
 def without_timing(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+
+
+def tiny_classifier(out_dir: Path, **overrides):
+    """A MultimodalClassifier of the tiny encoders, quiet, on the CPU, writing to `out_dir`."""
+    from mmfuse.classifier import MultimodalClassifier
+
+    params = {
+        "encoders": SMALL_ENCODERS,
+        "epochs": 1,
+        "batch_size": 4,
+        "fusion_dim": 16,
+        "device": "cpu",
+        "verbose": False,
+        "out_dir": out_dir,
+        "train_options": {"tensorboard": False},
+    }
+    return MultimodalClassifier(**{**params, **overrides})
