@@ -100,3 +100,36 @@ def test_two_gloo_processes_match_one_within_noise_and_resume(data, tmp_path):
     more = launch(tmp_path, data, tmp_path / "two", 2, 7, resume=True)
     assert [r["epoch"] for r in more["history"]] == [1, 2, 3, 4, 5, 6, 7]
     assert more["history"][:6] == two["history"]
+
+
+def test_mmfuse_train_runs_unchanged_under_torchrun(data, tmp_path):
+    from train_helpers import SMALL_ENCODERS
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"epochs": 1, "batch_size": 8, "encoders": SMALL_ENCODERS}))
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mmfuse",
+        "train",
+        str(data / "train" / "manifest.csv"),
+        "--val",
+        str(data / "val" / "manifest.csv"),
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Evaluated with both ranks, written once by rank 0: a model folder with its report.
+    for name in ("config.json", "model.safetensors", "report.md", "metrics.json"):
+        assert (out / name).is_file(), name
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert done.stdout.count("model folder:") == 1

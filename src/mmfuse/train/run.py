@@ -139,8 +139,9 @@ def train_model(
         None if val is None else dataset_for(val, model, model_config, train_config, train=False)
     )
     fit = trainer.fit(train_set, val_set, resume=resume)
-    if not trainer.dist.is_main:  # under torchrun, rank 0 evaluates and writes the report
-        return TrainRun(model, trainer, fit, None, None)
+    # Under torchrun every rank takes part in evaluating (predictions are gathered across
+    # ranks), and rank 0 alone writes the report.
+    main = trainer.dist.is_main
     if fit.best_checkpoint is not None:
         ckpt.load_checkpoint(fit.best_checkpoint, model, restore_rng=False)
     evaluation, report = None, None
@@ -155,13 +156,13 @@ def train_model(
         evaluation = evaluate_model(
             trainer,
             eval_set,
-            out_dir,
+            out_dir if main else None,
             history=fit.history,
             ablation=ablation,
             robustness=robustness,
             title=f"mmfuse: {target.source}",
             extra={"checkpoint": str(fit.best_checkpoint), "best epoch": fit.best_epoch},
-            log=log,
+            log=log if main else None,
         )
-        report = out_dir / "report.md"
+        report = out_dir / "report.md" if main else None
     return TrainRun(model, trainer, fit, evaluation, report)
