@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from mmfuse.errors import MmfuseError
 from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.serve.predictor import stack_samples
 
 FORMAT = 1
 MASK = "mask"
@@ -448,25 +449,6 @@ def onnx_session(onnx_path: str | os.PathLike, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-
-
-def stack_samples(
-    samples: Sequence[Mapping[str, object]],
-    names: Sequence[str],
-    placeholders: Mapping[str, object],
-) -> tuple[dict[str, Tensor | list[str]], Tensor]:
-    """Preprocessed samples (`Predictor.preprocess` output) → batch inputs and B×M mask.
-
-    As `Predictor.predict_tensors` does it: an absent input gets its placeholder (text: "").
-    """
-    mask = torch.tensor([[n in s for n in names] for s in samples], dtype=torch.bool)
-    inputs: dict[str, Tensor | list[str]] = {}
-    for name in names:
-        if isinstance(placeholders[name], str):
-            inputs[name] = [str(s.get(name, "")) for s in samples]
-        else:
-            inputs[name] = torch.stack([s.get(name, placeholders[name]) for s in samples])
-    return inputs, mask
 
 
 def onnx_feeds(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from mmfuse.errors import MediaError, MmfuseError
 from mmfuse.features.sample import SampleLoader
@@ -43,6 +44,25 @@ class Prediction:
             "tasks": self.tasks,
             "latency_ms": self.latency_ms,
         }
+
+
+def stack_samples(
+    samples: Sequence[Mapping[str, object]],
+    names: Sequence[str],
+    placeholders: Mapping[str, object],
+) -> tuple[dict[str, Tensor | list[str]], Tensor]:
+    """Preprocessed samples (`Predictor.preprocess` output) → batch inputs and B×M mask.
+
+    An absent input gets its placeholder (text: ""); the mask marks it absent.
+    """
+    mask = torch.tensor([[n in s for n in names] for s in samples], dtype=torch.bool)
+    inputs: dict[str, Tensor | list[str]] = {}
+    for name in names:
+        if isinstance(placeholders[name], str):
+            inputs[name] = [str(s.get(name, "")) for s in samples]
+        else:
+            inputs[name] = torch.stack([s.get(name, placeholders[name]) for s in samples])
+    return inputs, mask
 
 
 class Predictor:
@@ -121,19 +141,15 @@ class Predictor:
         """Predict from already-preprocessed samples (`preprocess` output), one forward pass."""
         start = time.perf_counter()
         batch = len(samples)
-        mask = torch.tensor(
-            [[n in s for n in self.names] for s in samples], dtype=torch.bool, device=self.device
-        )
+        stacked, mask = stack_samples(samples, self.names, self.loader.placeholders)
+        mask = mask.to(self.device)
         inputs = {}
-        for name in self.names:
-            if self.modalities[name] == "text":
-                texts = [str(s.get(name, "")) for s in samples]
-                tokens = self.model.encoders[name].tokenize(texts)
+        for name, value in stacked.items():
+            if isinstance(value, list):  # text: the encoder's own tokenizer
+                tokens = self.model.encoders[name].tokenize(value)
                 inputs[name] = {k: v.to(self.device) for k, v in tokens.items()}
             else:
-                placeholder = self.loader.placeholders[name]
-                rows = [s.get(name, placeholder) for s in samples]
-                inputs[name] = torch.stack(rows).to(self.device)
+                inputs[name] = value.to(self.device)
         has_weights = getattr(self.model.fusion, "has_weights", False)
         out = self.model(inputs, mask, return_weights=has_weights)
         logits, weights = out if has_weights else (out, None)
