@@ -109,13 +109,7 @@ class MultimodalModel(nn.Module):
             if want_tokens:
                 t = encoder.forward_tokens(x)  # b×T×D
                 tokens[name] = _scatter(t, rows, batch)
-                attn = x.get("attention_mask") if isinstance(x, Mapping) else None
-                valid = (
-                    attn.bool()
-                    if attn is not None and attn.shape[1] == t.shape[1]
-                    else torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
-                )
-                token_mask[name] = _scatter(valid, rows, batch)
+                token_mask[name] = _scatter(token_validity(x, t), rows, batch)
                 # The vector is only a shape placeholder once tokens are given.
                 feats[name] = t.new_zeros(batch, encoder.output_dim)
             else:
@@ -150,6 +144,14 @@ class MultimodalModel(nn.Module):
     ):
         feats, tokens, token_mask = self.encode(inputs, mask, features)
         return self.classify(feats, mask, tokens, token_mask, return_weights)
+
+
+def token_validity(x, tokens: Tensor) -> Tensor:
+    """B×T bool: which of an encoder's output tokens are real (text: its attention mask)."""
+    attn = x.get("attention_mask") if isinstance(x, Mapping) else None
+    if attn is not None and attn.shape[1] == tokens.shape[1]:
+        return attn.bool()
+    return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
 
 
 def _take(x, rows: Tensor):

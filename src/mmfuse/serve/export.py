@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.errors import MmfuseError
-from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.model.multimodal import MultimodalModel, token_validity
 from mmfuse.serve.predictor import stack_samples
 
 FORMAT = 1
@@ -157,11 +157,7 @@ def encode_all(
             feats[name] = _export_forward(encoder, x)  # B×D
             continue
         t = encoder.forward_tokens(x)  # B×T×D
-        attn = x.get("attention_mask") if isinstance(x, Mapping) else None
-        if attn is not None and attn.shape[1] == t.shape[1]:
-            token_mask[name] = attn.bool()  # B×T
-        else:
-            token_mask[name] = torch.ones_like(t[:, :, 0], dtype=torch.bool)  # B×T
+        token_mask[name] = token_validity(x, t)  # B×T
         tokens[name] = t
         feats[name] = torch.zeros_like(t[:, 0, :])  # B×D, a shape placeholder once tokens exist
     return feats, tokens, token_mask
