@@ -146,6 +146,15 @@ class MultimodalModel(nn.Module):
         return self.classify(feats, mask, tokens, token_mask, return_weights)
 
 
+def encoder_input(encoder: nn.Module, value, device: torch.device | str | None = None):
+    """A collated batch value as `encoder` takes it, on `device`: text (a list of strings)
+    through the encoder's own tokenizer, tensors moved."""
+    if isinstance(value, list):
+        value = encoder.tokenize(value)
+        return {k: v.to(device) for k, v in value.items()}
+    return value.to(device, non_blocking=True)
+
+
 def token_validity(x, tokens: Tensor) -> Tensor:
     """B×T bool: which of an encoder's output tokens are real (text: its attention mask)."""
     attn = x.get("attention_mask") if isinstance(x, Mapping) else None

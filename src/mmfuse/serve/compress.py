@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from mmfuse.errors import MmfuseError
-from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.model.multimodal import MultimodalModel, encoder_input
 
 SCOPES = ("global", "layer")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -246,13 +246,10 @@ def recalibrate_batchnorm(model: MultimodalModel, dataset, batch_size: int = 32)
     for batch in loader:
         if "inputs" not in batch:  # no row of this batch could be loaded
             continue
-        inputs = {}
-        for name, value in batch["inputs"].items():
-            if isinstance(value, list):  # text: the encoder's own tokenizer
-                value = model.encoders[name].tokenize(value)
-                inputs[name] = {k: v.to(device) for k, v in value.items()}
-            else:
-                inputs[name] = value.to(device)
+        inputs = {
+            name: encoder_input(model.encoders[name], value, device)
+            for name, value in batch["inputs"].items()
+        }
         model(inputs, batch["mask"].to(device))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum

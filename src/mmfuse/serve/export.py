@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.errors import MmfuseError
-from mmfuse.model.multimodal import MultimodalModel, token_validity
+from mmfuse.model.multimodal import MultimodalModel, encoder_input, token_validity
 from mmfuse.serve.predictor import stack_samples
 
 FORMAT = 1
@@ -549,11 +549,7 @@ def torch_runner(model: MultimodalModel) -> Callable[[dict], dict[str, np.ndarra
 
     @torch.no_grad()
     def run(batch: dict) -> dict[str, np.ndarray]:
-        inputs = {}
-        for name, value in batch["inputs"].items():
-            inputs[name] = (
-                model.encoders[name].tokenize(value) if isinstance(value, list) else value
-            )
+        inputs = {n: encoder_input(model.encoders[n], v) for n, v in batch["inputs"].items()}
         logits = model(inputs, batch["mask"])
         return {t: v.float().softmax(-1).numpy() for t, v in logits.items()}
 

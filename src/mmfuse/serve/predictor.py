@@ -19,6 +19,7 @@ from torch import Tensor
 
 from mmfuse.errors import MediaError, MmfuseError
 from mmfuse.features.sample import SampleLoader
+from mmfuse.model.multimodal import encoder_input
 from mmfuse.model.saved import load_model, read_saved_config
 
 
@@ -143,13 +144,9 @@ class Predictor:
         batch = len(samples)
         stacked, mask = stack_samples(samples, self.names, self.loader.placeholders)
         mask = mask.to(self.device)
-        inputs = {}
-        for name, value in stacked.items():
-            if isinstance(value, list):  # text: the encoder's own tokenizer
-                tokens = self.model.encoders[name].tokenize(value)
-                inputs[name] = {k: v.to(self.device) for k, v in tokens.items()}
-            else:
-                inputs[name] = value.to(self.device)
+        inputs = {
+            n: encoder_input(self.model.encoders[n], v, self.device) for n, v in stacked.items()
+        }
         has_weights = getattr(self.model.fusion, "has_weights", False)
         out = self.model(inputs, mask, return_weights=has_weights)
         logits, weights = out if has_weights else (out, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from mmfuse.model.multimodal import encoder_input
 from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
 
@@ -100,12 +101,7 @@ def _compute(
                 errors[s.row] = s
             if "inputs" not in batch:
                 continue
-            x = batch["inputs"][name]
-            if isinstance(x, list):
-                x = encoder.tokenize(x)
-                x = {k: v.to(device) for k, v in x.items()}
-            else:
-                x = x.to(device)
+            x = encoder_input(encoder, batch["inputs"][name], device)
             features = encoder(x).float().cpu()  # b×D
             for row, feature in zip(batch["rows"].tolist(), features):
                 cache.put(keys[row], feature)

@@ -31,7 +31,7 @@ from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.fusion.modality_dropout import drop_modalities
 from mmfuse.model.config import ModelConfig
-from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.model.multimodal import MultimodalModel, encoder_input
 from mmfuse.train import checkpoint as ckpt
 from mmfuse.train import distributed
 from mmfuse.train.cached_features import fill_feature_cache
@@ -469,13 +469,10 @@ class Trainer:
         inputs, features = {}, {}
         cached = self._cached
         for name, value in batch["inputs"].items():
-            if isinstance(value, list):  # text: the encoder's own tokenizer
-                value = self.model.encoders[name].tokenize(value)
-                value = {k: v.to(self.device) for k, v in value.items()}
-            else:
-                value = value.to(self.device, non_blocking=True)
-                if self.config.channels_last and value.dim() == 4 and name not in cached:
-                    value = value.contiguous(memory_format=torch.channels_last)
+            value = encoder_input(self.model.encoders[name], value, self.device)
+            image_like = isinstance(value, Tensor) and value.dim() == 4
+            if self.config.channels_last and image_like and name not in cached:
+                value = value.contiguous(memory_format=torch.channels_last)
             (features if name in cached else inputs)[name] = value
         mask = batch["mask"].to(self.device)
         labels = {t: y.to(self.device) for t, y in batch["labels"].items()}
