@@ -9,6 +9,7 @@ cache, while the other ranks wait at a barrier and then read what it wrote.
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -48,7 +49,15 @@ def setup(info: DistInfo, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # Leaving the group open at exit lets the interpreter tear down gloo's threads while
+        # they run, which aborts the process ("terminate called without an active exception").
+        atexit.register(_leave)
     return device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
