@@ -10,6 +10,7 @@ cache, while the other ranks wait at a barrier and then read what it wrote.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -56,8 +57,13 @@ def setup(info: DistInfo, device: torch.device) -> torch.device:
 
 
 def _leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    if not dist.is_initialized():
+        return
+    # All ranks leave together: a rank whose peer has already closed its sockets can have
+    # gloo's I/O thread throw during teardown, which aborts that process.
+    with contextlib.suppress(RuntimeError):  # a peer already failed: leave anyway
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier(info: DistInfo) -> None:
