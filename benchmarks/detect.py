@@ -28,10 +28,10 @@ import torch
 from mmfuse.data.synthetic import COLOURS, SAMPLE_RATE
 from mmfuse.data.video import probe_video, read_video, sliding_windows
 from mmfuse.data.writers import write_video
+from mmfuse.infer.detect import detect_events
+from mmfuse.infer.predictor import Predictor
 from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
 from mmfuse.model.saved import save_model
-from mmfuse.serve.detect import detect_events
-from mmfuse.serve.predictor import Predictor
 
 CLASSES = ["background", "red", "green", "blue"]
 

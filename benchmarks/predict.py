@@ -45,8 +45,8 @@ import torch
 from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
-from mmfuse.serve.batch_predict import predict_manifest
-from mmfuse.serve.predictor import Predictor
+from mmfuse.infer.predictor import Predictor
+from mmfuse.infer.streamed import predict_manifest
 
 CLASSES = 4
 BATCH = 64

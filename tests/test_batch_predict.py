@@ -1,4 +1,4 @@
-"""Streaming, sharded, restartable batch prediction (`mmfuse.serve.batch_predict`)."""
+"""Streaming, sharded, restartable batch prediction (`mmfuse.infer.streamed`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from mmfuse.data.synthetic import make_shapes
-from mmfuse.serve import batch_predict
-from mmfuse.serve.batch_predict import parse_shard, predict_manifest, shard_bounds
+from mmfuse.infer import streamed as batch_predict
+from mmfuse.infer.streamed import parse_shard, predict_manifest, shard_bounds
 from train_helpers import tiny_classifier
 
 
@@ -129,7 +129,7 @@ def test_cli_streams_a_shard_to_parquet(model, tmp_path, capsys):
 
 KILL_SCRIPT = r"""
 import sys, time
-from mmfuse.serve import batch_predict
+from mmfuse.infer import streamed as batch_predict
 
 real = batch_predict._predict_chunk
 def slow(*args, **kwargs):  # slow each chunk down so that the kill lands between parts

@@ -23,9 +23,7 @@ from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import COLOURS, SAMPLE_RATE, make_shapes
 from mmfuse.data.video import read_video
 from mmfuse.data.writers import write_video
-from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
-from mmfuse.model.saved import save_model
-from mmfuse.serve.detect import (
+from mmfuse.infer.detect import (
     DetectError,
     StreamStats,
     add_detect_arguments,
@@ -35,7 +33,9 @@ from mmfuse.serve.detect import (
     stream_windows,
     video_windows,
 )
-from mmfuse.serve.predictor import Predictor
+from mmfuse.infer.predictor import Predictor
+from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
+from mmfuse.model.saved import save_model
 from mmfuse.train import TrainConfig
 from mmfuse.train.run import train_model
 

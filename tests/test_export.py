@@ -15,9 +15,9 @@ from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.model.saved import load_model
-from mmfuse.serve import compress, export
-from mmfuse.serve.compress import prunable_weights, prune_model
-from mmfuse.serve.export import (
+from mmfuse.ship import compress, export
+from mmfuse.ship.compress import prunable_weights, prune_model
+from mmfuse.ship.export import (
     ExportError,
     export_onnx,
     export_report,

@@ -8,8 +8,8 @@ import pytest
 import ray
 
 from mmfuse.data.synthetic import make_shapes
+from mmfuse.infer.streamed import predict_manifest
 from mmfuse.integrations.ray import predict_dataset
-from mmfuse.serve.batch_predict import predict_manifest
 from train_helpers import tiny_classifier
 
 

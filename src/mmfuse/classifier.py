@@ -23,11 +23,11 @@ from sklearn.base import BaseEstimator
 
 from mmfuse.data.manifest import Manifest, read_manifest
 from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.model.config import FusionConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, save_model
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.dataset import MultimodalDataset
 from mmfuse.train.run import model_config_for, train_model
 from mmfuse.train.trainer import Trainer
 

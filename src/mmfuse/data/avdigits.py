@@ -127,7 +127,7 @@ Utterance = tuple[str, str, int, int]  # (word, voice, speed, pitch)
 def avdigits_path(samples: int = 2000, seed: int = 0) -> Path:
     """`<cache>/avdigits-<samples>-<seed>`, the cache being mmfuse's (`$MMFUSE_CACHE`, ...)."""
     # Imported here: mmfuse.train imports mmfuse.data, so a top-level import could loop.
-    from mmfuse.train.cached_features import default_cache_dir
+    from mmfuse.data.cache import default_cache_dir
 
     return default_cache_dir() / f"avdigits-{samples}-{seed}"
 

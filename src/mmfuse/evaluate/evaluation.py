@@ -75,7 +75,7 @@ def corrupted(dataset, corruptions: Mapping[str, tuple]):
     """The same rows in eval mode with `corruptions` applied; cached features of the inputs
     left clean are reused, so only the corrupted input is decoded and encoded again."""
     # Imported here: mmfuse.train imports mmfuse.evaluate for its validation metrics.
-    from mmfuse.train.dataset import MultimodalDataset
+    from mmfuse.infer.dataset import MultimodalDataset
 
     return MultimodalDataset(
         dataset.manifest,

@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from mmfuse.errors import MediaError
-from mmfuse.serve.predictor import InputError, Predictor
+from mmfuse.infer.predictor import InputError, Predictor
 
 
 class BatchPredictor:

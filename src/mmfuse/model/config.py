@@ -17,6 +17,8 @@ from typing import Any
 from mmfuse.errors import MmfuseError
 
 MODES = ("finetune", "freeze")
+# A missing label in multi-task data (also torch's cross-entropy default).
+IGNORE_INDEX = -100
 
 
 class ConfigError(MmfuseError, ValueError):

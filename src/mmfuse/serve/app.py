@@ -52,9 +52,9 @@ except ImportError as e:  # pragma: no cover - the serve extra is missing
     ) from e
 
 from mmfuse.errors import MediaError, MmfuseError
+from mmfuse.infer.predictor import InputError, Prediction, Predictor
 from mmfuse.serve.batcher import DynamicBatcher
 from mmfuse.serve.page import PAGE
-from mmfuse.serve.predictor import InputError, Prediction, Predictor
 
 # Text fields (and .txt uploads for text inputs) larger than this are refused with a 413.
 MAX_TEXT_BYTES = 1 << 20
@@ -816,7 +816,7 @@ def serve_command(args: argparse.Namespace) -> int:
       curl -F image=@cat.png -F text="a cat" http://127.0.0.1:8000/predict
       curl -F 0.image=@a.png -F 1.image=@b.png http://127.0.0.1:8000/predict/batch
     """
-    from mmfuse.train.trainer import resolve_device
+    from mmfuse.device import resolve_device
 
     serve(
         args.model_dir,

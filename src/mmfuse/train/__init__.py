@@ -1,7 +1,9 @@
 """Training: the `Trainer`, its config, the dataset it reads, the feature cache, checkpoints."""
 
+from mmfuse.data.cache import default_cache_dir
 from mmfuse.errors import CheckpointError
-from mmfuse.train.cached_features import default_cache_dir, fill_feature_cache
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.train.cached_features import fill_feature_cache
 from mmfuse.train.checkpoint import (
     best_checkpoint,
     capture_rng_state,
@@ -13,7 +15,6 @@ from mmfuse.train.checkpoint import (
     verify_checkpoint,
 )
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
 from mmfuse.train.trainer import BadSampleError, FitResult, Trainer
 

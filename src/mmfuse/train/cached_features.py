@@ -13,17 +13,10 @@ from pathlib import Path
 
 import torch
 
+from mmfuse.data.cache import default_cache_dir
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.model.multimodal import encoder_input
-from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
-
-
-def default_cache_dir() -> Path:
-    """`$MMFUSE_CACHE`, else `$XDG_CACHE_HOME/mmfuse`, else `~/.cache/mmfuse`."""
-    if os.environ.get("MMFUSE_CACHE"):
-        return Path(os.environ["MMFUSE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mmfuse"
 
 
 def fill_feature_cache(

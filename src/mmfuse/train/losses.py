@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100  # a missing label in multi-task data (also torch's cross-entropy default)
+from mmfuse.model.config import IGNORE_INDEX
 
 LossFn = Callable[[Mapping[str, Tensor]], tuple[Tensor, dict[str, float]]]
 

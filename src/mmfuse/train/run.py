@@ -15,11 +15,11 @@ import torch
 
 from mmfuse.data.manifest import Manifest
 from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.dataset import MultimodalDataset
 from mmfuse.train.trainer import FitResult, Trainer
 
 # Small encoders trained from scratch: they run on a laptop CPU. Swap in resnet18 or an

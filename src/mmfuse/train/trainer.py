@@ -27,16 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.fusion.modality_dropout import drop_modalities
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel, encoder_input
 from mmfuse.train import checkpoint as ckpt
 from mmfuse.train import distributed
 from mmfuse.train.cached_features import fill_feature_cache
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
 from mmfuse.train.logger import MetricsLogger
 from mmfuse.train.losses import (
     IGNORE_INDEX,
@@ -63,15 +64,6 @@ class FitResult:
     skipped: list[Skipped] = field(default_factory=list)
     stopped_early: bool = False
     cache_time: float = 0.0  # seconds spent filling the feature cache before epoch 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MmfuseError(f"device={name!r} but CUDA is not available here; use --device cpu")
-    return device
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:

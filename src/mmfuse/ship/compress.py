@@ -231,7 +231,7 @@ def recalibrate_batchnorm(model: MultimodalModel, dataset, batch_size: int = 32)
     then scores near chance though its training loss is low. Frozen encoders stay in eval mode
     and keep theirs. Returns the number of layers recomputed.
     """
-    from mmfuse.train.dataset import collate
+    from mmfuse.infer.dataset import collate
 
     model.train()  # frozen encoders stay in eval mode (Encoder.train)
     norms = [
@@ -273,7 +273,7 @@ def compress_report(
 ) -> list:
     """Size (safetensors, gzipped), torch latency and accuracy of both model folders."""
     from mmfuse.model.saved import WEIGHTS, load_model
-    from mmfuse.serve.export import EvalData, measure, torch_runner, torch_threads
+    from mmfuse.ship.export import EvalData, measure, torch_runner, torch_threads
 
     data = EvalData(model_dir, manifest)
     rows = []
@@ -370,7 +370,7 @@ def compress_command(args: argparse.Namespace) -> int:
         f"all of them in {Path(summary['out_dir']) / SUMMARY_FILE}"
     )
     if args.eval:
-        from mmfuse.serve.export import format_report
+        from mmfuse.ship.export import format_report
 
         rows = compress_report(
             args.model_dir, args.out, args.eval, repeats=args.repeats, threads=args.threads

@@ -25,8 +25,7 @@ import torch
 from mmfuse.data.manifest import Manifest
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.features.sample import SampleLoader
-from mmfuse.model.config import InputConfig
-from mmfuse.train.losses import IGNORE_INDEX
+from mmfuse.model.config import IGNORE_INDEX, InputConfig
 
 
 @dataclass

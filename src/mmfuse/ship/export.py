@@ -56,8 +56,8 @@ import torch
 from torch import Tensor, nn
 
 from mmfuse.errors import MmfuseError
+from mmfuse.infer.predictor import stack_samples
 from mmfuse.model.multimodal import MultimodalModel, encoder_input, token_validity
-from mmfuse.serve.predictor import stack_samples
 
 FORMAT = 1
 MASK = "mask"
@@ -478,7 +478,7 @@ def onnx_matches_torch(
     `samples` are `Predictor.predict` requests (`{input or modality: path or text}`, an input
     left out or None = missing); torch's side is `Predictor.predict_tensors`, the served path.
     """
-    from mmfuse.serve.predictor import Predictor
+    from mmfuse.infer.predictor import Predictor
 
     predictor = Predictor(model_dir)
     prepared = [predictor.preprocess(s) for s in samples]
@@ -518,8 +518,8 @@ class EvalData:
 
     def __init__(self, model_dir: str | os.PathLike, manifest, *, batch_size: int = 32):
         from mmfuse.data.manifest import read_manifest
+        from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
         from mmfuse.model.saved import load_model
-        from mmfuse.train.dataset import MultimodalDataset, Skipped, collate
 
         model, config, _ = load_model(model_dir)
         roles = {spec.column: spec.modality for spec in config.inputs.values()}

@@ -4,10 +4,10 @@
     mmfuse train MANIFEST --val MANIFEST         MultimodalClassifier.fit, then .save(--out)
     mmfuse evaluate MODEL_DIR MANIFEST           MultimodalClassifier.evaluate
     mmfuse predict MODEL_DIR MANIFEST            MultimodalClassifier.predict_proba
-    mmfuse detect MODEL_DIR VIDEO                mmfuse.serve.detect.detect_events
+    mmfuse detect MODEL_DIR VIDEO                mmfuse.infer.detect.detect_events
     mmfuse serve MODEL_DIR                       mmfuse.serve.app.serve (HTTP API + web page)
-    mmfuse export MODEL_DIR --out model.onnx     mmfuse.serve.export.export_onnx
-    mmfuse compress MODEL_DIR --prune 0.5        mmfuse.serve.compress.prune_model
+    mmfuse export MODEL_DIR --out model.onnx     mmfuse.ship.export.export_onnx
+    mmfuse compress MODEL_DIR --prune 0.5        mmfuse.ship.compress.prune_model
     mmfuse datasets make avdigits DIR            mmfuse.data.avdigits.make_avdigits
     mmfuse demo                                  mmfuse.demo.run_demo
 
@@ -427,8 +427,8 @@ def predict_command(args: argparse.Namespace) -> int:
 
 
 def _predict_streamed(args: argparse.Namespace, task: str) -> int:
-    from mmfuse.serve.batch_predict import parse_shard, predict_manifest
-    from mmfuse.serve.predictor import Predictor
+    from mmfuse.infer.predictor import Predictor
+    from mmfuse.infer.streamed import parse_shard, predict_manifest
 
     predictor = Predictor(args.model_dir, device=args.device)
     if task != predictor.task:
@@ -537,13 +537,13 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
 
 
 def _add_export(sub) -> None:
-    from mmfuse.serve.export import add_export_arguments, export_command
+    from mmfuse.ship.export import add_export_arguments, export_command
 
     add_export_arguments(_command(sub, "export", export_command))
 
 
 def _add_compress(sub) -> None:
-    from mmfuse.serve.compress import add_compress_arguments, compress_command
+    from mmfuse.ship.compress import add_compress_arguments, compress_command
 
     add_compress_arguments(_command(sub, "compress", compress_command))
 
@@ -556,7 +556,7 @@ def _add_serve(sub) -> None:
 
 
 def _add_detect(sub) -> None:
-    from mmfuse.serve.detect import add_detect_arguments, detect_command
+    from mmfuse.infer.detect import add_detect_arguments, detect_command
 
     p = _command(sub, "detect", detect_command)
     add_detect_arguments(p)
@@ -636,7 +636,7 @@ def _manifest_for(clf, source: str, *, labelled: bool):
 
 
 def _resolve_device(name: str) -> str:
-    from mmfuse.train.trainer import resolve_device
+    from mmfuse.device import resolve_device
 
     try:
         return str(resolve_device(name))

@@ -27,8 +27,8 @@ import torch
 
 from mmfuse.data.manifest import Manifest, read_manifest
 from mmfuse.errors import MmfuseError
-from mmfuse.serve.predictor import Predictor
-from mmfuse.train.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.predictor import Predictor
 
 PART = "part-{:06d}.parquet"
 JOB = "job.json"

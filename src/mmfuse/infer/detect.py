@@ -42,8 +42,8 @@ import torch
 from mmfuse.data.modalities import check_file, unreadable
 from mmfuse.data.video import _to_rgb, probe_video, sample_times, sliding_windows
 from mmfuse.errors import MediaError
+from mmfuse.infer.predictor import Predictor
 from mmfuse.model.config import ConfigError
-from mmfuse.serve.predictor import Predictor
 
 # A frame is on screen at time t when its timestamp is at most t plus this (as in read_video).
 _EPS = 1e-9
@@ -580,8 +580,8 @@ def detect_command(args: argparse.Namespace) -> int:
       mmfuse detect runs/train match.mp4 --window 4 --stride 2 --plot timeline.png
       mmfuse detect runs/train match.mp4 --background other --out timeline.json
     """
+    from mmfuse.device import resolve_device
     from mmfuse.model.saved import CONFIG
-    from mmfuse.train.trainer import resolve_device
 
     if not (Path(args.model_dir) / CONFIG).is_file():
         raise DetectError(

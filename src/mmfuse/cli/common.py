@@ -1,0 +1,95 @@
+"""What every command shares: exit codes, the usage error, and argument types written once
+(device, model folder, COLUMN=VALUE pairs, column roles)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from mmfuse.errors import MmfuseError
+
+EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+class UsageError(MmfuseError):
+    """A command-line mistake (exit 2)."""
+
+
+def device_name(value: str) -> str:
+    """argparse type of `--device`: a name torch knows, checked before anything loads."""
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+def add_device_flag(p: argparse.ArgumentParser, default: str, what: str = "") -> None:
+    """`--device`, the same in every command; `what` says what runs there (e.g. "fine-tuning")."""
+    p.add_argument(
+        "--device",
+        type=device_name,
+        default=None if default == "auto" else default,
+        metavar="DEVICE",
+        help=(f"{what} device: " if what else "")
+        + f"auto (CUDA when present), cpu, cuda or cuda:N (default: {default})",
+    )
+
+
+def resolve_device(name: str | None, default: str = "cpu") -> str:
+    """The torch device a `--device` value names, or a UsageError that says what to give."""
+    from mmfuse.device import resolve_device as resolve
+
+    name = name or default
+    try:
+        return str(resolve(name))
+    except MmfuseError as e:  # CUDA asked for but absent
+        raise UsageError(str(e)) from None
+    except RuntimeError as e:  # torch does not know the name
+        raise UsageError(f"device {name!r}: {e}; use auto, cpu or cuda") from None
+
+
+def model_folder(path: str) -> Path:
+    """A folder `mmfuse train --out` wrote, or a UsageError naming what is missing."""
+    from mmfuse.model.saved import CONFIG
+
+    folder = Path(path)
+    if not (folder / CONFIG).is_file():
+        raise UsageError(
+            f"{path} is not an mmfuse model folder (no {CONFIG}); give the folder that "
+            "`mmfuse train --out` wrote"
+        )
+    return folder
+
+
+def add_model_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="model folder written by `mmfuse train` (its --out)")
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
+    """`["a=1", "b=x"]` → `{"a": "1", "b": "x"}`; anything else is a UsageError naming `flag`."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag} expects COLUMN=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def add_modality_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--modality",
+        action="append",
+        default=[],
+        metavar="COLUMN=ROLE",
+        help="declare a column's role: image, audio, video, text, label or ignore (repeatable)",
+    )
+
+
+def stem(manifest: str) -> str:
+    """A manifest's name without its suffix (`data/test.csv` → `test`)."""
+    path = Path(manifest)
+    return path.stem if path.suffix else path.name

@@ -1,0 +1,1 @@
+"""Shipping a trained model: ONNX export, int8 quantisation, pruning, and before/after tables."""
