@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mmfuse.errors import MmfuseError
-from mmfuse.features.spec import _Spec
+from mmfuse.features.spec import InputSpec
 from mmfuse.registry import Registry
 
 MODALITIES = ("audio", "image", "text", "video")
@@ -42,7 +42,7 @@ class Encoder(nn.Module):
 
     modality: str
     output_dim: int
-    input_spec: _Spec
+    input_spec: InputSpec
 
     def __init__(self):
         super().__init__()

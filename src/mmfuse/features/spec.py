@@ -13,17 +13,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class _Spec:
+class InputSpec:
+    """The base of the per-modality specs: `to_dict`/`from_dict` with the modality as the key."""
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["modality"] = self.modality
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> _Spec:
+    def from_dict(cls, d: dict) -> InputSpec:
         d = dict(d)
         modality = d.pop("modality", None)
-        target = SPEC_TYPES.get(modality, cls) if cls is _Spec else cls
+        target = SPEC_TYPES.get(modality, cls) if cls is InputSpec else cls
         known = {f.name for f in fields(target)}
         unknown = set(d) - known
         if unknown:
@@ -38,7 +40,7 @@ class _Spec:
 
 
 @dataclass
-class ImageSpec(_Spec):
+class ImageSpec(InputSpec):
     modality = "image"
     size: int = 224  # square crop fed to the encoder
     resize: int | None = None  # shorter side before the crop; None → size * 8 / 7
@@ -47,7 +49,7 @@ class ImageSpec(_Spec):
 
 
 @dataclass
-class AudioSpec(_Spec):
+class AudioSpec(InputSpec):
     modality = "audio"
     sample_rate: int = 16000
     duration: float = 1.0  # seconds; clips are cropped / zero-padded to this
@@ -63,7 +65,7 @@ class AudioSpec(_Spec):
 
 
 @dataclass
-class VideoSpec(_Spec):
+class VideoSpec(InputSpec):
     modality = "video"
     frames: int = 8
     size: int = 112
@@ -74,7 +76,7 @@ class VideoSpec(_Spec):
 
 
 @dataclass
-class TextSpec(_Spec):
+class TextSpec(InputSpec):
     modality = "text"
     tokenizer: str = "hash"  # "hash" (no vocabulary to learn) or a Hugging Face path/id
     vocab_size: int = 2**16  # buckets of the hashing tokenizer
@@ -83,7 +85,7 @@ class TextSpec(_Spec):
     extra: dict = field(default_factory=dict)
 
 
-SPEC_TYPES: dict[str, type[_Spec]] = {
+SPEC_TYPES: dict[str, type[InputSpec]] = {
     "image": ImageSpec,
     "audio": AudioSpec,
     "video": VideoSpec,
@@ -91,5 +93,5 @@ SPEC_TYPES: dict[str, type[_Spec]] = {
 }
 
 
-def spec_from_dict(d: dict) -> _Spec:
-    return _Spec.from_dict(d)
+def spec_from_dict(d: dict) -> InputSpec:
+    return InputSpec.from_dict(d)
