@@ -22,14 +22,15 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.device import resolve_device
 from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import FusionConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.run import model_config_for, train_model
-from mmfuse.train.trainer import Trainer
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -166,23 +167,21 @@ class MultimodalClassifier(BaseEstimator):
             decode_timeout=self.train_config_.decode_timeout,
         )
 
-    def _trainer(self) -> Trainer:
-        config = TrainConfig(
-            batch_size=self.train_config_.batch_size,
-            device=self.train_config_.device,
-            workers=self.train_config_.workers,
-            precision=self.train_config_.precision,
-            progress=False,
+    def _predict_options(self) -> PredictOptions:
+        cfg = self.train_config_
+        return PredictOptions(
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            device=str(resolve_device(cfg.device)),
+            precision=cfg.precision,
         )
-        run_dir = getattr(self, "run_dir_", None) or Path(tempfile.gettempdir())
-        return Trainer(self.model_, config, run_dir, model_config=self.model_config_, log=_quiet)
 
     def predict_proba(self, X, task: str | None = None) -> np.ndarray:
         """N×C class probabilities (columns in `classes_` order); NaN rows could not be read."""
         self._check_fitted()
         task = task or self.task_
         dataset = self._dataset(X)
-        out = self._trainer().predict(dataset)
+        out = predict_dataset(self.model_, dataset, self._predict_options())
         proba = np.full((len(dataset), len(self.labels_[task])), np.nan)
         proba[out["rows"]] = out["proba"]["all"][task]
         return proba
@@ -203,9 +202,10 @@ class MultimodalClassifier(BaseEstimator):
         """Metrics on labelled data `X` (per task when several); with `out_dir`, the report."""
         self._check_fitted()
         result = evaluate_model(
-            self._trainer(),
+            self.model_,
             self._dataset(X),
             out_dir,
+            options=self._predict_options(),
             ablation=ablation,
             robustness=robustness,
             title="mmfuse evaluation",

@@ -5,17 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from mmfuse.distributed import DistInfo
 from mmfuse.evaluate.ablation import ablation_scores, ablation_variants
 from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.evaluate.report import write_report
 from mmfuse.evaluate.robustness import robustness_curves
+from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.model.multimodal import MultimodalModel
 
 
 def evaluate_model(
-    trainer,
-    dataset,
+    model: MultimodalModel,
+    dataset: MultimodalDataset,
     out_dir: str | Path | None = None,
     *,
+    options: PredictOptions | None = None,
+    dist: DistInfo | None = None,
     history: Sequence[Mapping] | None = None,
     ablation: bool = True,
     robustness: bool = True,
@@ -23,17 +29,22 @@ def evaluate_model(
     extra: Mapping | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Score `trainer.model` on `dataset` (a `MultimodalDataset` in eval mode).
+    """Score `model` on `dataset` (a `MultimodalDataset` in eval mode), predicting through
+    `infer.engine.predict_dataset` with `options` (and across ranks under torchrun: `dist`).
 
     Returns `{"metrics", "ablation"?, "robustness"?, "skipped"}`, with metrics per task
     (`{task: classification_metrics}` when there are several tasks, else that dict). Ablation
     and robustness are for the first task. With `out_dir`, also writes report.md, metrics.json
     and the PNGs there.
     """
-    names = list(trainer.model.names)
+    names = list(model.names)
     tasks = list(dataset.tasks)
     keep = ablation_variants(names) if ablation and len(names) > 1 else None
-    predictions = trainer.predict(dataset, keep=keep)
+
+    def run(data, variants=None) -> dict:
+        return predict_dataset(model, data, options, variants=variants, dist=dist)
+
+    predictions = run(dataset, keep)
     first = next(iter(predictions["proba"]))
     per_task = {}
     for task in tasks:
@@ -53,7 +64,7 @@ def evaluate_model(
             if log:
                 ((name, (corruption, level)),) = corruptions.items()
                 log(f"robustness: {name} {corruption.name} at {level:g}")
-            return trainer.predict(corrupted(dataset, corruptions))
+            return run(corrupted(dataset, corruptions))
 
         curves = robustness_curves(predict, modalities, tasks[0])
         if curves:
@@ -74,9 +85,6 @@ def evaluate_model(
 def corrupted(dataset, corruptions: Mapping[str, tuple]):
     """The same rows in eval mode with `corruptions` applied; cached features of the inputs
     left clean are reused, so only the corrupted input is decoded and encoded again."""
-    # Imported here: mmfuse.train imports mmfuse.evaluate for its validation metrics.
-    from mmfuse.infer.dataset import MultimodalDataset
-
     return MultimodalDataset(
         dataset.manifest,
         dataset.inputs,

@@ -138,7 +138,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             text_files=[n for n, c in self.inputs.items() if c.column in manifest.text_files],
         )
         self.transforms = self.loader.transforms
-        self.placeholders = {n: self._placeholder(n) for n in self.names}
+        self.placeholders = {n: self.placeholder(n) for n in self.names}
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -162,7 +162,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             out[row] = index[key]
         return out
 
-    def _placeholder(self, name: str):
+    def placeholder(self, name: str):
         """What an absent input looks like in a batch: zeros of the loaded shape (or "")."""
         if name in self.features:
             return torch.zeros(self.features[name].shape[1])
@@ -214,25 +214,3 @@ def _label_text(value) -> str:
 
 def _path_of(value) -> str | None:
     return str(value) if isinstance(value, str) and len(value) < 4096 else None
-
-
-def collate(items: list) -> dict:
-    """Stack loaded samples; `Skipped` records ride along in `batch["skipped"]`."""
-    skipped = [i for i in items if isinstance(i, Skipped)]
-    items = [i for i in items if not isinstance(i, Skipped)]
-    batch = {"rows": torch.tensor([i["row"] for i in items], dtype=torch.long), "skipped": skipped}
-    if not items:
-        return batch
-    names = sorted(items[0]["inputs"])
-    batch["inputs"] = {}
-    for n in names:
-        values = [i["inputs"][n] for i in items]
-        batch["inputs"][n] = values if isinstance(values[0], str) else torch.stack(values)
-    batch["mask"] = torch.tensor(
-        [[i["present"][n] for n in names] for i in items], dtype=torch.bool
-    )
-    tasks = sorted(items[0]["labels"])
-    batch["labels"] = {
-        t: torch.tensor([i["labels"][t] for i in items], dtype=torch.long) for t in tasks
-    }
-    return batch

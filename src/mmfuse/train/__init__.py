@@ -2,7 +2,8 @@
 
 from mmfuse.data.cache import default_cache_dir
 from mmfuse.errors import CheckpointError
-from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.infer.batch import collate
+from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.train.cached_features import fill_feature_cache
 from mmfuse.train.checkpoint import (
     best_checkpoint,

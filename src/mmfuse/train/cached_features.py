@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from mmfuse.data.cache import default_cache_dir
-from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.infer.batch import collate
+from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.model.multimodal import encoder_input
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
 

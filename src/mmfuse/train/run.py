@@ -154,9 +154,11 @@ def train_model(
         )
         trainer.prepare_cache(eval_set)
         evaluation = evaluate_model(
-            trainer,
+            model,
             eval_set,
             out_dir if main else None,
+            options=trainer.predict_options(),
+            dist=trainer.dist,
             history=fit.history,
             ablation=ablation,
             robustness=robustness,

@@ -27,15 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.fusion.modality_dropout import drop_modalities
-from mmfuse.infer.dataset import MultimodalDataset, Skipped, collate
+from mmfuse.infer.batch import collate
+from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.engine import PredictOptions, autocast, predict_dataset, to_device
 from mmfuse.model.config import ModelConfig
-from mmfuse.model.multimodal import MultimodalModel, encoder_input
+from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
-from mmfuse.train import distributed
 from mmfuse.train.cached_features import fill_feature_cache
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.logger import MetricsLogger
@@ -175,7 +177,7 @@ class Trainer:
             for stale in set(dataset.features) - set(names):
                 del dataset.features[stale]
                 dataset.feature_errors.pop(stale, None)
-                dataset.placeholders[stale] = dataset._placeholder(stale)
+                dataset.placeholders[stale] = dataset.placeholder(stale)
             # Rank 0 fills the cache; the others wait, then find every entry and only read.
             if names and not self.dist.is_main:
                 distributed.barrier(self.dist)
@@ -458,22 +460,19 @@ class Trainer:
 
     def _batch_to_device(self, batch) -> tuple[dict, dict, Tensor, dict]:
         """Split a batch into raw inputs and cached features, on the device; tokenize text."""
-        inputs, features = {}, {}
-        cached = self._cached
-        for name, value in batch["inputs"].items():
-            value = encoder_input(self.model.encoders[name], value, self.device)
-            image_like = isinstance(value, Tensor) and value.dim() == 4
-            if self.config.channels_last and image_like and name not in cached:
-                value = value.contiguous(memory_format=torch.channels_last)
-            (features if name in cached else inputs)[name] = value
+        inputs, features = to_device(
+            self.model,
+            batch["inputs"],
+            self.device,
+            cached=self._cached,
+            channels_last=self.config.channels_last,
+        )
         mask = batch["mask"].to(self.device)
         labels = {t: y.to(self.device) for t, y in batch["labels"].items()}
         return inputs, features, mask, labels
 
     def _autocast(self):
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.config.precision == "bf16"
-        )
+        return autocast(self.device, self.config.precision)
 
     def _loss(self, inputs, features, mask, labels):
         with self._autocast():
@@ -543,90 +542,37 @@ class Trainer:
         return 0.5 * (loss + adv_loss)
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
+    def predict_options(self) -> PredictOptions:
+        """How this run predicts (its batch size, workers, device and precision)."""
+        cfg = self.config
+        return PredictOptions(
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            device=str(self.device),
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            seed=cfg.seed,
+        )
+
     def predict(
         self,
         dataset: MultimodalDataset,
         *,
         keep: Mapping[str, Mapping[str, bool]] | None = None,
     ) -> dict:
-        """Class probabilities for every loadable row of `dataset`.
-
-        `keep` = `{variant: {input name: kept?}}` evaluates the same encoded batch under several
-        presence masks (per-modality ablation); a row left with no input gets NaN probabilities.
-        Returns `{"rows", "labels": {task: N}, "proba": {variant or "all": {task: N×C}},
-        "loss", "skipped"}`.
-        """
-        model = self.model.to(self.device)
-        model.eval()
-        outer = self._cached
-        self._cached = set(dataset.features)  # names whose batches hold cached features
-        # Under torchrun each rank predicts every world-th row; the pieces are gathered below.
-        order = distributed.rank_slice(list(range(len(dataset))), self.dist, pad=False)
-        batches = [
-            order[i : i + self.config.batch_size]
-            for i in range(0, len(order), self.config.batch_size)
-        ]
-        loader = self._loader(dataset, batches, self.config.seed)
-        variants = keep or {"all": {n: True for n in model.names}}
-        rows, ys = [], {t: [] for t in self.tasks}
-        probas = {v: {t: [] for t in self.tasks} for v in variants}
-        skipped: list[Skipped] = []
-        loss_sum, loss_n = 0.0, 0
-        for batch in loader:
-            skipped.extend(batch["skipped"])
-            if "inputs" not in batch:
-                continue
-            inputs, features, mask, labels = self._batch_to_device(batch)
-            with self._autocast():
-                feats, tokens, token_mask = model.encode(inputs, mask, features)
-            for variant, kept in variants.items():
-                keep_row = torch.tensor(
-                    [kept.get(n, True) for n in model.names], device=mask.device
-                )
-                vmask = mask & keep_row
-                ok = vmask.any(dim=1)
-                out = {
-                    t: torch.full((len(mask), len(dataset.tasks[t])), float("nan"))
-                    for t in self.tasks
-                }
-                if ok.any():
-                    sub = ok.nonzero().flatten()
-                    with self._autocast():
-                        logits = model.classify(
-                            {n: f[sub] for n, f in feats.items()},
-                            vmask[sub],
-                            {n: t[sub] for n, t in tokens.items()},
-                            {n: t[sub] for n, t in token_mask.items()},
-                        )
-                    for t, lg in logits.items():
-                        out[t][sub.cpu()] = lg.float().softmax(-1).cpu()
-                    if variant == next(iter(variants)) and ok.all():
-                        loss, _ = multitask_loss(
-                            {t: lg.float() for t, lg in logits.items()},
-                            labels,
-                            task_weights=self._task_weights(),
-                        )
-                        loss_sum += float(loss) * len(mask)
-                        loss_n += len(mask)
-                for t in self.tasks:
-                    probas[variant][t].append(out[t])
-            rows.append(batch["rows"])
-            for t in self.tasks:
-                ys[t].append(batch["labels"][t])
-        self._cached = outer
-        cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0)  # noqa: E731
-        result = {
-            "rows": cat(rows),
-            "labels": {t: cat(ys[t]) for t in self.tasks},
-            "proba": {v: {t: cat(ps) for t, ps in probas[v].items()} for v in variants},
-            "loss": loss_sum / loss_n if loss_n else None,
-            "loss_rows": loss_n,
-            "skipped": skipped,
-        }
-        if self.dist.enabled:
-            result = _merge_predictions(distributed.gather(self.dist, result))
-        return result
+        """Class probabilities for every loadable row of `dataset`, through `infer.engine`
+        (`predict_batches`' dict, with the validation loss), gathered across ranks."""
+        task_weights = self._task_weights()
+        return predict_dataset(
+            self.model,
+            dataset,
+            self.predict_options(),
+            variants=keep,
+            loss_fn=lambda logits, labels: multitask_loss(
+                logits, labels, task_weights=task_weights
+            )[0],
+            dist=self.dist,
+        )
 
     def validate(self, dataset: MultimodalDataset) -> dict:
         """`val_loss` and `val_<metric>` for the first task (`val_<task>_<metric>` for others)."""
@@ -664,32 +610,6 @@ class Trainer:
             )
             for s in self.skipped[:5]:
                 self.log(f"  {s}")
-
-
-def _merge_predictions(parts: list[dict]) -> dict:
-    """One `predict` result from every rank's share, in row order."""
-    parts = [p for p in parts if len(p["rows"])] or parts[:1]
-    rows = np.concatenate([p["rows"] for p in parts])
-    order = np.argsort(rows, kind="stable")
-    first = parts[0]
-    loss_rows = sum(p["loss_rows"] for p in parts)
-    loss = sum((p["loss"] or 0.0) * p["loss_rows"] for p in parts)
-    return {
-        "rows": rows[order],
-        "labels": {
-            t: np.concatenate([p["labels"][t] for p in parts])[order] for t in first["labels"]
-        },
-        "proba": {
-            v: {
-                t: np.concatenate([p["proba"][v][t] for p in parts])[order]
-                for t in first["proba"][v]
-            }
-            for v in first["proba"]
-        },
-        "loss": loss / loss_rows if loss_rows else None,
-        "loss_rows": loss_rows,
-        "skipped": [s for p in parts for s in p["skipped"]],
-    }
 
 
 class _NoLogger:
