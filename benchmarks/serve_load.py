@@ -88,7 +88,8 @@ def start_server(
     command = [
         sys.executable,
         "-m",
-        "mmfuse.serve.app",
+        "mmfuse",
+        "serve",
         str(model),
         "--port",
         str(port),

@@ -15,12 +15,14 @@ import torch
 from fastapi.testclient import TestClient
 
 from mmfuse.classifier import MultimodalClassifier
+from mmfuse.cli import serve as serve_cli
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.errors import CheckpointError
-from mmfuse.serve import app as serve_app
-from mmfuse.serve.app import MAX_TEXT_BYTES, SPOOL_BYTES, add_serve_arguments, create_app
+from mmfuse.serve import run as serve_run
+from mmfuse.serve.app import create_app
 from mmfuse.serve.batcher import DynamicBatcher
+from mmfuse.serve.uploads import MAX_TEXT_BYTES, SPOOL_BYTES
 from mmfuse.train.run import dataset_for
 from train_helpers import tiny_classifier
 
@@ -473,7 +475,7 @@ def test_cli_arguments_and_command(trained, monkeypatch):
     import argparse
 
     parser = argparse.ArgumentParser()
-    add_serve_arguments(parser)
+    serve_cli.add_arguments(parser)
     args = parser.parse_args([str(trained[0])])
     assert (args.host, args.port, args.workers, args.device) == ("127.0.0.1", 8000, 1, "cpu")
     args = parser.parse_args([str(trained[0]), "--port", "9001", "--workers", "3"])
@@ -481,8 +483,8 @@ def test_cli_arguments_and_command(trained, monkeypatch):
         parser.parse_args([str(trained[0]), "--workers", "0"])
 
     calls = []
-    monkeypatch.setattr(serve_app, "serve", lambda *a, **k: calls.append((a, k)))
-    assert serve_app.serve_command(args) == 0
+    monkeypatch.setattr(serve_run, "serve", lambda *a, **k: calls.append((a, k)))
+    assert serve_cli.run(args) == 0
     ((positional, keywords),) = calls
     assert positional == (str(trained[0]), "127.0.0.1", 9001, 3)
     assert keywords["max_upload_bytes"] == 100 * 2**20 and keywords["device"] == "cpu"
@@ -490,18 +492,18 @@ def test_cli_arguments_and_command(trained, monkeypatch):
 
 def test_serving_a_folder_that_is_no_model_fails_before_listening(tmp_path):
     with pytest.raises(CheckpointError, match="not an mmfuse model folder"):
-        serve_app.serve(tmp_path, workers=1)
+        serve_run.serve(tmp_path, workers=1)
     with pytest.raises(CheckpointError, match="not an mmfuse model folder"):
-        serve_app.serve(tmp_path, workers=2)
+        serve_run.serve(tmp_path, workers=2)
 
 
 def test_factory_reads_the_model_folder_from_the_environment(trained, monkeypatch):
-    monkeypatch.setenv(serve_app.ENV_MODEL_DIR, str(trained[0]))
-    monkeypatch.setenv(serve_app.ENV_OPTIONS, json.dumps({"max_batch": 4}))
-    app = serve_app.app_from_env()
+    monkeypatch.setenv(serve_run.ENV_MODEL_DIR, str(trained[0]))
+    monkeypatch.setenv(serve_run.ENV_OPTIONS, json.dumps({"max_batch": 4}))
+    app = serve_run.app_from_env()
     assert app.state.service.batcher.max_batch == 4
     with TestClient(app) as c:
         assert c.post("/predict", files={"text": (None, "red")}).status_code == 200
-    monkeypatch.delenv(serve_app.ENV_MODEL_DIR)
-    with pytest.raises(RuntimeError, match=serve_app.ENV_MODEL_DIR):
-        serve_app.app_from_env()
+    monkeypatch.delenv(serve_run.ENV_MODEL_DIR)
+    with pytest.raises(RuntimeError, match=serve_run.ENV_MODEL_DIR):
+        serve_run.app_from_env()

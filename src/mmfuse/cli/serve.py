@@ -1,6 +1,119 @@
-"""`mmfuse serve` (a bridge while the command's code moves here from mmfuse.serve.app)."""
+"""`mmfuse serve MODEL_DIR`: the service's flags, and the command that starts it.
 
-from mmfuse.serve.app import add_serve_arguments as add_arguments
-from mmfuse.serve.app import serve_command as run
+FastAPI is imported only when the command runs, so the other commands work without the
+`serve` extra.
+"""
 
-__all__ = ["add_arguments", "run"]
+from __future__ import annotations
+
+import argparse
+
+from mmfuse.cli.common import EXIT_OK, add_device_flag, add_model_dir, model_folder, resolve_device
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `mmfuse serve`."""
+    add_model_dir(parser)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8000, metavar="N", help="port (default: 8000)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_at_least(1, int),
+        default=1,
+        metavar="N",
+        help="server processes, each loading its own copy of the model (default: 1)",
+    )
+    add_device_flag(parser, "cpu")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=_at_least(0.001, float),
+        default=100.0,
+        metavar="MB",
+        help="largest request body, in MiB; larger ones get a 413 (default: 100)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=_at_least(1, int),
+        default=32,
+        metavar="N",
+        help="most samples in one forward pass (default: 32)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=_at_least(0.0, float),
+        default=5.0,
+        metavar="MS",
+        help="how long a request waits for others to share its forward pass (default: 5)",
+    )
+    parser.add_argument(
+        "--torch-threads",
+        type=_at_least(1, int),
+        metavar="N",
+        help="torch threads per server process (default: torch's, one per core)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("critical", "error", "warning", "info", "debug"),
+        default="info",
+        help="uvicorn's log level; below info, requests are not logged (default: info)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve a saved model over HTTP: a JSON API, a web page and OpenAPI docs.
+
+    Open http://HOST:PORT/ for the page (pick files, type text, see the label and the class
+    and modality-weight bars) and /docs for the API. POST /predict takes one sample as
+    multipart fields named by input (image, audio and video as files, text as a value);
+    POST /predict/batch takes fields named <index>.<input>. Concurrent requests share one
+    forward pass (--max-batch, --max-wait-ms). Bad uploads get a 4xx naming the field.
+
+    examples:
+      mmfuse serve runs/train
+      mmfuse serve runs/train --host 0.0.0.0 --port 8080 --workers 4
+      curl -F image=@cat.png -F text="a cat" http://127.0.0.1:8000/predict
+      curl -F 0.image=@a.png -F 1.image=@b.png http://127.0.0.1:8000/predict/batch
+    """
+    device = resolve_device(args.device)
+    model_folder(args.model_dir)
+    from mmfuse.serve import run as runner  # imports FastAPI
+
+    runner.serve(
+        args.model_dir,
+        args.host,
+        args.port,
+        args.workers,
+        max_upload_bytes=max(1, round(args.max_upload_mb * 2**20)),
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        device=device,
+        torch_threads=args.torch_threads,
+        log_level=args.log_level,
+    )
+    return EXIT_OK
+
+
+def _at_least(low, kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below the minimum of {low}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    port = _at_least(0, int)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0 to 65535)")
+    return port

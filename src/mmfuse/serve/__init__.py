@@ -1,1 +1,13 @@
-"""The HTTP service over a loaded-once `Predictor` (`mmfuse serve`)."""
+"""The HTTP service over a loaded-once `Predictor` (`mmfuse serve`): app, routes, service.
+
+Every module here needs the `serve` extra, so its absence is reported once, here, with the fix.
+"""
+
+try:
+    import fastapi  # noqa: F401
+    import python_multipart  # noqa: F401
+except ImportError as e:  # pragma: no cover - the serve extra is missing
+    raise ImportError(
+        f"`mmfuse serve` needs FastAPI, uvicorn and python-multipart ({e}); install them with "
+        "pip install 'mmfuse[serve]'"
+    ) from e
