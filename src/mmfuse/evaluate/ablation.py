@@ -38,6 +38,7 @@ def accuracy_of(y_true: np.ndarray, proba: np.ndarray) -> float | None:
 
 
 def ablation_scores(predictions: Mapping, task: str) -> dict[str, float | None]:
-    """Accuracy per variant from `Trainer.predict(dataset, keep=ablation_variants(...))`."""
+    """Accuracy per variant of `task`, from the dict of `mmfuse.infer.engine.predict_dataset`
+    (or `predict_batches`) run with `variants=ablation_variants(...)`."""
     y = predictions["labels"][task]
     return {v: accuracy_of(y, probas[task]) for v, probas in predictions["proba"].items()}

@@ -84,48 +84,72 @@ def classification_metrics(
         The dict described in the module docstring, made only of str, int, float, None,
         lists and dicts.
     """
-    labels = [str(name) for name in labels]
-    n_classes = len(labels)
-    if n_classes < 2:
-        raise ValueError(f"labels must name at least 2 classes, got {labels!r}")
-    if len(set(labels)) != n_classes:
-        raise ValueError(f"labels must be unique, got {labels!r}")
+    labels = _check_labels(labels)
     if y_pred is None and proba is None:
         raise ValueError("pass y_pred, proba or both; got neither")
-
     true_idx = _to_indices(y_true, labels, "y_true", allow_missing=True)
-    keep = true_idx >= 0
-
     if proba is not None:
-        proba = _check_proba(proba, n_rows=len(true_idx), n_classes=n_classes)
-    if y_pred is None:
-        pred_idx = proba.argmax(axis=1)
-    else:
-        pred_idx = _to_indices(y_pred, labels, "y_pred", allow_missing=False)
-        if len(pred_idx) != len(true_idx):
-            raise ValueError(
-                f"y_true has {len(true_idx)} rows but y_pred has {len(pred_idx)}; "
-                "they must describe the same samples"
-            )
+        proba = _check_proba(proba, n_rows=len(true_idx), n_classes=len(labels))
+    pred_idx = _predicted_indices(y_pred, proba, labels, n_rows=len(true_idx))
 
-    y, p = true_idx[keep], pred_idx[keep]
+    keep = true_idx >= 0
     result: dict = {
         "labels": labels,
         "n_samples": int(keep.sum()),
         "n_missing": int((~keep).sum()),
     }
-    if len(y) == 0:
-        result.update(dict.fromkeys(_SCORE_KEYS))
-        result["per_class"] = {
-            name: {"precision": None, "recall": None, "f1": None, "support": 0} for name in labels
-        }
-        result["confusion_matrix"] = [[0] * n_classes for _ in range(n_classes)]
-        if proba is not None:
-            result["top_k_accuracy"] = {f"top_{k}": None for k in _valid_k(top_k, n_classes)}
-            result["log_loss"] = None
-        return result
+    if not keep.any():
+        return result | _unscored(labels, with_proba=proba is not None, top_k=top_k)
 
-    result["accuracy"] = float(accuracy_score(y, p))
+    y, p = true_idx[keep], pred_idx[keep]
+    result |= _label_scores(y, p)
+    result |= _class_scores(y, p, labels)
+    if proba is not None:
+        result |= _proba_scores(y, proba[keep], top_k)
+    return result
+
+
+def _check_labels(labels: Sequence[str]) -> list[str]:
+    """The class names as strings; at least two, no repeats."""
+    labels = [str(name) for name in labels]
+    if len(labels) < 2:
+        raise ValueError(f"labels must name at least 2 classes, got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be unique, got {labels!r}")
+    return labels
+
+
+def _predicted_indices(y_pred, proba, labels: list[str], *, n_rows: int) -> np.ndarray:
+    """N predicted class indices: `y_pred` checked against the labels, else argmax of `proba`."""
+    if y_pred is None:
+        return proba.argmax(axis=1)
+    pred_idx = _to_indices(y_pred, labels, "y_pred", allow_missing=False)
+    if len(pred_idx) != n_rows:
+        raise ValueError(
+            f"y_true has {n_rows} rows but y_pred has {len(pred_idx)}; "
+            "they must describe the same samples"
+        )
+    return pred_idx
+
+
+def _unscored(labels: list[str], *, with_proba: bool, top_k: Sequence[int]) -> dict:
+    """Every score as None (JSON null, unlike NaN) when no row has a true label."""
+    n_classes = len(labels)
+    result: dict = dict.fromkeys(_SCORE_KEYS)
+    result["per_class"] = {
+        name: {"precision": None, "recall": None, "f1": None, "support": 0} for name in labels
+    }
+    result["confusion_matrix"] = [[0] * n_classes for _ in range(n_classes)]
+    if with_proba:
+        result["top_k_accuracy"] = {f"top_{k}": None for k in _valid_k(top_k, n_classes)}
+        result["log_loss"] = None
+    return result
+
+
+def _label_scores(y: np.ndarray, p: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy and macro/weighted precision, recall and F1 (keys of
+    `_SCORE_KEYS`), from the labelled rows' true (`y`) and predicted (`p`) indices."""
+    result = {"accuracy": float(accuracy_score(y, p))}
     with warnings.catch_warnings():
         # Predicting a class that never occurs in y_true is normal on small splits; its recall
         # is undefined and scikit-learn leaves it out, which is what we want.
@@ -136,12 +160,16 @@ def classification_metrics(
         result[f"precision_{average}"] = float(prec)
         result[f"recall_{average}"] = float(rec)
         result[f"f1_{average}"] = float(f1)
+    return result
 
-    all_classes = list(range(n_classes))
+
+def _class_scores(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict:
+    """``per_class`` and ``confusion_matrix``, listing every class, present or not."""
+    all_classes = list(range(len(labels)))
     prec, rec, f1, support = precision_recall_fscore_support(
         y, p, labels=all_classes, average=None, zero_division=0
     )
-    result["per_class"] = {
+    per_class = {
         name: {
             "precision": float(prec[i]),
             "recall": float(rec[i]),
@@ -150,18 +178,21 @@ def classification_metrics(
         }
         for i, name in enumerate(labels)
     }
-    result["confusion_matrix"] = confusion_matrix(y, p, labels=all_classes).tolist()
+    matrix = confusion_matrix(y, p, labels=all_classes).tolist()
+    return {"per_class": per_class, "confusion_matrix": matrix}
 
-    if proba is not None:
-        scores = proba[keep]
-        # With two classes scikit-learn wants the positive-class score, not an N×2 matrix.
-        ranking_scores = scores[:, 1] if n_classes == 2 else scores
-        result["top_k_accuracy"] = {
-            f"top_{k}": float(top_k_accuracy_score(y, ranking_scores, k=k, labels=all_classes))
-            for k in _valid_k(top_k, n_classes)
-        }
-        result["log_loss"] = float(log_loss(y, scores, labels=all_classes))
-    return result
+
+def _proba_scores(y: np.ndarray, scores: np.ndarray, top_k: Sequence[int]) -> dict:
+    """``top_k_accuracy`` and ``log_loss`` from the labelled rows' N×C probabilities."""
+    n_classes = scores.shape[1]
+    all_classes = list(range(n_classes))
+    # With two classes scikit-learn wants the positive-class score, not an N×2 matrix.
+    ranking_scores = scores[:, 1] if n_classes == 2 else scores
+    top = {
+        f"top_{k}": float(top_k_accuracy_score(y, ranking_scores, k=k, labels=all_classes))
+        for k in _valid_k(top_k, n_classes)
+    }
+    return {"top_k_accuracy": top, "log_loss": float(log_loss(y, scores, labels=all_classes))}
 
 
 def multitask_metrics(
@@ -299,7 +330,7 @@ def _to_indices(values, labels: list[str], name: str, *, allow_missing: bool) ->
 
 
 def _as_numpy(values):
-    # Trainer outputs are often torch tensors, possibly on GPU or still requiring grad.
+    # Model outputs are often torch tensors, possibly on GPU or still requiring grad.
     if hasattr(values, "detach"):
         return values.detach().cpu().numpy()
     return values

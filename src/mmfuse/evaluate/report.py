@@ -1,6 +1,7 @@
 """Write an evaluation report folder: ``metrics.json``, ``report.md`` and the PNGs it links.
 
-Input formats (the trainer produces exactly these):
+Input formats (:func:`mmfuse.evaluate.evaluate_model` passes exactly these, with the
+trainer's per-epoch history):
 
 ``metrics``
     Either one task, the dict returned by :func:`mmfuse.evaluate.classification_metrics`, or
@@ -80,59 +81,32 @@ def write_report(
         ablation = _check_ablation(ablation)
     if robustness is not None:
         robustness = _check_robustness(robustness)
-
-    payload: dict = {"title": title, "metrics": metrics}
-    for key, value in (
-        ("history", history),
-        ("ablation", ablation),
-        ("robustness", robustness),
-        ("extra", extra),
-    ):
-        if value is not None:
-            payload[key] = value
-    (out_dir / "metrics.json").write_text(
-        json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
+    given = {"history": history, "ablation": ablation, "robustness": robustness, "extra": extra}
+    payload = {"title": title, "metrics": metrics}
+    payload |= {key: value for key, value in given.items() if value is not None}
+    _write_json(out_dir / "metrics.json", payload)
 
     md = [f"# {title}", ""]
     if extra:
-        md += ["## Run details", "", "| key | value |", "|---|---|"]
-        md += [f"| {_cell(key)} | {_cell(_scalar_text(value))} |" for key, value in extra.items()]
-        md.append("")
-
+        md += _extra_section(extra)
     for task, task_metrics in tasks.items():
-        heading = "## Results" if task is None else f"## Results: {task}"
-        md += [heading, "", *_metrics_section(task, task_metrics, out_dir), ""]
-
+        md += _results_section(task, task_metrics, out_dir)
     if history:
-        plot_curves(history, out_dir / "curves.png")
-        md += ["## Training curves", "", "![Training curves](curves.png)", ""]
-        md += _history_table(history)
-
+        md += _history_section(history, out_dir)
     if ablation:
-        plot_ablation(ablation, out_dir / "ablation.png")
-        md += ["## Modality ablation", ""]
-        reference = ablation.get("all")
-        md += ["| setting | accuracy | change vs all |", "|---|---:|---:|"]
-        for setting, score in ablation.items():
-            delta = "" if reference is None else f"{score - reference:+.4f}"
-            md.append(f"| {_cell(setting)} | {score:.4f} | {delta} |")
-        md += ["", "![Modality ablation](ablation.png)", ""]
-
+        md += _ablation_section(ablation, out_dir)
     if robustness:
-        curves = {m: list(zip(r["levels"], r["accuracy"])) for m, r in robustness.items()}
-        units = {m: r["unit"] for m, r in robustness.items()}
-        plot_robustness(curves, units, out_dir / "robustness.png")
-        md += ["## Robustness", ""]
-        for modality, curve in curves.items():
-            md += [f"**{modality}**", "", f"| {_cell(units[modality])} | accuracy |", "|---:|---:|"]
-            md += [f"| {_scalar_text(level)} | {score:.4f} |" for level, score in curve]
-            md.append("")
-        md += ["![Robustness](robustness.png)", ""]
+        md += _robustness_section(robustness, out_dir)
 
     report = out_dir / "report.md"
     report.write_text("\n".join(md), encoding="utf-8")
     return report
+
+
+def _write_json(path: Path, payload: Mapping) -> None:
+    """``payload`` as plain JSON; NaN and infinity become null."""
+    text = json.dumps(_jsonable(payload), indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 def _split_tasks(metrics: Mapping) -> dict[str | None, Mapping]:
@@ -147,8 +121,17 @@ def _split_tasks(metrics: Mapping) -> dict[str | None, Mapping]:
     )
 
 
-def _metrics_section(task: str | None, metrics: Mapping, out_dir: Path) -> list[str]:
+def _extra_section(extra: Mapping) -> list[str]:
+    lines = ["## Run details", "", "| key | value |", "|---|---|"]
+    lines += [f"| {_cell(key)} | {_cell(_scalar_text(value))} |" for key, value in extra.items()]
+    return [*lines, ""]
+
+
+def _results_section(task: str | None, metrics: Mapping, out_dir: Path) -> list[str]:
+    """Headline numbers, the per-class table and the confusion matrix (drawn into ``out_dir``)."""
     lines = [
+        "## Results" if task is None else f"## Results: {task}",
+        "",
         f"Scored samples: {metrics['n_samples']} "
         f"(rows without a true label skipped: {metrics['n_missing']})",
         "",
@@ -169,16 +152,45 @@ def _metrics_section(task: str | None, metrics: Mapping, out_dir: Path) -> list[
         out_dir / image,
         title="Confusion matrix" if task is None else f"Confusion matrix: {task}",
     )
-    lines += ["", f"![Confusion matrix]({image})"]
-    return lines
+    return [*lines, "", f"![Confusion matrix]({image})", ""]
 
 
-def _history_table(history: Sequence[Mapping]) -> list[str]:
-    """The last epoch's numbers, so the report can be read without opening the image."""
-    last = history[-1]
-    lines = [f"Final epoch ({len(history)} recorded):", "", "| key | value |", "|---|---:|"]
-    lines += [f"| {_cell(k)} | {_scalar_text(v)} |" for k, v in last.items()]
+def _history_section(history: Sequence[Mapping], out_dir: Path) -> list[str]:
+    """The curves, then the last epoch's numbers so the report reads without the image."""
+    plot_curves(history, out_dir / "curves.png")
+    lines = ["## Training curves", "", "![Training curves](curves.png)", ""]
+    lines += [f"Final epoch ({len(history)} recorded):", "", "| key | value |", "|---|---:|"]
+    lines += [f"| {_cell(k)} | {_scalar_text(v)} |" for k, v in history[-1].items()]
     return [*lines, ""]
+
+
+def _ablation_section(ablation: Mapping[str, float], out_dir: Path) -> list[str]:
+    """One row per setting with its change against ``"all"`` (blank when there is no "all")."""
+    plot_ablation(ablation, out_dir / "ablation.png")
+    reference = ablation.get("all")
+    lines = [
+        "## Modality ablation",
+        "",
+        "| setting | accuracy | change vs all |",
+        "|---|---:|---:|",
+    ]
+    for setting, score in ablation.items():
+        delta = "" if reference is None else f"{score - reference:+.4f}"
+        lines.append(f"| {_cell(setting)} | {score:.4f} | {delta} |")
+    return [*lines, "", "![Modality ablation](ablation.png)", ""]
+
+
+def _robustness_section(robustness: Mapping[str, Mapping], out_dir: Path) -> list[str]:
+    """One level/accuracy table per modality, then the figure with every curve."""
+    curves = {m: list(zip(r["levels"], r["accuracy"])) for m, r in robustness.items()}
+    units = {m: r["unit"] for m, r in robustness.items()}
+    plot_robustness(curves, units, out_dir / "robustness.png")
+    lines = ["## Robustness", ""]
+    for modality, curve in curves.items():
+        lines += [f"**{modality}**", "", f"| {_cell(units[modality])} | accuracy |", "|---:|---:|"]
+        lines += [f"| {_scalar_text(level)} | {score:.4f} |" for level, score in curve]
+        lines.append("")
+    return [*lines, "![Robustness](robustness.png)", ""]
 
 
 def _check_ablation(ablation: Mapping) -> dict[str, float]:

@@ -21,7 +21,8 @@ def robustness_curves(
     """`{input: {"levels", "accuracy", "unit", "corruption"}}` for every corruptible input.
 
     `predict(corruptions)` runs the model over the evaluation data with `corruptions` =
-    `{input name: (Corruption, level)}` (empty: clean) and returns `Trainer.predict`'s dict.
+    `{input name: (Corruption, level)}` (empty: clean) and returns the dict of
+    `mmfuse.infer.engine.predict_dataset` / `predict_batches`.
     `inputs` maps input names to modalities; text has no corruption and is left out.
     """
     clean = accuracy_of(*_scored(predict({}), task))
