@@ -133,7 +133,8 @@ def predict_batches(
                 loss_n += len(mask)
         rows.append(batch["rows"])
         for t in tasks:
-            ys[t].append(batch["labels"][t])
+            if t in batch["labels"]:  # an unlabelled manifest (prediction) has none
+                ys[t].append(batch["labels"][t])
     return {
         "rows": _cat(rows),
         "labels": {t: _cat(ys[t]) for t in tasks},

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from mmfuse.errors import MediaError, MmfuseError
 from mmfuse.features.sample import SampleLoader
-from mmfuse.model.multimodal import encoder_input
+from mmfuse.infer.batch import collate, sample_item
+from mmfuse.infer.engine import Output, forward
 from mmfuse.model.saved import load_model, read_saved_config
 
 
@@ -45,25 +46,6 @@ class Prediction:
             "tasks": self.tasks,
             "latency_ms": self.latency_ms,
         }
-
-
-def stack_samples(
-    samples: Sequence[Mapping[str, object]],
-    names: Sequence[str],
-    placeholders: Mapping[str, object],
-) -> tuple[dict[str, Tensor | list[str]], Tensor]:
-    """Preprocessed samples (`Predictor.preprocess` output) → batch inputs and B×M mask.
-
-    An absent input gets its placeholder (text: ""); the mask marks it absent.
-    """
-    mask = torch.tensor([[n in s for n in names] for s in samples], dtype=torch.bool)
-    inputs: dict[str, Tensor | list[str]] = {}
-    for name in names:
-        if isinstance(placeholders[name], str):
-            inputs[name] = [str(s.get(name, "")) for s in samples]
-        else:
-            inputs[name] = torch.stack([s.get(name, placeholders[name]) for s in samples])
-    return inputs, mask
 
 
 class Predictor:
@@ -137,45 +119,42 @@ class Predictor:
             raise InputError(f"nothing to predict from: give at least one of {self.names}")
         return out
 
-    @torch.no_grad()
+    def batch(self, samples: Sequence[Mapping[str, object]]) -> dict:
+        """Preprocessed samples (`preprocess` output) → a collated batch (`inputs`, B×M `mask`);
+        an absent input holds its placeholder and the mask marks it absent."""
+        placeholders = self.loader.placeholders
+        return collate([sample_item(s, self.names, placeholders) for s in samples])
+
     def predict_tensors(self, samples: Sequence[Mapping[str, object]]) -> list[Prediction]:
         """Predict from already-preprocessed samples (`preprocess` output), one forward pass."""
         start = time.perf_counter()
-        batch = len(samples)
-        stacked, mask = stack_samples(samples, self.names, self.loader.placeholders)
-        mask = mask.to(self.device)
-        inputs = {
-            n: encoder_input(self.model.encoders[n], v, self.device) for n, v in stacked.items()
-        }
-        has_weights = getattr(self.model.fusion, "has_weights", False)
-        out = self.model(inputs, mask, return_weights=has_weights)
-        logits, weights = out if has_weights else (out, None)
-        probas = {t: lg.float().softmax(-1).cpu() for t, lg in logits.items()}
-        took = (time.perf_counter() - start) * 1000 / max(batch, 1)
-        results = []
-        for i in range(batch):
-            tasks = {}
-            for task, p in probas.items():
-                classes = self.labels[task]
-                tasks[task] = {
-                    "label": classes[int(p[i].argmax())],
-                    "probabilities": {c: float(p[i, k]) for k, c in enumerate(classes)},
-                }
-            main = tasks[self.task]
-            w = None
-            if weights is not None:
-                w = {n: float(weights[i, j]) for j, n in enumerate(self.names)}
-            results.append(
-                Prediction(
-                    label=main["label"],
-                    probabilities=main["probabilities"],
-                    used=[n for j, n in enumerate(self.names) if mask[i, j]],
-                    weights=w,
-                    tasks=tasks,
-                    latency_ms=took,
-                )
-            )
-        return results
+        batch = self.batch(samples)
+        out = forward(
+            self.model, batch["inputs"], batch["mask"], device=self.device, return_weights=True
+        )
+        took = (time.perf_counter() - start) * 1000 / max(len(samples), 1)
+        return [self._prediction(out, batch["mask"], i, took) for i in range(len(samples))]
+
+    def _prediction(self, out: Output, mask: Tensor, i: int, took: float) -> Prediction:
+        tasks = {}
+        for task, p in out.probabilities.items():
+            classes = self.labels[task]
+            tasks[task] = {
+                "label": classes[int(p[i].argmax())],
+                "probabilities": {c: float(p[i, k]) for k, c in enumerate(classes)},
+            }
+        main = tasks[self.task]
+        weights = None
+        if out.weights is not None:
+            weights = {n: float(out.weights[i, j]) for j, n in enumerate(self.names)}
+        return Prediction(
+            label=main["label"],
+            probabilities=main["probabilities"],
+            used=[n for j, n in enumerate(self.names) if mask[i, j]],
+            weights=weights,
+            tasks=tasks,
+            latency_ms=took,
+        )
 
     def predict(self, samples: Sequence[Mapping[str, object]]) -> list[Prediction]:
         """Read, preprocess and predict every sample; a bad file raises MediaError."""

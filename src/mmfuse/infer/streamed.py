@@ -1,7 +1,7 @@
 """Batch prediction over a manifest of any size: streamed, sharded, restartable.
 
 Rows are cut into chunks of `chunk_rows`; each chunk is decoded in DataLoader workers, predicted
-in batches through the same `Predictor.predict_tensors` the HTTP service uses, and written as
+in batches through `infer.engine`, the path the HTTP service also predicts through, and written as
 its own Parquet part file (temp file + rename, so a part is complete or absent). A killed run
 restarted with `resume=True` skips the parts already written: no row is predicted twice or
 missed. At the end the parts are concatenated, one at a time, into the output file.
@@ -27,8 +27,11 @@ import torch
 
 from mmfuse.data.manifest import Manifest, read_manifest
 from mmfuse.errors import MmfuseError
-from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.batch import collate
+from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.engine import predict_batches
 from mmfuse.infer.predictor import Predictor
+from mmfuse.infer.table import prediction_table
 
 PART = "part-{:06d}.parquet"
 JOB = "job.json"
@@ -140,43 +143,51 @@ def _prepare_parts(parts: Path, job: dict, resume: bool) -> set[int]:
     return set()
 
 
+def predict_rows(
+    predictor: Predictor,
+    dataset: MultimodalDataset,
+    rows: list[int],
+    *,
+    task: str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> tuple[np.ndarray, list[str | None]]:
+    """`(N×C probabilities of `task`, NaN where a row could not be read; why, per row)` for
+    `rows` of `dataset`, decoded in `workers` processes, through `infer.engine`."""
+    task = task or predictor.task
+    size = max(1, batch_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=[rows[i : i + size] for i in range(0, len(rows), size)],
+        num_workers=workers,
+        collate_fn=collate,
+    )
+    classes = {t: len(c) for t, c in predictor.labels.items()}
+    out = predict_batches(predictor.model, loader, classes, device=predictor.device)
+    position = {r: i for i, r in enumerate(rows)}
+    probs = np.full((len(rows), classes[task]), np.nan, dtype=np.float32)
+    probs[[position[r] for r in out["rows"]]] = out["proba"]["all"][task]
+    errors: list[str | None] = [None] * len(rows)
+    for s in out["skipped"]:
+        errors[position[s.row]] = f"{s.column}: {s.reason}: {s.message}"
+    return probs, errors
+
+
 def _predict_chunk(
     predictor, dataset, rows, batch_size, workers, proba
 ) -> tuple[pd.DataFrame, int]:
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, collate_fn=list
+    probs, errors = predict_rows(predictor, dataset, rows, batch_size=batch_size, workers=workers)
+    table = prediction_table(
+        dataset.manifest.frame,
+        rows,
+        {c.column for c in predictor.config.inputs.values()},
+        predictor.labels[predictor.task],
+        probs,
+        errors=errors,
+        with_proba=proba,
+        as_text=True,
     )
-    classes = predictor.labels[predictor.task]
-    probs = np.full((len(rows), len(classes)), np.nan, dtype=np.float32)
-    errors: list[str | None] = [None] * len(rows)
-    position = {r: i for i, r in enumerate(rows)}
-    for items in loader:
-        good = [i for i in items if not isinstance(i, Skipped)]
-        for s in items:
-            if isinstance(s, Skipped):
-                errors[position[s.row]] = f"{s.column}: {s.reason}: {s.message}"
-        if not good:
-            continue
-        samples = [{n: x for n, x in i["inputs"].items() if i["present"][n]} for i in good]
-        for item, result in zip(good, predictor.predict_tensors(samples)):
-            probs[position[item["row"]]] = [result.probabilities[c] for c in classes]
-    frame = dataset.manifest.frame
-    used = {c.column for c in predictor.config.inputs.values()}
-    columns = [c for c in frame.columns if c in used]  # the manifest's order
-    table = pd.DataFrame({"row": np.asarray(rows, dtype=np.int64)})
-    for column in columns:
-        values = frame[column].iloc[rows].to_numpy(dtype=object)
-        table[column] = [None if v is None or v != v else str(v) for v in values]
-    ok = ~np.isnan(probs).any(axis=1)
-    prediction = np.full(len(rows), None, dtype=object)
-    prediction[ok] = np.asarray(classes, dtype=object)[probs[ok].argmax(axis=1)]
-    table["prediction"] = prediction
-    table["error"] = errors
-    if proba:
-        for j, c in enumerate(classes):
-            table[f"proba_{c}"] = probs[:, j]
-    return table, int((~ok).sum())
+    return table, int(np.isnan(probs).any(axis=1).sum())
 
 
 def _write_part(path: Path, table: pd.DataFrame) -> None:
