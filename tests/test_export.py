@@ -12,19 +12,16 @@ import pytest
 import torch
 
 from mmfuse.classifier import MultimodalClassifier
+from mmfuse.cli import compress as compress_cli
+from mmfuse.cli import export as export_cli
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.model.saved import load_model
-from mmfuse.ship import compress, export
-from mmfuse.ship.compress import prunable_weights, prune_model
-from mmfuse.ship.export import (
-    ExportError,
-    export_onnx,
-    export_report,
-    format_report,
-    onnx_matches_torch,
-    read_sidecar,
-)
+from mmfuse.ship.measure import EvalData, export_report, format_report, onnx_runner
+from mmfuse.ship.onnx import export_onnx
+from mmfuse.ship.prune import CompressError, prunable_weights, prune_model, recalibrate_batchnorm
+from mmfuse.ship.runtime import onnx_matches_torch
+from mmfuse.ship.sidecar import ExportError, read_sidecar
 from train_helpers import make_dataset, tiny_classifier
 
 
@@ -126,9 +123,9 @@ def test_int8_is_smaller_and_mostly_agrees(trained, exported):
     assert read_sidecar(summary["path"])["quantize"] == "int8"
     samples = real_samples(root, 18)
     assert onnx_matches_torch(model_dir, summary["path"], samples) < 0.1
-    data = export.EvalData(model_dir, root / "data" / "manifest.csv")
-    fp32 = export.onnx_runner(exported["path"], data.tokenizers)
-    int8 = export.onnx_runner(summary["path"], data.tokenizers)
+    data = EvalData(model_dir, root / "data" / "manifest.csv")
+    fp32 = onnx_runner(exported["path"], data.tokenizers)
+    int8 = onnx_runner(summary["path"], data.tokenizers)
     agree = [
         (fp32(b)["label"].argmax(1) == int8(b)["label"].argmax(1)).mean() for b in data.batches
     ]
@@ -182,9 +179,9 @@ def test_prune_layer_scope_and_bad_amount(trained, tmp_path):
     summary = prune_model(model_dir, tmp_path / "p", 0.3, scope="layer", log=lambda m: None)
     assert all(abs(s - 0.3) < 0.02 for s in summary["per_layer"].values())
     assert summary["finetune"] is None
-    with pytest.raises(compress.CompressError, match="--prune"):
+    with pytest.raises(CompressError, match="--prune"):
         prune_model(model_dir, tmp_path / "q", 1.5)
-    with pytest.raises(compress.CompressError, match="original model is kept"):
+    with pytest.raises(CompressError, match="original model is kept"):
         prune_model(model_dir, model_dir, 0.5)
 
 
@@ -213,7 +210,7 @@ def test_export_command_prints_the_table(trained, capsys):
     out = root / "cli.int8.onnx"
     argv = [str(model_dir), "--out", str(out), "--quantize", "int8"]
     argv += ["--manifest", str(root / "data" / "manifest.csv"), "--repeats", "2"]
-    assert run_cli(export.add_export_arguments, export.export_command, argv) == 0
+    assert run_cli(export_cli.add_arguments, export_cli.run, argv) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and (root / "cli.int8.onnx.json").is_file()
     for row in ("torch ", "onnx fp32 ", "onnx int8 ", "ms/sample b=32"):
@@ -225,7 +222,7 @@ def test_compress_command_prints_the_table(trained, tmp_path, capsys):
     manifest = str(root / "data" / "manifest.csv")
     argv = [str(model_dir), "--prune", "0.5", "--out", str(tmp_path / "p"), "--eval", manifest]
     argv += ["--repeats", "2"]
-    assert run_cli(compress.add_compress_arguments, compress.compress_command, argv) == 0
+    assert run_cli(compress_cli.add_arguments, compress_cli.run, argv) == 0
     printed = capsys.readouterr().out
     assert "pruning without fine-tuning" in printed
     for column in ("original ", "pruned ", "gzip MB", "accuracy"):
@@ -241,7 +238,7 @@ def test_batchnorm_recalibration_skips_frozen_encoders(trained):
         m.running_mean.fill_(100.0)
     manifest = read_manifest(root / "data" / "manifest.csv", label="label")
     dataset = make_dataset(manifest, config, model, train=False)
-    assert compress.recalibrate_batchnorm(model, dataset, batch_size=8) > 0
+    assert recalibrate_batchnorm(model, dataset, batch_size=8) > 0
     for name, m in norms.items():
         stale = bool((m.running_mean == 100.0).all())
         assert stale == name.startswith("encoders.image."), name
@@ -251,7 +248,7 @@ def test_batchnorm_recalibration_skips_frozen_encoders(trained):
 
 def test_compress_flags_refuse_a_bad_amount(capsys):
     parser = argparse.ArgumentParser()
-    compress.add_compress_arguments(parser)
+    compress_cli.add_arguments(parser)
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["m", "--prune", "50", "--out", "o"])
     assert exit_info.value.code == 2
