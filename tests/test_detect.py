@@ -19,15 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
+from mmfuse.cli.detect import add_arguments as add_detect_arguments
+from mmfuse.cli.detect import run as detect_command
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import COLOURS, SAMPLE_RATE, make_shapes
 from mmfuse.data.video import read_video
+from mmfuse.data.video_stream import StreamStats
 from mmfuse.data.writers import write_video
 from mmfuse.infer.detect import (
     DetectError,
-    StreamStats,
-    add_detect_arguments,
-    detect_command,
     detect_events,
     merge_windows,
     stream_windows,

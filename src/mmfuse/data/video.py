@@ -280,7 +280,7 @@ def _decode_frames(
                 for frame in decoder:
                     if frame.pts is None or frame.pts < target:
                         continue
-                    got[idx] = _to_rgb(frame, info.rotation, size)
+                    got[idx] = frame_to_rgb(frame, info.rotation, size)
                     position = idx + 1
                     break
                 else:
@@ -306,7 +306,8 @@ def _should_seek(strategy: str, position: int | None, idx: int, key: int) -> boo
     return (idx - key) + SEEK_COST_FRAMES < idx - position
 
 
-def _to_rgb(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None) -> np.ndarray:
+def frame_to_rgb(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None) -> np.ndarray:
+    """A decoded frame as H×W×3 uint8 RGB, scaled to `size` (as displayed) and turned upright."""
     if size is not None:
         h, w = size
         if rotation % 180 != 0:
