@@ -1,6 +1,6 @@
 """The HTTP service over a loaded-once `Predictor` (`mmfuse serve`): app, routes, service.
 
-Every module here needs the `serve` extra, so its absence is reported once, here, with the fix.
+The app's modules need the `serve` extra; a missing package is reported here, once, with the fix.
 """
 
 try:
