@@ -154,19 +154,17 @@ def prune_model(
     finetune = None
     if history is not None:
         finetune = {"manifest": str(finetune_manifest), "epochs": epochs, "history": history}
-    summary = {
-        "source": str(Path(model_dir).resolve()),
-        "out_dir": str(out),
-        "method": f"{scope} L1 unstructured",
-        "amount": amount,
-        "embeddings": embeddings,
-        "finetune": finetune,
-        **stats,
-    }
+    method = {"method": f"{scope} L1 unstructured", "amount": amount, "embeddings": embeddings}
+    return _write_summary(model_dir, out, {**method, "finetune": finetune, **stats}, log)
+
+
+def _write_summary(model_dir, out: Path, fields: dict, log) -> dict:
+    """`compression.json` in the pruned folder: source, method, fine-tune history, sparsity."""
+    summary = {"source": str(Path(model_dir).resolve()), "out_dir": str(out), **fields}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     log(
-        f"saved {out}: sparsity {stats['sparsity']:.3f} of {stats['pruned_weights']} pruned "
-        f"weights, {stats['model_sparsity']:.3f} of all {stats['parameters']} parameters"
+        f"saved {out}: sparsity {summary['sparsity']:.3f} of {summary['pruned_weights']} pruned "
+        f"weights, {summary['model_sparsity']:.3f} of all {summary['parameters']} parameters"
     )
     return summary
 
