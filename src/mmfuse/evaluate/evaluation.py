@@ -45,13 +45,7 @@ def evaluate_model(
         return predict_dataset(model, data, options, variants=variants, dist=dist)
 
     predictions = run(dataset, keep)
-    first = next(iter(predictions["proba"]))
-    per_task = {}
-    for task in tasks:
-        y = predictions["labels"][task]
-        proba = predictions["proba"][first][task]
-        per_task[task] = classification_metrics(y, proba=proba, labels=dataset.tasks[task])
-    metrics = per_task[tasks[0]] if len(tasks) == 1 else per_task
+    metrics = _task_metrics(predictions, dataset.tasks)
     result: dict = {"metrics": metrics, "skipped": [s.to_dict() for s in predictions["skipped"]]}
     if keep is not None:
         result["ablation"] = ablation_scores(predictions, tasks[0])
@@ -70,16 +64,28 @@ def evaluate_model(
         if curves:
             result["robustness"] = curves
     if out_dir is not None:
+        extra = {**(extra or {}), "skipped rows": len(result["skipped"])}
         write_report(
             out_dir,
             metrics,
             history=history,
-            ablation=result.get("ablation"),
-            robustness=result.get("robustness"),
             title=title,
-            extra={**(extra or {}), "skipped rows": len(result["skipped"])},
+            extra=extra,
+            **{k: result.get(k) for k in ("ablation", "robustness")},
         )
     return result
+
+
+def _task_metrics(predictions: Mapping, tasks: Mapping[str, Sequence[str]]) -> dict:
+    """`classification_metrics` of the first variant, per task (the bare dict for one task)."""
+    first = next(iter(predictions["proba"]))
+    per_task = {
+        task: classification_metrics(
+            predictions["labels"][task], proba=predictions["proba"][first][task], labels=classes
+        )
+        for task, classes in tasks.items()
+    }
+    return next(iter(per_task.values())) if len(per_task) == 1 else per_task
 
 
 def corrupted(dataset, corruptions: Mapping[str, tuple]):

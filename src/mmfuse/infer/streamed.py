@@ -92,19 +92,12 @@ def predict_manifest(
     inputs = predictor.config.inputs
     dataset = MultimodalDataset(manifest, inputs, predictor.specs, {}, train=False)
     chunks = list(range(start, stop, chunk_rows))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        done_rows = sum(min(chunk_rows, stop - c) for k, c in enumerate(chunks) if k in reused)
-        bar = tqdm(total=stop - start, initial=done_rows, unit="row", desc="predicting")
-    failed = 0
+    bar = _progress_bar(progress, chunks, reused, chunk_rows, start, stop)
     for k, first in enumerate(chunks):
         if k in reused:
             continue
         rows = list(range(first, min(first + chunk_rows, stop)))
-        table, bad = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
-        failed += bad
+        table, _ = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
         _write_part(parts / PART.format(k), table)
         if bar is not None:
             bar.update(len(rows))
@@ -117,6 +110,15 @@ def predict_manifest(
         + (f" ({failed_total} unreadable)" * bool(failed_total))
     )
     return {"out": out, "rows": total, "failed": failed_total, "parts_reused": len(reused)}
+
+
+def _progress_bar(enabled: bool, chunks: list[int], reused: set[int], size: int, start, stop):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    done_rows = sum(min(size, stop - c) for k, c in enumerate(chunks) if k in reused)
+    return tqdm(total=stop - start, initial=done_rows, unit="row", desc="predicting")
 
 
 def _manifest(predictor: Predictor, source) -> Manifest:
