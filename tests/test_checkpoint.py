@@ -214,7 +214,7 @@ CHILD = textwrap.dedent(
     import os, sys, time
     from pathlib import Path
     import torch
-    from mmfuse.train import checkpoint as ckpt
+    from mmfuse.train import _ckpt_io, _ckpt_store, checkpoint as ckpt
 
     run_dir, phase, ready = sys.argv[1:4]
 
@@ -230,22 +230,22 @@ CHILD = textwrap.dedent(
                 f.write(data[: len(data) // 2])
                 f.flush()
                 pause()
-        ckpt._write_model = half_written
+        _ckpt_io.write_model = half_written
     elif phase == "state":  # killed with both files written but no meta.json
-        write_state = ckpt._write_state
+        write_state = _ckpt_io.write_state
         def then_pause(path, state):
             write_state(path, state)
             pause()
-        ckpt._write_state = then_pause
+        _ckpt_io.write_state = then_pause
     elif phase == "rename":  # killed with a complete temp folder not yet renamed into place
         replace = os.replace
         def pause_first(src, dst):
             if Path(src).name.startswith(".tmp-"):
                 pause()
             replace(src, dst)
-        ckpt.os.replace = pause_first
+        os.replace = pause_first
     elif phase == "prune":  # killed after the rename, before old checkpoints are removed
-        ckpt._prune = lambda *args: pause()
+        _ckpt_store.prune = lambda *args: pause()
 
     torch.manual_seed(2)
     model = torch.nn.Linear(512, 512)
@@ -327,7 +327,7 @@ def test_failed_save_removes_its_temp_folder_and_keeps_the_old(tmp_path, monkeyp
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("mmfuse.train.checkpoint._write_state", disk_full)
+    monkeypatch.setattr("mmfuse.train._ckpt_io.write_state", disk_full)
     with pytest.raises(OSError, match="No space"):
         save_linear(tmp_path, 2, 2, keep_last=1)
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt-00000001"]

@@ -1,0 +1,113 @@
+"""Durable writes for checkpoints: every file flushed and fsynced, folders built under a scratch
+name and renamed into place, scratch folders of dead processes removed.
+
+A directory rename is atomic on POSIX, so a folder renamed into place after its files and its
+own entries are fsynced is either absent or complete, whenever the process is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+
+# The tag pattern has no "-", so the host (which may) is unambiguous at the end.
+_SCRATCH = re.compile(
+    r"\.(?:tmp|trash)-[a-z][a-z0-9_]*-\d{8,}-(?P<pid>\d+)-[0-9a-f]+-(?P<host>[A-Za-z0-9_.-]*)"
+)
+
+
+def write_model(path: Path, model: torch.nn.Module) -> None:
+    # save_model stores each tied/shared tensor once; load_model re-ties on the way back.
+    save_model(model, str(path), metadata={"format": "pt"})
+    fsync_file(path)
+
+
+def write_state(path: Path, state: dict) -> None:
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    # Persists the directory entries (new names, renames); POSIX only, Windows has no dir fds.
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the complete folder `tmp` to `final`, replacing a folder already there."""
+    if final.exists():
+        # Re-saving the same step: a directory rename cannot replace a non-empty directory,
+        # so the old one steps aside first (a crash right here leaves it in .trash-, complete).
+        trash = final.parent / scratch_name("trash", final.name)
+        os.replace(final, trash)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            os.replace(trash, final)
+            raise
+        fsync_dir(final.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+
+
+def scratch_name(kind: str, name: str) -> str:
+    """A dot-folder name (`.tmp-...` or `.trash-...`) that names its process and host."""
+    return f".{kind}-{name}-{os.getpid()}-{secrets.token_hex(4)}-{_host()}"
+
+
+def remove_abandoned_scratch(run_dir: Path) -> None:
+    # Temp folders of killed saves would otherwise pile up, each as large as a checkpoint.
+    # Only those whose saving process, on this host, is gone: another may still be writing.
+    if os.name != "posix":
+        return
+    host = _host()
+    for child in run_dir.iterdir():
+        match = _SCRATCH.fullmatch(child.name)
+        if not match or match["host"] != host or not child.is_dir():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname())
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
