@@ -80,67 +80,88 @@ def write_video(
         (PyAV reads it back as `VideoFrame.rotation`).
     """
     path = Path(path)
-    suffix = path.suffix.lower()
     frame_iter = iter(frames)
     first = next(frame_iter, None)
     if first is None:
         raise ValueError(f"write_video({path}): no frames given; pass at least one H×W×3 frame")
     first = _check_frame(first)
-    height, width = first.shape[:2]
-    pix_fmt = pix_fmt or _default_pix_fmt(codec, width, height)
+    size = first.shape[:2]  # H, W
+    pix_fmt = pix_fmt or _default_pix_fmt(codec, size[1], size[0])
+    times = _check_video_args(path, codec, pix_fmt, size, timestamps)
+    # Every frame gets an explicit pts on one clock: 1/fps, or milliseconds for variable
+    # frame rate, so what a reader sees does not depend on PyAV's pts guessing.
+    time_base = VFR_TIME_BASE if times is not None else 1 / _rate(fps)
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(path), "w", options=options) as container:
+        stream = _video_stream(container, codec, fps, size, pix_fmt, keyframe_interval, crf)
+        if bit_rate is not None:
+            stream.codec_context.bit_rate = bit_rate
+        stream.codec_context.time_base = time_base
+        if rotation % 360:
+            stream.set_display_rotation(rotation)
+        sound = None
+        if audio is not None:
+            codec_a = audio_codec or _audio_codec(path.suffix.lower())
+            sound = _AudioTrack(container, audio, audio_rate, codec_a)
+        frames = _chain(first, frame_iter)
+        _encode_frames(path, container, stream, frames, size, fps, time_base, times, sound)
+        container.mux(stream.encode())  # flush the encoder's delayed frames
+        if sound is not None:
+            sound.finish()
+    return path
+
+
+def _video_stream(container, codec, fps, size, pix_fmt, keyframe_interval, crf):
+    stream = container.add_stream(
+        codec, rate=_rate(fps), options=_codec_options(codec, keyframe_interval, crf)
+    )
+    stream.width, stream.height, stream.pix_fmt = size[1], size[0], pix_fmt
+    if keyframe_interval is not None:
+        stream.codec_context.gop_size = keyframe_interval
+    return stream
+
+
+def _check_video_args(
+    path: Path,
+    codec: str,
+    pix_fmt: str,
+    size: tuple[int, int],
+    timestamps: Iterable[float] | None,
+) -> list[float] | None:
+    """The timestamps, checked, once the sizes and container are known to fit the request."""
+    height, width = size
     if codec == "libx264" and pix_fmt == "yuv420p" and (width % 2 or height % 2):
         raise ValueError(
             f"write_video({path}): libx264 with yuv420p needs even sizes, got {width}×{height}; "
             "pass pix_fmt='yuv444p' (or None to choose it), or use codec 'libvpx-vp9' or 'mpeg4'"
         )
     times = None if timestamps is None else _check_timestamps(timestamps)
-    if times is not None and suffix == ".avi":
+    if times is not None and path.suffix.lower() == ".avi":
         raise ValueError(
             f"write_video({path}): AVI stores a constant frame rate only; "
             "write variable-frame-rate video as .mp4, .mkv or .webm"
         )
+    return times
 
-    options = {"movflags": "+faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as container:
-        stream = container.add_stream(
-            codec, rate=_rate(fps), options=_codec_options(codec, keyframe_interval, crf)
-        )
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        if keyframe_interval is not None:
-            stream.codec_context.gop_size = keyframe_interval
-        if bit_rate is not None:
-            stream.codec_context.bit_rate = bit_rate
-        # Every frame gets an explicit pts on one clock: 1/fps, or milliseconds for variable
-        # frame rate, so what a reader sees does not depend on PyAV's pts guessing.
-        time_base = VFR_TIME_BASE if times is not None else 1 / _rate(fps)
-        stream.codec_context.time_base = time_base
-        if rotation % 360:
-            stream.set_display_rotation(rotation)
 
-        sound = None
-        if audio is not None:
-            sound = _AudioTrack(container, audio, audio_rate, audio_codec or _audio_codec(suffix))
-
-        for index, frame in enumerate(_chain(first, frame_iter)):
-            video_frame = av.VideoFrame.from_ndarray(_check_frame(frame, (height, width)), "rgb24")
-            if times is None:
-                video_frame.pts = index
-            elif index < len(times):
-                video_frame.pts = round(times[index] * 1000)
-            else:
-                raise ValueError(
-                    f"write_video({path}): {len(times)} timestamps for more frames; "
-                    "give one timestamp per frame"
-                )
-            video_frame.time_base = time_base
-            container.mux(stream.encode(video_frame))
-            if sound is not None:  # keep audio level with the video so the muxer buffers little
-                end = times[index + 1] if times is not None and index + 1 < len(times) else None
-                sound.write_until((index + 1) / fps if end is None else end)
-        container.mux(stream.encode())  # flush the encoder's delayed frames
-        if sound is not None:
-            sound.finish()
-    return path
+def _encode_frames(path, container, stream, frames, size, fps, time_base, times, sound) -> None:
+    """Encode and mux every frame, the audio track kept level with the picture."""
+    for index, frame in enumerate(frames):
+        video_frame = av.VideoFrame.from_ndarray(_check_frame(frame, size), "rgb24")
+        if times is None:
+            video_frame.pts = index
+        elif index < len(times):
+            video_frame.pts = round(times[index] * 1000)
+        else:
+            raise ValueError(
+                f"write_video({path}): {len(times)} timestamps for more frames; "
+                "give one timestamp per frame"
+            )
+        video_frame.time_base = time_base
+        container.mux(stream.encode(video_frame))
+        if sound is not None:  # keep audio level with the video so the muxer buffers little
+            end = times[index + 1] if times is not None and index + 1 < len(times) else None
+            sound.write_until((index + 1) / fps if end is None else end)
 
 
 def write_audio(
