@@ -95,9 +95,19 @@ def validate(
 
 
 def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
-    problems: list[Problem] = []
-    for col, why in m.uninferred.items():
-        problems.append(Problem("warning", "unknown-role", f"column ignored: {why}", None, col))
+    return [
+        *_column_problems(m),
+        *_row_problems(m, classes),
+        *_single_sample_classes(m),
+        *_duplicate_rows(m),
+    ]
+
+
+def _column_problems(m: Manifest) -> list[Problem]:
+    problems = [
+        Problem("warning", "unknown-role", f"column ignored: {why}", None, col)
+        for col, why in m.uninferred.items()
+    ]
     if not m.inputs:
         problems.append(
             Problem("error", "no-inputs", "no image, audio, video or text column was found")
@@ -110,6 +120,12 @@ def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
                 "no label column found (named label/class/target); pass --label COL",
             )
         )
+    return problems
+
+
+def _row_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
+    """Rows with no input at all, and empty or unknown labels."""
+    problems = []
     inputs = list(m.inputs)
     for row in range(len(m)):
         if inputs and all(m.frame.at[row, c] is None for c in inputs):
@@ -130,6 +146,11 @@ def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
                         col,
                     )
                 )
+    return problems
+
+
+def _single_sample_classes(m: Manifest) -> list[Problem]:
+    problems = []
     for col in m.labels:
         counts = Counter(v for v in m.frame[col] if v is not None)
         for row, value in enumerate(m.frame[col]):
@@ -144,8 +165,13 @@ def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
                         col,
                     )
                 )
+    return problems
+
+
+def _duplicate_rows(m: Manifest) -> list[Problem]:
     # Identical rows usually mean a manifest was concatenated twice.
     relevant = [c for c, r in m.roles.items() if r != "ignore"]
+    problems = []
     first_seen: dict[tuple, int] = {}
     for row, key in enumerate(m.frame[relevant].itertuples(index=False, name=None)):
         if key in first_seen:
