@@ -19,8 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmfuse.cli.detect import add_arguments as add_detect_arguments
-from mmfuse.cli.detect import run as detect_command
+from mmfuse.cli import detect as detect_cli
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import COLOURS, SAMPLE_RATE, make_shapes
 from mmfuse.data.video import read_video
@@ -138,7 +137,7 @@ def cli_run(model_dir, long_video, tmp_path_factory):
     """`mmfuse detect MODEL VIDEO --background background --out ... --plot ...` via its parser."""
     out = tmp_path_factory.mktemp("cli")
     parser = argparse.ArgumentParser()
-    add_detect_arguments(parser)
+    detect_cli.add_arguments(parser)
     args = parser.parse_args(
         [
             str(model_dir),
@@ -152,7 +151,7 @@ def cli_run(model_dir, long_video, tmp_path_factory):
             "--quiet",
         ]
     )
-    assert detect_command(args) == 0
+    assert detect_cli.run(args) == 0
     return out
 
 
