@@ -81,8 +81,15 @@ def private_imports(mods: dict[str, Path]) -> list[str]:
             private_module = any(p.startswith("_") for p in target.split(".")[1:])
             private_name = name is not None and name.startswith("_") and name != "__version__"
             if (private_module and target != "mmfuse._version") or private_name:
-                found.append(f"{path.relative_to(ROOT.parent)}:{line} imports {target}.{name}")
+                found.append(f"{_rel(path)}:{line} imports {target}.{name}")
     return found
+
+
+def _rel(path: Path) -> str:
+    """`.../src/mmfuse/a/b.py` → `mmfuse/a/b.py`."""
+    parts = path.parts
+    top = len(parts) - 1 - parts[::-1].index("mmfuse")
+    return "/".join(parts[top:])
 
 
 def package_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
