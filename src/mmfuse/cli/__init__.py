@@ -23,24 +23,26 @@ import argparse
 import inspect
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
+from mmfuse.cli.common import (
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_device_flag,
+    add_modality_flag,
+    load_classifier,
+    manifest_for,
+    parse_pairs,
+    resolve_device,
+    stem,
+)
 from mmfuse.encoders.base import EncoderError
 from mmfuse.errors import ManifestError, MmfuseError
 from mmfuse.model.config import ConfigError
-
-EXIT_OK, EXIT_DATA, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED = 130
-
-# Flags of `mmfuse predict` for one sample: flag → modality of the model input it fills.
-SAMPLE_FLAGS = ("image", "audio", "video", "text")
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-class UsageError(MmfuseError):
-    """A command-line mistake (exit 2)."""
 
 
 # ---------------------------------------------------------------------------------- validate
@@ -57,7 +59,7 @@ def validate_command(args: argparse.Namespace) -> int:
     """
     from mmfuse.data import Thresholds, read_manifest, summarize, validate
 
-    modalities = _parse_pairs(args.modality, "--modality")
+    modalities = parse_pairs(args.modality, "--modality")
     manifest = read_manifest(args.manifest, label=args.label, modalities=modalities)
     thresholds = Thresholds(clip_seconds=args.clip_seconds)
     problems = validate(manifest, thresholds=thresholds, workers=args.workers)
@@ -82,7 +84,7 @@ def _add_validate(sub) -> None:
     p = _command(sub, "validate", validate_command)
     p.add_argument("manifest", help="CSV, TSV, JSONL or Parquet file, or a class-per-folder root")
     p.add_argument("--label", help="label column (default: a column named label/class/target)")
-    _add_modality_flag(p)
+    add_modality_flag(p)
     p.add_argument("--json", action="store_true", help="print the problems as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--clip-seconds", type=float, help="warn about videos shorter than this")
@@ -126,13 +128,13 @@ def train_command(args: argparse.Namespace) -> int:
     from mmfuse.train.checkpoint import latest_checkpoint
 
     params = _train_params(args)
-    out = Path(args.out) if args.out else Path("runs") / _stem(args.manifest)
+    out = Path(args.out) if args.out else Path("runs") / stem(args.manifest)
     if not args.resume and latest_checkpoint(out, verify=False) is not None:
         raise UsageError(
             f"--out {out} already holds a training run; add --resume to continue it, or give "
             "another --out"
         )
-    modalities = _parse_pairs(args.modality, "--modality") or None
+    modalities = parse_pairs(args.modality, "--modality") or None
     label = args.label[0] if len(args.label) == 1 else (args.label or None)
     train = read_manifest(args.manifest, label=label, modalities=modalities)
     if not train.labels:
@@ -185,7 +187,7 @@ def _add_train(sub) -> None:
         metavar="MANIFEST",
         help="validation manifest: picks the best epoch, makes the report",
     )
-    _add_modality_flag(p)
+    add_modality_flag(p)
     p.add_argument("--config", metavar="FILE", help="JSON of classifier parameters (see above)")
     p.add_argument(
         "--fusion",
@@ -225,7 +227,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--seed", type=int, metavar="N", help="seed of weights, shuffling and augmentation"
     )
-    _add_device_flag(p, "auto")
+    add_device_flag(p, "auto")
     p.add_argument(
         "--workers", type=int, metavar="N", help="data-loading processes (default: 0, in-process)"
     )
@@ -257,12 +259,12 @@ def _train_params(args: argparse.Namespace) -> dict:
                 f"fields, got {choice!r}"
             )
         encoders[key] = dict(choice)
-    for key, name in _parse_pairs(args.encoder, "--encoder").items():
+    for key, name in parse_pairs(args.encoder, "--encoder").items():
         entry = encoders.setdefault(key, {})
         if entry.get("encoder") != name:
             entry.pop("options", None)  # options of another encoder would not fit this one
         entry["encoder"] = name
-    for key, text in _parse_pairs(args.encoder_options, "--encoder-options").items():
+    for key, text in parse_pairs(args.encoder_options, "--encoder-options").items():
         try:
             options = json.loads(text)
         except json.JSONDecodeError:
@@ -280,7 +282,7 @@ def _train_params(args: argparse.Namespace) -> dict:
         params["encoders"] = encoders
 
     _check_fusion(params.get("fusion", "attention"), params.get("fusion_options") or {})
-    _resolve_device(params.get("device", "auto"))
+    resolve_device(params.get("device"), default="auto")
     return params
 
 
@@ -358,9 +360,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """
     from mmfuse.evaluate.metrics import format_table
 
-    clf = _load_classifier(args.model_dir, args.device)
-    manifest = _manifest_for(clf, args.manifest, labelled=True)
-    out = Path(args.out) if args.out else Path(args.model_dir) / f"eval-{_stem(args.manifest)}"
+    clf = load_classifier(args.model_dir, args.device)
+    manifest = manifest_for(clf, args.manifest, labelled=True)
+    out = Path(args.out) if args.out else Path(args.model_dir) / f"eval-{stem(args.manifest)}"
     metrics = clf.evaluate(manifest, out, robustness=args.robustness)
     print(format_table(metrics))
     print(f"report: {out / 'report.md'}", file=sys.stderr)
@@ -377,316 +379,17 @@ def _add_evaluate(sub) -> None:
         action="store_true",
         help="also score under noise, blur, ... at growing strengths (slower)",
     )
-    _add_device_flag(p, "cpu")
+    add_device_flag(p, "cpu")
 
 
-# ---------------------------------------------------------------------------------- predict
-def predict_command(args: argparse.Namespace) -> int:
-    """Predict classes with a saved model, for a whole manifest or for one sample.
+def _add_bridged(sub, name: str) -> None:
+    import importlib
 
-    With MANIFEST: a table with the row number, the model's input columns, `prediction` and,
-    with --proba, one proba_<class> column per class; to stdout (CSV) or to --out. With --out the
-    rows are streamed in chunks (bounded memory, decoding in --workers processes, a progress bar
-    with ETA), an `error` column says why a row could not be read, --shard I/N takes one of N
-    equal slices (their outputs concatenate to the whole), and --resume continues a killed run.
-
-    For one sample, give its files with --image/--audio/--video and its text with --text;
-    leave out any the sample lacks. Prints the label, then each class's probability. A model
-    with two inputs of one modality takes each as --input COLUMN=VALUE.
-
-    examples:
-      mmfuse predict runs/train data/test.csv --out preds.csv --proba
-      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --workers 4
-      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --resume
-      mmfuse predict runs/train data/test.csv > preds.csv
-      mmfuse predict runs/train --image cat.jpg --text "a cat on a mat"
-      mmfuse predict runs/train --video clip.mp4
-    """
-    sample = {f: getattr(args, f) for f in SAMPLE_FLAGS if getattr(args, f) is not None}
-    columns = _parse_pairs(args.input, "--input")
-    if args.manifest is not None and (sample or columns):
-        raise UsageError(
-            "give either a MANIFEST or one sample's --image/--audio/--video/--text, not both"
-        )
-    if args.manifest is None and not (sample or columns):
-        raise UsageError(
-            "nothing to predict: give a MANIFEST or a sample with --image, --audio, --video, "
-            "--text or --input COLUMN=VALUE"
-        )
-    clf = _load_classifier(args.model_dir, args.device)
-    task = args.task or clf.task_
-    if task not in clf.labels_:
-        raise UsageError(f"--task {task!r}: the model's tasks are {', '.join(clf.labels_)}")
-    if args.manifest is not None and args.out is not None:
-        return _predict_streamed(args, task)
-    if args.shard or args.resume:
-        raise UsageError("--shard and --resume write part files: give --out FILE too")
-    if args.manifest is not None:
-        return _predict_manifest(clf, args.manifest, task, args.out, args.proba)
-    return _predict_sample(clf, sample, columns, task)
-
-
-def _predict_streamed(args: argparse.Namespace, task: str) -> int:
-    from mmfuse.infer.predictor import Predictor
-    from mmfuse.infer.streamed import parse_shard, predict_manifest
-
-    predictor = Predictor(args.model_dir, device=args.device)
-    if task != predictor.task:
-        raise UsageError("--task with --out: streamed prediction writes the model's first task")
-    result = predict_manifest(
-        predictor,
-        args.manifest,
-        args.out,
-        shard=parse_shard(args.shard) if args.shard else (0, 1),
-        resume=args.resume,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        proba=args.proba,
-        log=lambda message: print(message, file=sys.stderr),
-    )
-    if result["failed"]:
-        print(
-            f"{result['failed']} of {result['rows']} rows could not be read; the `error` column "
-            "says why",
-            file=sys.stderr,
-        )
-    return EXIT_DATA if result["rows"] and result["failed"] == result["rows"] else EXIT_OK
-
-
-def _predict_manifest(clf, source: str, task: str, out: str | None, with_proba: bool) -> int:
-    import numpy as np
-    import pandas as pd
-
-    manifest = _manifest_for(clf, source, labelled=False)
-    proba = clf.predict_proba(manifest, task)  # N×C, NaN rows could not be read
-    classes = list(clf.labels_[task])
-    ok = ~np.isnan(proba).any(axis=1)
-    prediction = np.full(len(proba), None, dtype=object)
-    prediction[ok] = np.array(classes, dtype=object)[proba[ok].argmax(axis=1)]
-
-    table = pd.DataFrame({"row": np.arange(len(manifest))})
-    inputs = _input_columns(clf)
-    for column in [c for c in manifest.frame.columns if c in inputs]:  # the manifest's order
-        table[column] = manifest.frame[column].to_numpy()
-    table["prediction"] = prediction
-    if with_proba:
-        for i, name in enumerate(classes):
-            table[f"proba_{name}"] = proba[:, i]
-    if out is None:
-        table.to_csv(sys.stdout, index=False)
-    else:
-        table.to_csv(out, index=False)
-        print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
-    failed = int((~ok).sum())
-    if failed:
-        print(
-            f"{failed} of {len(table)} rows could not be read and have no prediction; "
-            f"`mmfuse validate {source}` lists their files",
-            file=sys.stderr,
-        )
-    return EXIT_DATA if failed == len(table) else EXIT_OK
-
-
-def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: str) -> int:
-    import numpy as np
-    import pandas as pd
-
-    from mmfuse.data import read_manifest, validate
-
-    known = _input_columns(clf)
-    row: dict[str, str | None] = dict.fromkeys(known)
-    flag_of: dict[str, str] = {}
-    for modality, value in sample.items():
-        found = [c for c in known if modality in known[c]]
-        if not found:
-            inputs = ", ".join(f"{c} ({'/'.join(m)})" for c, m in known.items())
-            raise UsageError(
-                f"--{modality}: the model has no {modality} input; its inputs: {inputs}"
-            )
-        if len(found) > 1:
-            raise UsageError(
-                f"--{modality}: the model reads {modality} from the columns {found}; give each "
-                "one as --input COLUMN=VALUE"
-            )
-        (column,) = found
-        if row[column] is not None and row[column] != value:
-            raise UsageError(f"{flag_of[column]} and --{modality} both fill column {column!r}")
-        row[column], flag_of[column] = value, f"--{modality}"
-    for column, value in columns.items():
-        if column not in row:
-            raise UsageError(f"--input {column}=: not an input column; the model's: {list(row)}")
-        row[column], flag_of[column] = value, f"--input {column}"
-
-    roles = {c: m[0] for c, m in known.items()}
-    manifest = read_manifest(pd.DataFrame([row]), modalities=roles)
-    for problem in validate(manifest):
-        if problem.severity == "error" and problem.path is not None:
-            raise MmfuseError(
-                f"{flag_of.get(problem.column, problem.column)} {row[problem.column]}: cannot be "
-                f"read ({problem.reason}: {problem.message})"
-            )
-    proba = clf.predict_proba(manifest, task)[0]
-    if np.isnan(proba).any():
-        raise MmfuseError("the sample could not be loaded; check its files with `mmfuse validate`")
-    classes = list(clf.labels_[task])
-    print(classes[int(proba.argmax())])
-    width = max(len(c) for c in classes)
-    for i in np.argsort(-proba, kind="stable"):
-        print(f"  {classes[i]:<{width}}  {proba[i]:.4f}")
-    return EXIT_OK
-
-
-def _add_export(sub) -> None:
-    from mmfuse.ship.export import add_export_arguments, export_command
-
-    add_export_arguments(_command(sub, "export", export_command))
-
-
-def _add_compress(sub) -> None:
-    from mmfuse.ship.compress import add_compress_arguments, compress_command
-
-    add_compress_arguments(_command(sub, "compress", compress_command))
-
-
-def _add_serve(sub) -> None:
-    from mmfuse.serve.app import add_serve_arguments, serve_command  # imports FastAPI
-
-    p = _command(sub, "serve", serve_command)
-    add_serve_arguments(p)
-
-
-def _add_detect(sub) -> None:
-    from mmfuse.infer.detect import add_detect_arguments, detect_command
-
-    p = _command(sub, "detect", detect_command)
-    add_detect_arguments(p)
-
-
-def _add_predict(sub) -> None:
-    p = _command(sub, "predict", predict_command)
-    p.add_argument("model_dir", help="model folder written by `mmfuse train` (its --out)")
-    p.add_argument("manifest", nargs="?", help="manifest with the model's input columns")
-    p.add_argument(
-        "--out",
-        metavar="FILE",
-        help="write the predictions to this .csv or .parquet file, streamed in chunks "
-        "(default: CSV on stdout)",
-    )
-    p.add_argument("--proba", action="store_true", help="add one proba_<class> column per class")
-    p.add_argument(
-        "--shard", metavar="I/N", help="with --out: predict only slice I of N (0-based), e.g. 0/4"
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="with --out: continue a killed run from its parts"
-    )
-    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
-    p.add_argument("--image", metavar="FILE", help="one sample: its image file")
-    p.add_argument("--audio", metavar="FILE", help="one sample: its audio file")
-    p.add_argument("--video", metavar="FILE", help="one sample: its video file")
-    p.add_argument("--text", metavar="TEXT", help="one sample: its text")
-    p.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        metavar="COLUMN=VALUE",
-        help="one sample: the value of an input column by name (repeatable)",
-    )
-    p.add_argument("--task", help="label column to predict (default: the model's first)")
-    _add_device_flag(p, "cpu")
+    module = importlib.import_module(f"mmfuse.cli.{name}")
+    module.add_arguments(_command(sub, name, module.run))
 
 
 # ---------------------------------------------------------------------------------- shared
-def _load_classifier(model_dir: str, device: str):
-    from mmfuse.classifier import MultimodalClassifier
-    from mmfuse.model.saved import CONFIG
-
-    path = Path(model_dir)
-    if not (path / CONFIG).is_file():
-        raise UsageError(
-            f"{model_dir} is not an mmfuse model folder (no {CONFIG}); give the folder that "
-            "`mmfuse train --out` wrote"
-        )
-    return MultimodalClassifier.load(path, device=_resolve_device(device))
-
-
-def _input_columns(clf) -> dict[str, list[str]]:
-    """The model's input columns → the modalities read from each, in config order."""
-    columns: dict[str, list[str]] = {}
-    for spec in clf.model_config_.inputs.values():
-        columns.setdefault(spec.column, []).append(spec.modality)
-    return columns
-
-
-def _manifest_for(clf, source: str, *, labelled: bool):
-    """`source` read with the model's column roles; its input (and label) columns checked."""
-    from mmfuse.data import read_manifest
-
-    columns = _input_columns(clf)
-    roles = {c: m[0] for c, m in columns.items()}
-    tasks = list(clf.labels_)
-    manifest = read_manifest(source, label=tasks if labelled else None, modalities=roles)
-    missing = [c for c in columns if c not in manifest.frame.columns]
-    if missing:
-        raise UsageError(
-            f"{manifest.source} lacks the input column(s) {missing} the model reads; its "
-            f"columns: {list(manifest.frame.columns)}"
-        )
-    return manifest
-
-
-def _resolve_device(name: str) -> str:
-    from mmfuse.device import resolve_device
-
-    try:
-        return str(resolve_device(name))
-    except MmfuseError as e:  # CUDA asked for but absent
-        raise UsageError(str(e)) from None
-    except RuntimeError as e:  # torch does not know the name
-        raise UsageError(f"device {name!r}: {e}; use auto, cpu or cuda") from None
-
-
-def _device_name(value: str) -> str:
-    if not _DEVICE.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N, mps")
-    return value
-
-
-def _add_device_flag(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument(
-        "--device",
-        type=_device_name,
-        default=None if default == "auto" else default,
-        metavar="DEVICE",
-        help=f"auto (CUDA when present), cpu, cuda or cuda:N (default: {default})",
-    )
-
-
-def _add_modality_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--modality",
-        action="append",
-        default=[],
-        metavar="COLUMN=ROLE",
-        help="declare a column's role: image, audio, video, text, label or ignore (repeatable)",
-    )
-
-
-def _stem(manifest: str) -> str:
-    path = Path(manifest)
-    return path.stem if path.suffix else path.name
-
-
-def _parse_pairs(pairs: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key or not value:
-            raise UsageError(f"{flag} expects COLUMN=VALUE, got {pair!r}")
-        out[key] = value
-    return out
-
-
 # ---------------------------------------------------------------------------------- datasets, demo
 def datasets_make_avdigits_command(args: argparse.Namespace) -> int:
     """Generate avdigits: ten digit classes, each sample an image, speech, a video and a caption.
@@ -803,11 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_validate(sub)
     _add_train(sub)
     _add_evaluate(sub)
-    _add_predict(sub)
-    _add_detect(sub)
-    _add_serve(sub)
-    _add_export(sub)
-    _add_compress(sub)
+    for name in ("predict", "detect", "serve", "export", "compress"):
+        _add_bridged(sub, name)
     _add_datasets(sub)
     _add_demo(sub)
     return parser

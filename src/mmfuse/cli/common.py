@@ -93,3 +93,36 @@ def stem(manifest: str) -> str:
     """A manifest's name without its suffix (`data/test.csv` → `test`)."""
     path = Path(manifest)
     return path.stem if path.suffix else path.name
+
+
+def load_classifier(model_dir: str, device: str | None):
+    """The MultimodalClassifier saved in `model_dir`, on the torch device `--device` names."""
+    from mmfuse.classifier import MultimodalClassifier
+
+    folder = model_folder(model_dir)
+    return MultimodalClassifier.load(folder, device=resolve_device(device))
+
+
+def input_columns(clf) -> dict[str, list[str]]:
+    """The model's input columns → the modalities read from each, in config order."""
+    columns: dict[str, list[str]] = {}
+    for spec in clf.model_config_.inputs.values():
+        columns.setdefault(spec.column, []).append(spec.modality)
+    return columns
+
+
+def manifest_for(clf, source: str, *, labelled: bool):
+    """`source` read with the model's column roles; its input (and label) columns checked."""
+    from mmfuse.data import read_manifest
+
+    columns = input_columns(clf)
+    roles = {c: m[0] for c, m in columns.items()}
+    tasks = list(clf.labels_)
+    manifest = read_manifest(source, label=tasks if labelled else None, modalities=roles)
+    missing = [c for c in columns if c not in manifest.frame.columns]
+    if missing:
+        raise UsageError(
+            f"{manifest.source} lacks the input column(s) {missing} the model reads; its "
+            f"columns: {list(manifest.frame.columns)}"
+        )
+    return manifest

@@ -1,0 +1,210 @@
+"""`mmfuse predict`: classes for a whole manifest (streamed with --out) or for one sample."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmfuse.cli.common import (
+    EXIT_DATA,
+    EXIT_OK,
+    UsageError,
+    add_device_flag,
+    add_model_dir,
+    input_columns,
+    load_classifier,
+    manifest_for,
+    parse_pairs,
+)
+from mmfuse.errors import MmfuseError
+
+# Flags of `mmfuse predict` for one sample: flag → modality of the model input it fills.
+SAMPLE_FLAGS = ("image", "audio", "video", "text")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_dir(p)
+    p.add_argument("manifest", nargs="?", help="manifest with the model's input columns")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the predictions to this .csv or .parquet file, streamed in chunks "
+        "(default: CSV on stdout)",
+    )
+    p.add_argument("--proba", action="store_true", help="add one proba_<class> column per class")
+    p.add_argument(
+        "--shard", metavar="I/N", help="with --out: predict only slice I of N (0-based), e.g. 0/4"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="with --out: continue a killed run from its parts"
+    )
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
+    p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
+    p.add_argument("--image", metavar="FILE", help="one sample: its image file")
+    p.add_argument("--audio", metavar="FILE", help="one sample: its audio file")
+    p.add_argument("--video", metavar="FILE", help="one sample: its video file")
+    p.add_argument("--text", metavar="TEXT", help="one sample: its text")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="one sample: the value of an input column by name (repeatable)",
+    )
+    p.add_argument("--task", help="label column to predict (default: the model's first)")
+    add_device_flag(p, "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict classes with a saved model, for a whole manifest or for one sample.
+
+    With MANIFEST: a table with the row number, the model's input columns, `prediction` and,
+    with --proba, one proba_<class> column per class; to stdout (CSV) or to --out. With --out the
+    rows are streamed in chunks (bounded memory, decoding in --workers processes, a progress bar
+    with ETA), an `error` column says why a row could not be read, --shard I/N takes one of N
+    equal slices (their outputs concatenate to the whole), and --resume continues a killed run.
+
+    For one sample, give its files with --image/--audio/--video and its text with --text;
+    leave out any the sample lacks. Prints the label, then each class's probability. A model
+    with two inputs of one modality takes each as --input COLUMN=VALUE.
+
+    examples:
+      mmfuse predict runs/train data/test.csv --out preds.csv --proba
+      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --workers 4
+      mmfuse predict runs/train corpus.parquet --out preds.parquet --shard 0/8 --resume
+      mmfuse predict runs/train data/test.csv > preds.csv
+      mmfuse predict runs/train --image cat.jpg --text "a cat on a mat"
+      mmfuse predict runs/train --video clip.mp4
+    """
+    sample = {f: getattr(args, f) for f in SAMPLE_FLAGS if getattr(args, f) is not None}
+    columns = parse_pairs(args.input, "--input")
+    if args.manifest is not None and (sample or columns):
+        raise UsageError(
+            "give either a MANIFEST or one sample's --image/--audio/--video/--text, not both"
+        )
+    if args.manifest is None and not (sample or columns):
+        raise UsageError(
+            "nothing to predict: give a MANIFEST or a sample with --image, --audio, --video, "
+            "--text or --input COLUMN=VALUE"
+        )
+    clf = load_classifier(args.model_dir, args.device)
+    task = args.task or clf.task_
+    if task not in clf.labels_:
+        raise UsageError(f"--task {task!r}: the model's tasks are {', '.join(clf.labels_)}")
+    if args.manifest is not None and args.out is not None:
+        return _predict_streamed(args, task)
+    if args.shard or args.resume:
+        raise UsageError("--shard and --resume write part files: give --out FILE too")
+    if args.manifest is not None:
+        return _predict_manifest(clf, args.manifest, task, args.out, args.proba)
+    return _predict_sample(clf, sample, columns, task)
+
+
+def _predict_streamed(args: argparse.Namespace, task: str) -> int:
+    from mmfuse.infer.predictor import Predictor
+    from mmfuse.infer.streamed import parse_shard, predict_manifest
+
+    predictor = Predictor(args.model_dir, device=args.device)
+    if task != predictor.task:
+        raise UsageError("--task with --out: streamed prediction writes the model's first task")
+    result = predict_manifest(
+        predictor,
+        args.manifest,
+        args.out,
+        shard=parse_shard(args.shard) if args.shard else (0, 1),
+        resume=args.resume,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        proba=args.proba,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+    if result["failed"]:
+        print(
+            f"{result['failed']} of {result['rows']} rows could not be read; the `error` column "
+            "says why",
+            file=sys.stderr,
+        )
+    return EXIT_DATA if result["rows"] and result["failed"] == result["rows"] else EXIT_OK
+
+
+def _predict_manifest(clf, source: str, task: str, out: str | None, with_proba: bool) -> int:
+    import numpy as np
+    import pandas as pd
+
+    manifest = manifest_for(clf, source, labelled=False)
+    proba = clf.predict_proba(manifest, task)  # N×C, NaN rows could not be read
+    classes = list(clf.labels_[task])
+    ok = ~np.isnan(proba).any(axis=1)
+    prediction = np.full(len(proba), None, dtype=object)
+    prediction[ok] = np.array(classes, dtype=object)[proba[ok].argmax(axis=1)]
+
+    table = pd.DataFrame({"row": np.arange(len(manifest))})
+    inputs = input_columns(clf)
+    for column in [c for c in manifest.frame.columns if c in inputs]:  # the manifest's order
+        table[column] = manifest.frame[column].to_numpy()
+    table["prediction"] = prediction
+    if with_proba:
+        for i, name in enumerate(classes):
+            table[f"proba_{name}"] = proba[:, i]
+    if out is None:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        table.to_csv(out, index=False)
+        print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
+    failed = int((~ok).sum())
+    if failed:
+        print(
+            f"{failed} of {len(table)} rows could not be read and have no prediction; "
+            f"`mmfuse validate {source}` lists their files",
+            file=sys.stderr,
+        )
+    return EXIT_DATA if failed == len(table) else EXIT_OK
+
+
+def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: str) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from mmfuse.data import read_manifest, validate
+
+    known = input_columns(clf)
+    row: dict[str, str | None] = dict.fromkeys(known)
+    flag_of: dict[str, str] = {}
+    for modality, value in sample.items():
+        found = [c for c in known if modality in known[c]]
+        if not found:
+            inputs = ", ".join(f"{c} ({'/'.join(m)})" for c, m in known.items())
+            raise UsageError(
+                f"--{modality}: the model has no {modality} input; its inputs: {inputs}"
+            )
+        if len(found) > 1:
+            raise UsageError(
+                f"--{modality}: the model reads {modality} from the columns {found}; give each "
+                "one as --input COLUMN=VALUE"
+            )
+        (column,) = found
+        if row[column] is not None and row[column] != value:
+            raise UsageError(f"{flag_of[column]} and --{modality} both fill column {column!r}")
+        row[column], flag_of[column] = value, f"--{modality}"
+    for column, value in columns.items():
+        if column not in row:
+            raise UsageError(f"--input {column}=: not an input column; the model's: {list(row)}")
+        row[column], flag_of[column] = value, f"--input {column}"
+
+    roles = {c: m[0] for c, m in known.items()}
+    manifest = read_manifest(pd.DataFrame([row]), modalities=roles)
+    for problem in validate(manifest):
+        if problem.severity == "error" and problem.path is not None:
+            raise MmfuseError(
+                f"{flag_of.get(problem.column, problem.column)} {row[problem.column]}: cannot be "
+                f"read ({problem.reason}: {problem.message})"
+            )
+    proba = clf.predict_proba(manifest, task)[0]
+    if np.isnan(proba).any():
+        raise MmfuseError("the sample could not be loaded; check its files with `mmfuse validate`")
+    classes = list(clf.labels_[task])
+    print(classes[int(proba.argmax())])
+    width = max(len(c) for c in classes)
+    for i in np.argsort(-proba, kind="stable"):
+        print(f"  {classes[i]:<{width}}  {proba[i]:.4f}")
+    return EXIT_OK
