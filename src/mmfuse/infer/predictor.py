@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from mmfuse.data.manifest import Manifest
 from mmfuse.errors import MediaError, MmfuseError
 from mmfuse.features.sample import SampleLoader
 from mmfuse.infer.batch import collate, sample_item
+from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import Output, forward
 from mmfuse.model.saved import load_model, read_saved_config
 
@@ -96,6 +98,14 @@ class Predictor:
             "mmfuse_version": self.saved.get("mmfuse_version"),
             "metrics": metrics,
         }
+
+    def dataset(self, manifest: Manifest) -> MultimodalDataset:
+        """`manifest`'s rows as this model's unlabelled samples (evaluation transforms, and the
+        decode time limit the model was trained with)."""
+        timeout = (self.train_config or {}).get("decode_timeout")
+        return MultimodalDataset(
+            manifest, self.config.inputs, self.specs, {}, train=False, decode_timeout=timeout
+        )
 
     def resolve(self, key: str) -> str:
         """The input name a request field refers to (an input name or a unique modality)."""

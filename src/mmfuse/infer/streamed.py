@@ -89,8 +89,7 @@ def predict_manifest(
         "proba": proba,
     }
     reused = _prepare_parts(parts, job, resume)
-    inputs = predictor.config.inputs
-    dataset = MultimodalDataset(manifest, inputs, predictor.specs, {}, train=False)
+    dataset = predictor.dataset(manifest)
     chunks = list(range(start, stop, chunk_rows))
     bar = _progress_bar(progress, chunks, reused, chunk_rows, start, stop)
     for k, first in enumerate(chunks):
