@@ -231,7 +231,7 @@ def test_every_command_has_help_with_examples(command):
 
 def test_console_script_help():
     script = Path(sys.executable).with_name("mmfuse")
-    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "mmfuse.cli"]
+    argv = [str(script)] if script.is_file() else [sys.executable, "-m", "mmfuse"]
     done = subprocess.run([*argv, "train", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "examples:" in done.stdout and "--encoder-options" in done.stdout

@@ -103,21 +103,29 @@ def load_classifier(model_dir: str, device: str | None):
     return MultimodalClassifier.load(folder, device=resolve_device(device))
 
 
-def input_columns(clf) -> dict[str, list[str]]:
-    """The model's input columns → the modalities read from each, in config order."""
+def load_predictor(model_dir: str, device: str | None):
+    """The Predictor of `model_dir` (checked to be a model folder) on the `--device` named."""
+    from mmfuse.infer.predictor import Predictor
+
+    folder = model_folder(model_dir)
+    return Predictor(folder, device=resolve_device(device))
+
+
+def input_columns(config) -> dict[str, list[str]]:
+    """A ModelConfig's input columns → the modalities read from each, in config order."""
     columns: dict[str, list[str]] = {}
-    for spec in clf.model_config_.inputs.values():
+    for spec in config.inputs.values():
         columns.setdefault(spec.column, []).append(spec.modality)
     return columns
 
 
-def manifest_for(clf, source: str, *, labelled: bool):
-    """`source` read with the model's column roles; its input (and label) columns checked."""
+def manifest_for(config, source: str, *, labelled: bool):
+    """`source` read with a ModelConfig's column roles; its input (and label) columns checked."""
     from mmfuse.data import read_manifest
 
-    columns = input_columns(clf)
+    columns = input_columns(config)
     roles = {c: m[0] for c, m in columns.items()}
-    tasks = list(clf.labels_)
+    tasks = [head.task for head in config.heads]
     manifest = read_manifest(source, label=tasks if labelled else None, modalities=roles)
     missing = [c for c in columns if c not in manifest.frame.columns]
     if missing:

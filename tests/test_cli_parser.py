@@ -1,0 +1,125 @@
+"""The command table: every command is a module with add_arguments and run, `--device` is one
+argument type everywhere, errors map to exit codes, and `mmfuse --help` stays light."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import subprocess
+import sys
+
+import pytest
+
+from mmfuse.cli import (
+    COMMANDS,
+    EXIT_DATA,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Group,
+    UsageError,
+    build_parser,
+    common,
+    main,
+)
+from mmfuse.encoders.base import EncoderError
+from mmfuse.errors import ManifestError, MmfuseError
+from mmfuse.model.config import ConfigError
+
+
+def modules(table: dict = COMMANDS) -> list[str]:
+    found = []
+    for entry in table.values():
+        found += modules(entry.commands) if isinstance(entry, Group) else [entry]
+    return found
+
+
+def subparsers(parser: argparse.ArgumentParser):
+    """Every parser below `parser`, groups and commands alike."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield child
+                yield from subparsers(child)
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("path", modules())
+def test_every_command_module_has_add_arguments_and_a_documented_run(path):
+    module = importlib.import_module(path)
+    assert callable(module.add_arguments)
+    assert module.run.__doc__ and module.run.__doc__.strip()
+
+
+def test_device_is_one_argument_type_in_every_command():
+    with_device = []
+    for p in subparsers(build_parser()):
+        for action in p._actions:
+            if "--device" in action.option_strings:
+                assert action.type is common.device_name, p.prog
+                with_device.append(p.prog.split()[-1])
+    assert {"train", "evaluate", "predict", "detect", "serve", "compress"} <= set(with_device)
+
+
+def test_a_group_alone_prints_its_help_and_exits_2():
+    code, _, err = run(["datasets"])
+    assert code == EXIT_USAGE and "make" in err
+    code, _, err = run(["datasets", "make"])
+    assert code == EXIT_USAGE and "avdigits" in err
+    code, out, _ = run([])
+    assert code == EXIT_USAGE and "COMMAND" in out
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UsageError, EXIT_USAGE),
+        (ManifestError, EXIT_USAGE),
+        (ConfigError, EXIT_USAGE),
+        (EncoderError, EXIT_USAGE),
+        (MmfuseError, EXIT_DATA),
+        (KeyboardInterrupt, EXIT_INTERRUPTED),
+    ],
+)
+def test_errors_map_to_exit_codes(monkeypatch, error, code):
+    def fail(args):
+        """Fail as told."""
+        raise error("the message")
+
+    monkeypatch.setattr("mmfuse.cli.demo.run", fail)
+    got, out, err = run(["demo"])
+    assert got == code and out == ""
+    assert err.startswith("mmfuse demo: ")
+    assert ("the message" in err) != (error is KeyboardInterrupt)
+
+
+def test_debug_before_or_after_the_command_shows_the_error(monkeypatch):
+    def fail(args):
+        """Fail."""
+        raise UsageError("the message")
+
+    monkeypatch.setattr("mmfuse.cli.demo.run", fail)
+    for argv in (["--debug", "demo"], ["demo", "--debug"]):
+        with pytest.raises(UsageError, match="the message"):
+            main(argv)
+
+
+def test_help_does_not_import_the_service_or_onnx():
+    heavy = ("fastapi", "uvicorn", "onnx", "onnxruntime")
+    code = (
+        "import contextlib, io, sys\n"
+        "from mmfuse.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
