@@ -9,15 +9,78 @@ later runs find the entries on disk and skip decoding and encoding altogether.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
+from mmfuse import distributed
 from mmfuse.data.cache import default_cache_dir
+from mmfuse.distributed import DistInfo
 from mmfuse.infer.batch import collate
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
-from mmfuse.model.multimodal import encoder_input
+from mmfuse.model.config import ModelConfig
+from mmfuse.model.multimodal import MultimodalModel, encoder_input
+from mmfuse.train.config import TrainConfig
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
+
+
+def cacheable_inputs(
+    model: MultimodalModel,
+    model_config: ModelConfig | None,
+    config: TrainConfig,
+    log: Callable[[str], None],
+) -> list[str]:
+    """The frozen inputs whose features a fit with `config` caches."""
+    if not config.cache_features or model_config is None:
+        return []
+    if getattr(model.fusion, "uses_tokens", False):
+        log(
+            f"feature cache off: fusion {model.fusion.name!r} reads token sequences "
+            "and the cache stores pooled features"
+        )
+        return []
+    return [n for n, s in model_config.inputs.items() if s.mode == "freeze"]
+
+
+def attach_cached_features(
+    datasets: Iterable[MultimodalDataset | None],
+    names: list[str],
+    model: MultimodalModel,
+    config: TrainConfig,
+    device: torch.device,
+    dist: DistInfo,
+) -> None:
+    """Fill the cache for inputs `names` and attach the features to each dataset
+    (`dataset.features[name]`, N×D), which then serves them instead of decoding."""
+    for dataset in datasets:
+        if dataset is None:
+            continue
+        # Features an earlier fit attached for inputs this run trains (or does not cache)
+        # would be stale: load those inputs from their files again.
+        for stale in set(dataset.features) - set(names):
+            del dataset.features[stale]
+            dataset.feature_errors.pop(stale, None)
+            dataset.placeholders[stale] = dataset.placeholder(stale)
+        # Rank 0 fills the cache; the others wait, then find every entry and only read.
+        if names and not dist.is_main:
+            distributed.barrier(dist)
+        for name in names:
+            feats, errors = fill_feature_cache(
+                dataset,
+                name,
+                model.encoders[name],
+                cache_dir=config.cache_dir,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                device=device,
+                progress=config.progress,
+            )
+            dataset.features[name] = feats
+            dataset.feature_errors[name] = errors
+            dataset.placeholders[name] = torch.zeros(feats.shape[1])
+        if names and dist.is_main:
+            distributed.barrier(dist)
 
 
 def fill_feature_cache(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 class MetricsLogger:
+    """Appends each epoch's record to `run_dir/metrics.jsonl` (and TensorBoard)."""
+
     def __init__(self, run_dir: str | Path, *, tensorboard: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.writer = None
@@ -46,3 +48,23 @@ def _line(record: dict) -> str:
         k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
     }
     return json.dumps(clean, sort_keys=False) + "\n"
+
+
+class NoLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    """The log line of an epoch's record: `epoch 3/10  train_loss 0.41  lr 0.001 ...`."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    for key, value in record.items():
+        if key in ("epoch", "step") or value is None:
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "  ".join(parts)

@@ -20,6 +20,10 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from mmfuse.model.config import ModelConfig
+from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.train.config import TrainConfig
+
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -140,3 +144,48 @@ def build_scheduler(
         return after_warmup(step - warmup_steps)
 
     return LambdaLR(optimizer, multiplier)
+
+
+def optimizer_for(
+    model: MultimodalModel, model_config: ModelConfig | None, config: TrainConfig
+) -> torch.optim.Optimizer:
+    """A fit's optimiser: every encoder that trains at some point at `backbone_lr` (or `lr`),
+    the fusion and heads at `lr`; encoders frozen for good are left out."""
+    never_trained = set()
+    if model_config is not None:
+        never_trained = {n for n, s in model_config.inputs.items() if s.mode == "freeze"}
+    backbone = [
+        (f"encoders.{n}.{p}", w)
+        for n in model.names
+        if n not in never_trained
+        for p, w in model.encoders[n].named_parameters()
+    ]
+    head = [(n, w) for n, w in model.named_parameters() if not n.startswith("encoders.")]
+    groups = param_groups(
+        {"backbone": (backbone, config.backbone_lr or config.lr), "head": (head, config.lr)},
+        config.weight_decay,
+    )
+    return build_optimizer(groups, config.optimizer, lr=config.lr, momentum=config.momentum)
+
+
+def scheduler_for(optimizer, config: TrainConfig, steps_per_epoch: int) -> LambdaLR:
+    """A fit's schedule, with `config`'s epochs turned into optimiser steps."""
+    return build_scheduler(
+        optimizer,
+        schedule=config.schedule,
+        total_steps=config.epochs * steps_per_epoch,
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        step_size=max(1, config.step_epochs * steps_per_epoch),
+        gamma=config.gamma,
+        min_lr_ratio=config.min_lr_ratio,
+    )
+
+
+def head_lr(optimizer) -> float:
+    """The fusion and heads' rate, i.e. `lr` as scheduled."""
+    # Group 0 is the encoders' group whenever one is trained, which would log `backbone_lr`
+    # under the name `lr`.
+    for group in optimizer.param_groups:
+        if group.get("name", "").split("/")[0] == "head":
+            return group["lr"]
+    return optimizer.param_groups[0]["lr"]

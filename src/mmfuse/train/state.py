@@ -1,0 +1,157 @@
+"""Where a fit stands (`LoopState`) and how it is saved, resumed and marked best (`RunCheckpoints`).
+
+A checkpoint stores the loop state as a plain dict under `extra["trainer"]` (the keys are the
+fields of `LoopState`, in their order), so any checkpoint reader can still see where a run was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from mmfuse import distributed
+from mmfuse.distributed import DistInfo
+from mmfuse.errors import MmfuseError
+from mmfuse.train.checkpoint import (
+    best_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    mark_best,
+    save_checkpoint,
+)
+
+
+@dataclass
+class LoopState:
+    """The training loop's position and bookkeeping: everything a resumed fit needs besides the
+    model, optimiser, scheduler and RNGs."""
+
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # batches of epoch `epoch` already trained (a mid-epoch checkpoint), else 0
+    step: int = 0  # optimiser steps taken (counting batches where no row could be loaded)
+    history: list[dict] = field(default_factory=list)  # one record per finished epoch
+    best: float | None = None  # best value of the monitored metric so far
+    best_epoch: int | None = None
+    bad_epochs: int = 0  # epochs since the monitored metric last improved
+    skipped: list[dict] = field(default_factory=list)  # `Skipped.to_dict()`s, as of the save
+    # Sums over the batches of the epoch so far (loss × rows, rows), saved mid-epoch so that a
+    # resumed epoch reports the same mean train_loss as an uninterrupted one.
+    epoch_loss: float = 0.0
+    epoch_rows: int = 0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, saved: Mapping) -> LoopState:
+        # Checkpoints written before the epoch sums were saved lack them: they default to 0.
+        return cls(**saved)
+
+    def pause_at(self, epoch: int, batch: int, epoch_loss: float, epoch_rows: int) -> None:
+        """Mark the position of a mid-epoch checkpoint."""
+        self.epoch, self.batch = epoch, batch
+        self.epoch_loss, self.epoch_rows = epoch_loss, epoch_rows
+
+    def end_epoch(self, epoch: int) -> None:
+        self.pause_at(epoch + 1, 0, 0.0, 0)
+
+    def update_best(self, record: dict, monitor: str, mode: str) -> bool:
+        """Compare an epoch's record with the best so far; True when it is the new best."""
+        value = record.get(monitor)
+        if value is None:
+            if monitor.startswith("val_") and "val_loss" not in record:
+                # No validation data: keep the last epoch as the best.
+                self.best_epoch = record["epoch"]
+                return True
+            raise MmfuseError(
+                f"monitor={monitor!r} is not among the epoch metrics "
+                f"{sorted(k for k in record if isinstance(record[k], float))}; set monitor to one"
+            )
+        better = self.best is None or (value < self.best if mode == "min" else value > self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+
+@dataclass
+class RunCheckpoints:
+    """A run folder's checkpoints: rank 0 writes them, every rank resumes from the latest."""
+
+    run_dir: Path
+    dist: DistInfo
+    generators: dict[str, torch.Generator]  # data-order and augmentation RNGs, saved by name
+    config: dict  # stored as each checkpoint's config.json
+    log: Callable[[str], None]
+
+    def save(self, model, optimizer, scheduler, state: LoopState) -> Path | None:
+        """Rank 0 writes the checkpoint; every rank waits until it is complete."""
+        if not self.dist.is_main:
+            distributed.barrier(self.dist)
+            return None
+        path = save_checkpoint(
+            self.run_dir,
+            model,
+            optimizer,
+            scheduler,
+            epoch=state.epoch,
+            step=state.step,
+            best_metric=state.best,
+            extra={"trainer": state.to_dict()},
+            config=self.config,
+            generators=self.generators,
+        )
+        distributed.barrier(self.dist)
+        return path
+
+    def mark_best(self, path: Path) -> None:
+        mark_best(path, verify=False)  # just written and hashed by this process
+
+    def resume(
+        self, model, optimizer, scheduler, *, device, before_load: Callable[[int], None]
+    ) -> LoopState | None:
+        """Load the latest checkpoint into model, optimiser, scheduler and RNGs; its loop state.
+
+        `before_load(epoch)` runs first with the saved epoch, so that encoders already
+        fine-tuning at that point are trainable before their optimiser state loads.
+        """
+        latest = latest_checkpoint(self.run_dir)
+        if latest is None:
+            self.log(f"--resume: no checkpoint in {self.run_dir} yet; starting from scratch")
+            return None
+        saved = json.loads((latest / "meta.json").read_text())
+        before_load(int(saved.get("epoch", 0)))
+        info = load_checkpoint(
+            latest,
+            model,
+            optimizer,
+            scheduler,
+            generators=self.generators,
+            map_location=device,
+            verify=False,
+        )
+        state = LoopState.from_dict(info["extra"]["trainer"])
+        self._restore_best_mark(latest, state)
+        self.log(f"resumed from {latest.name}: epoch {state.epoch + 1}, batch {state.batch}")
+        return state
+
+    def _restore_best_mark(self, latest: Path, state: LoopState) -> None:
+        # A kill between writing an epoch's checkpoint and marking it best leaves the mark on
+        # an older one; the saved state knows which epoch was best.
+        best = best_checkpoint(self.run_dir)
+        if (
+            self.dist.is_main
+            and state.batch == 0
+            and state.best_epoch == state.epoch
+            and (best is None or _step_of(best) != _step_of(latest))
+        ):
+            mark_best(latest)
+
+
+def _step_of(path: Path) -> str:
+    return path.name.rsplit("-", 1)[-1]

@@ -1,0 +1,171 @@
+"""One optimisation step: a batch to the device, modality dropout, mixup or FGSM, the multitask
+loss, backward, clipping, the optimiser and scheduler steps.
+
+Modality dropout and mixup draw from the run's own generator, in that order, once per step, so
+a resumed run (which restores the generator) replays the same draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmfuse.fusion.modality_dropout import drop_modalities
+from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.engine import autocast, to_device
+from mmfuse.model.config import ModelConfig
+from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.losses import (
+    balanced_class_weights,
+    mix,
+    mixup_loss,
+    mixup_pairs,
+    multitask_loss,
+)
+
+
+@dataclass
+class StepContext:
+    """What every step of one fit shares."""
+
+    net: torch.nn.Module  # what steps call: the model, or its DDP wrapper (re-made each epoch)
+    model: MultimodalModel  # its encoders tokenize text and say what their inputs are
+    device: torch.device
+    config: TrainConfig
+    rng: torch.Generator  # modality dropout and mixup
+    cached: set[str]  # inputs whose batches carry cached features instead of raw data
+    modality_dropout: float = 0.0
+    task_weights: dict[str, float] | None = None
+    class_weights: dict[str, Tensor] | None = None
+
+    @classmethod
+    def for_fit(
+        cls,
+        model: MultimodalModel,
+        model_config: ModelConfig | None,
+        config: TrainConfig,
+        train: MultimodalDataset,
+        device: torch.device,
+        rng: torch.Generator,
+    ) -> StepContext:
+        """The context of a fit on `train`, whose cached features are already attached."""
+        class_weights = None
+        if config.class_weights == "balanced":
+            class_weights = {
+                t: balanced_class_weights(train.labels[t], len(train.tasks[t])).to(device)
+                for t in model.tasks
+            }
+        return cls(
+            net=model,
+            model=model,
+            device=device,
+            config=config,
+            rng=rng,
+            cached=set(train.features),
+            modality_dropout=model_config.fusion.modality_dropout if model_config else 0.0,
+            task_weights=task_weights(model_config),
+            class_weights=class_weights,
+        )
+
+
+def task_weights(model_config: ModelConfig | None) -> dict[str, float] | None:
+    """Each head's weight in the multitask loss (None: every task weighs 1)."""
+    if model_config is None:
+        return None
+    return {h.task: h.weight for h in model_config.heads}
+
+
+def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> float:
+    """Train on one batch; its mean loss."""
+    cfg = ctx.config
+    inputs, features, mask, labels = _batch_to_device(ctx, batch)
+    if ctx.modality_dropout > 0:
+        mask = drop_modalities(mask, ctx.modality_dropout, ctx.rng)
+    if cfg.mixup_alpha > 0 and len(mask) > 1:
+        loss = _mixup_loss(ctx, inputs, features, mask, labels)
+    else:
+        loss = _clean_loss(ctx, inputs, features, mask, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
+            cfg.grad_clip,
+        )
+    optimizer.step()
+    scheduler.step()
+    return float(loss.detach())
+
+
+def _batch_to_device(ctx: StepContext, batch: dict) -> tuple[dict, dict, Tensor, dict]:
+    """Split a batch into raw inputs and cached features, on the device; tokenize text."""
+    inputs, features = to_device(
+        ctx.model,
+        batch["inputs"],
+        ctx.device,
+        cached=ctx.cached,
+        channels_last=ctx.config.channels_last,
+    )
+    mask = batch["mask"].to(ctx.device)
+    labels = {t: y.to(ctx.device) for t, y in batch["labels"].items()}
+    return inputs, features, mask, labels
+
+
+def _loss_fn(ctx: StepContext, inputs, features, mask):
+    """Forward once; the loss of those logits against any targets."""
+    with autocast(ctx.device, ctx.config.precision):
+        logits = ctx.net(inputs, mask, features)
+    logits = {t: v.float() for t, v in logits.items()}
+    return lambda targets: multitask_loss(
+        logits,
+        targets,
+        task_weights=ctx.task_weights,
+        class_weights=ctx.class_weights,
+        label_smoothing=ctx.config.label_smoothing,
+    )
+
+
+def _mixup_loss(ctx: StepContext, inputs, features, mask, labels) -> Tensor:
+    """Zhang et al.'s mixup: rows mixed with a shuffled copy of the batch, labels likewise."""
+    perm, lam = mixup_pairs(len(mask), ctx.config.mixup_alpha, ctx.rng)
+    perm = perm.to(ctx.device)
+    inputs = {n: mix(x, perm, lam) if _is_float(x) else x for n, x in inputs.items()}
+    features = {n: mix(x, perm, lam) for n, x in features.items()}
+    mask = mask | mask[perm]
+    loss, _ = mixup_loss(_loss_fn(ctx, inputs, features, mask), labels, perm, lam)
+    return loss
+
+
+def _clean_loss(ctx: StepContext, inputs, features, mask, labels) -> Tensor:
+    """The loss of the batch as it is, averaged with FGSM's when `fgsm_epsilon` > 0."""
+    attacked = []
+    if ctx.config.fgsm_epsilon > 0:
+        attacked = [n for n, x in inputs.items() if _is_float(x)]
+    for n in attacked:
+        inputs[n].requires_grad_(True)
+    loss, _ = _loss_fn(ctx, inputs, features, mask)(labels)
+    if attacked:
+        loss = _with_fgsm(ctx, loss, inputs, features, mask, labels, attacked)
+    return loss
+
+
+def _with_fgsm(ctx: StepContext, loss, inputs, features, mask, labels, names) -> Tensor:
+    """Goodfellow et al.'s FGSM: also train on x + ε·sign(∇ₓ loss), half weight each."""
+    # allow_unused: an input that no row of this batch has is never encoded, so it has no
+    # gradient (None) and is left as it is.
+    grads = torch.autograd.grad(
+        loss, [inputs[n] for n in names], retain_graph=True, allow_unused=True
+    )
+    adversarial = dict(inputs)
+    for n, g in zip(names, grads):
+        if g is not None:
+            adversarial[n] = (inputs[n] + ctx.config.fgsm_epsilon * g.sign()).detach()
+    adv_loss, _ = _loss_fn(ctx, adversarial, features, mask)(labels)
+    return 0.5 * (loss + adv_loss)
+
+
+def _is_float(x) -> bool:
+    return isinstance(x, Tensor) and x.is_floating_point()
