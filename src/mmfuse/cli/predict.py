@@ -12,7 +12,7 @@ from mmfuse.cli.common import (
     add_device_flag,
     add_model_dir,
     input_columns,
-    load_classifier,
+    load_predictor,
     manifest_for,
     parse_pairs,
 )
@@ -87,24 +87,22 @@ def run(args: argparse.Namespace) -> int:
             "nothing to predict: give a MANIFEST or a sample with --image, --audio, --video, "
             "--text or --input COLUMN=VALUE"
         )
-    clf = load_classifier(args.model_dir, args.device)
-    task = args.task or clf.task_
-    if task not in clf.labels_:
-        raise UsageError(f"--task {task!r}: the model's tasks are {', '.join(clf.labels_)}")
+    predictor = load_predictor(args.model_dir, args.device)
+    task = args.task or predictor.task
+    if task not in predictor.labels:
+        raise UsageError(f"--task {task!r}: the model's tasks are {', '.join(predictor.labels)}")
     if args.manifest is not None and args.out is not None:
-        return _predict_streamed(args, task)
+        return _predict_streamed(predictor, args, task)
     if args.shard or args.resume:
         raise UsageError("--shard and --resume write part files: give --out FILE too")
     if args.manifest is not None:
-        return _predict_manifest(clf, args.manifest, task, args.out, args.proba)
-    return _predict_sample(clf, sample, columns, task)
+        return _predict_manifest(predictor, args, task)
+    return _predict_sample(predictor, args, sample, columns, task)
 
 
-def _predict_streamed(args: argparse.Namespace, task: str) -> int:
-    from mmfuse.infer.predictor import Predictor
+def _predict_streamed(predictor, args: argparse.Namespace, task: str) -> int:
     from mmfuse.infer.streamed import parse_shard, predict_manifest
 
-    predictor = Predictor(args.model_dir, device=args.device)
     if task != predictor.task:
         raise UsageError("--task with --out: streamed prediction writes the model's first task")
     result = predict_manifest(
@@ -127,47 +125,49 @@ def _predict_streamed(args: argparse.Namespace, task: str) -> int:
     return EXIT_DATA if result["rows"] and result["failed"] == result["rows"] else EXIT_OK
 
 
-def _predict_manifest(clf, source: str, task: str, out: str | None, with_proba: bool) -> int:
+def _probabilities(predictor, manifest, args: argparse.Namespace, task: str):
+    """N×C probabilities of `task` for every row (NaN where the row could not be read)."""
     import numpy as np
-    import pandas as pd
 
-    manifest = manifest_for(clf, source, labelled=False)
-    proba = clf.predict_proba(manifest, task)  # N×C, NaN rows could not be read
-    classes = list(clf.labels_[task])
-    ok = ~np.isnan(proba).any(axis=1)
-    prediction = np.full(len(proba), None, dtype=object)
-    prediction[ok] = np.array(classes, dtype=object)[proba[ok].argmax(axis=1)]
+    from mmfuse.infer.streamed import predict_rows
 
-    table = pd.DataFrame({"row": np.arange(len(manifest))})
-    inputs = input_columns(clf)
-    for column in [c for c in manifest.frame.columns if c in inputs]:  # the manifest's order
-        table[column] = manifest.frame[column].to_numpy()
-    table["prediction"] = prediction
-    if with_proba:
-        for i, name in enumerate(classes):
-            table[f"proba_{name}"] = proba[:, i]
-    if out is None:
-        table.to_csv(sys.stdout, index=False)
-    else:
-        table.to_csv(out, index=False)
-        print(f"wrote {len(table)} predictions to {out}", file=sys.stderr)
-    failed = int((~ok).sum())
+    rows = list(range(len(manifest)))
+    dataset = predictor.dataset(manifest)
+    proba, _ = predict_rows(
+        predictor, dataset, rows, task=task, batch_size=args.batch_size, workers=args.workers
+    )
+    return proba.astype(np.float64)  # as MultimodalClassifier.predict_proba gives them
+
+
+def _predict_manifest(predictor, args: argparse.Namespace, task: str) -> int:
+    import numpy as np
+
+    from mmfuse.infer.table import prediction_table
+
+    manifest = manifest_for(predictor.config, args.manifest, labelled=False)
+    proba = _probabilities(predictor, manifest, args, task)
+    table = prediction_table(
+        manifest.frame,
+        range(len(manifest)),
+        input_columns(predictor.config),
+        predictor.labels[task],
+        proba,
+        with_proba=args.proba,
+    )
+    table.to_csv(sys.stdout, index=False)
+    failed = int(np.isnan(proba).any(axis=1).sum())
     if failed:
         print(
             f"{failed} of {len(table)} rows could not be read and have no prediction; "
-            f"`mmfuse validate {source}` lists their files",
+            f"`mmfuse validate {args.manifest}` lists their files",
             file=sys.stderr,
         )
     return EXIT_DATA if failed == len(table) else EXIT_OK
 
 
-def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: str) -> int:
-    import numpy as np
-    import pandas as pd
-
-    from mmfuse.data import read_manifest, validate
-
-    known = input_columns(clf)
+def _sample_row(known: dict[str, list[str]], sample: dict[str, str], columns: dict[str, str]):
+    """The one-row manifest's cells from --image/--audio/--video/--text and --input, and the
+    flag that filled each column (for error messages)."""
     row: dict[str, str | None] = dict.fromkeys(known)
     flag_of: dict[str, str] = {}
     for modality, value in sample.items():
@@ -190,7 +190,17 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
         if column not in row:
             raise UsageError(f"--input {column}=: not an input column; the model's: {list(row)}")
         row[column], flag_of[column] = value, f"--input {column}"
+    return row, flag_of
 
+
+def _predict_sample(predictor, args, sample: dict[str, str], columns: dict[str, str], task: str):
+    import numpy as np
+    import pandas as pd
+
+    from mmfuse.data import read_manifest, validate
+
+    known = input_columns(predictor.config)
+    row, flag_of = _sample_row(known, sample, columns)
     roles = {c: m[0] for c, m in known.items()}
     manifest = read_manifest(pd.DataFrame([row]), modalities=roles)
     for problem in validate(manifest):
@@ -199,10 +209,10 @@ def _predict_sample(clf, sample: dict[str, str], columns: dict[str, str], task: 
                 f"{flag_of.get(problem.column, problem.column)} {row[problem.column]}: cannot be "
                 f"read ({problem.reason}: {problem.message})"
             )
-    proba = clf.predict_proba(manifest, task)[0]
+    proba = _probabilities(predictor, manifest, args, task)[0]
     if np.isnan(proba).any():
         raise MmfuseError("the sample could not be loaded; check its files with `mmfuse validate`")
-    classes = list(clf.labels_[task])
+    classes = list(predictor.labels[task])
     print(classes[int(proba.argmax())])
     width = max(len(c) for c in classes)
     for i in np.argsort(-proba, kind="stable"):
