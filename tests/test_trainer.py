@@ -31,6 +31,7 @@ from mmfuse.features import sample as sample_module
 from mmfuse.model import FusionConfig
 from mmfuse.train import BadSampleError, Trainer, latest_checkpoint
 from mmfuse.train.losses import IGNORE_INDEX
+from mmfuse.train.state import LoopState
 from train_helpers import (
     build_model,
     make_data,
@@ -464,3 +465,31 @@ def test_resume_restores_a_best_mark_lost_to_a_kill(tmp_path):
     resumed = trainer.fit(make_dataset(manifest, config, model, train=True), resume=True)
     assert resumed.best_checkpoint is not None
     assert resumed.best_checkpoint.name == result.best_checkpoint.name
+
+
+def test_checkpoints_store_the_loop_state_under_its_known_keys(tmp_path):
+    manifest = make_data(tmp_path / "data", 2)
+    result, _, _ = fit(manifest, tmp_path / "run", epochs=1)
+    state = torch.load(result.last_checkpoint / "state.pt", weights_only=True)
+    saved = state["extra"]["trainer"]
+    # A plain dict with these keys, in this order: checkpoint readers need no mmfuse class.
+    assert type(saved) is dict
+    assert list(saved) == [
+        "epoch",
+        "batch",
+        "step",
+        "history",
+        "best",
+        "best_epoch",
+        "bad_epochs",
+        "skipped",
+        "epoch_loss",
+        "epoch_rows",
+    ]
+    assert LoopState.from_dict(saved).to_dict() == saved
+    # Checkpoints written before the epoch sums were saved still resume, from zero sums.
+    older = {k: v for k, v in saved.items() if k not in ("epoch_loss", "epoch_rows")}
+    assert (LoopState.from_dict(older).epoch_loss, LoopState.from_dict(older).epoch_rows) == (
+        0.0,
+        0,
+    )

@@ -203,6 +203,8 @@ class Trainer:
         *,
         resume: bool = False,
     ) -> FitResult:
+        """Train on `train`, validating on `val` after each epoch; with `resume`, go on from the
+        latest checkpoint in `run_dir` (from scratch if there is none)."""
         run = self._setup(train, val, resume)
         stopped_early = self._epochs(run, train, val)
         return self._finish(run, stopped_early)
@@ -235,6 +237,7 @@ class Trainer:
         batches = [[(epoch, r) for r in order[i : i + size]] for i in range(0, len(order), size)]
         loader = self._loader(train, batches[first:], cfg.seed + epoch)
         self.model.train()
+        # A resumed epoch goes on from the sums its mid-epoch checkpoint saved.
         total, count, seen = (state.epoch_loss, state.epoch_rows, 0) if first else (0.0, 0, 0)
         start = time.perf_counter()
         bar = _progress(
