@@ -23,7 +23,7 @@ class Block(nn.Module):
 
     Written out rather than `nn.TransformerEncoderLayer`, which cannot return attention
     weights, and rather than `nn.MultiheadAttention`, whose CPU inference fast path with a
-    padding mask ran ~10× slower than `scaled_dot_product_attention` here.
+    padding mask is many times slower than `scaled_dot_product_attention`.
     """
 
     def __init__(self, dim: int, num_heads: int, ff_dim: int, dropout: float):
