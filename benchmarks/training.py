@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
-from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
 from mmfuse.infer.batch import collate
+from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
 from mmfuse.train import MultimodalDataset, TrainConfig, Trainer
 
 CLASSES = 4
