@@ -16,8 +16,8 @@ setup:
 	@bash scripts/apt-deps.sh $(APT_PACKAGES)
 
 test:
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 	bash scripts/pytest.sh -m "not slow"
 
 test-slow:
