@@ -30,6 +30,7 @@ from mmfuse.model.config import FusionConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, save_model
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.presets import Preset, resolve_preset
 from mmfuse.train.run import model_config_for, train_model
 
 
@@ -42,9 +43,13 @@ class MultimodalClassifier(BaseEstimator):
 
     Args:
         fusion: a fusion method name (`mmfuse.fusion.available()`).
+        preset: "fast" (small encoders from scratch), "medium" (pretrained encoders, frozen,
+            features cached) or "best" (pretrained, fine-tuned after a head warm-up); None:
+            "medium" where the pretrained weights are installed, else "fast" (see
+            `mmfuse.train.presets`).
         encoders: per column or modality, an encoder name or a dict of InputConfig fields, e.g.
-            `{"image": "resnet18", "text": {"encoder": "hf", "mode": "freeze"}}`; others get
-            the defaults of `mmfuse.train.run.DEFAULT_ENCODERS`.
+            `{"image": "resnet18", "text": {"encoder": "hf", "mode": "freeze"}}`; they
+            override the preset for those columns.
         epochs, batch_size, lr, seed, device, workers: as in `TrainConfig`.
         fusion_dim, fusion_options, modality_dropout: as in `FusionConfig`.
         train_options: any other `TrainConfig` fields, e.g. `{"precision": "bf16"}`.
@@ -55,6 +60,7 @@ class MultimodalClassifier(BaseEstimator):
     def __init__(
         self,
         fusion: str = "attention",
+        preset: str | None = None,
         encoders: Mapping | None = None,
         epochs: int = 10,
         batch_size: int = 32,
@@ -70,6 +76,7 @@ class MultimodalClassifier(BaseEstimator):
         verbose: bool = True,
     ):
         self.fusion = fusion
+        self.preset = preset
         self.encoders = encoders
         self.epochs = epochs
         self.batch_size = batch_size
@@ -85,7 +92,8 @@ class MultimodalClassifier(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def _train_config(self) -> TrainConfig:
+    def _train_config(self, preset: Preset | None = None) -> TrainConfig:
+        options = {**(preset.train if preset else {}), **dict(self.train_options or {})}
         return TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -94,7 +102,7 @@ class MultimodalClassifier(BaseEstimator):
             device=self.device,
             workers=self.workers,
             progress=self.verbose,
-            **dict(self.train_options or {}),
+            **options,
         )
 
     def fit(
@@ -119,8 +127,14 @@ class MultimodalClassifier(BaseEstimator):
             options=dict(self.fusion_options or {}),
             modality_dropout=self.modality_dropout,
         )
-        config = model_config_for(train, encoders=self.encoders, fusion=fusion)
-        train_config = self._train_config()
+        log = print if self.verbose else _quiet
+        preset = resolve_preset(
+            self.preset, self._preset_modalities(train), lr=self.lr, epochs=self.epochs
+        )
+        for note in preset.notes:
+            log(f"preset {preset.name}: {note}")
+        config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
+        train_config = self._train_config(preset)
         run_dir = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="mmfuse-"))
         run = train_model(
             train,
@@ -129,9 +143,10 @@ class MultimodalClassifier(BaseEstimator):
             run_dir,
             val=val_manifest,
             resume=resume,
-            log=print if self.verbose else _quiet,
+            log=log,
         )
         self._set_fitted(run.model, config, train_config)
+        self.preset_ = preset.name
         self.run_dir_ = run_dir
         self.history_ = run.fit.history
         self.skipped_ = run.fit.skipped
@@ -212,6 +227,18 @@ class MultimodalClassifier(BaseEstimator):
         )
         self.last_evaluation_ = result
         return result["metrics"]
+
+    def _preset_modalities(self, manifest: Manifest) -> set[str]:
+        """The modalities whose columns the preset chooses for: those the user names no encoder
+        for (a dict without "encoder", e.g. `{"mode": "freeze"}`, keeps the preset's)."""
+        chosen = {
+            key
+            for key, choice in (self.encoders or {}).items()
+            if not isinstance(choice, Mapping) or "encoder" in choice
+        }
+        return {
+            m for column, m in manifest.inputs.items() if column not in chosen and m not in chosen
+        }
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:

@@ -22,6 +22,7 @@ from mmfuse.cli.common import (
     resolve_device,
     stem,
 )
+from mmfuse.train.presets import PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     examples:
       mmfuse train data/train.csv --val data/val.csv
       mmfuse train data/train.csv --val data/val.csv --fusion gated --epochs 20
+      mmfuse train data/train.csv --preset best
       mmfuse train data/train.csv --encoder image=resnet18 --freeze image
       mmfuse train data/train.csv --encoder text=hf:models/minilm --freeze text
       mmfuse train data/train.csv --encoder-options image='{"width": 16, "stages": 3}'
@@ -97,6 +99,13 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     from mmfuse import encoders, fusion
 
     p.add_argument("--config", metavar="FILE", help="JSON of classifier parameters (see above)")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="fast: small encoders from scratch; medium: pretrained encoders, frozen, features "
+        "cached; best: pretrained encoders fine-tuned after a head warm-up (default: medium "
+        "where the pretrained weights are installed, else fast); --encoder overrides it per column",
+    )
     p.add_argument(
         "--fusion",
         metavar="NAME",
@@ -201,6 +210,7 @@ def _train_params(args: argparse.Namespace) -> dict:
     params = _read_config(args.config) if args.config else {}
     flags = {
         "fusion": args.fusion,
+        "preset": args.preset,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,

@@ -7,6 +7,7 @@ the best checkpoint, evaluate (metrics, ablation, robustness) and write the repo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +21,11 @@ from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConf
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.presets import FAST_ENCODERS, Preset
 from mmfuse.train.trainer import FitResult, Trainer
 
-# Small encoders trained from scratch: they run on a laptop CPU. Swap in resnet18 or an
-# `hf:` model for real data.
-DEFAULT_ENCODERS: dict[str, tuple[str, dict]] = {
-    "image": ("cnn", {"width": 32, "stages": 4, "image_size": 64}),
-    "audio": ("mel-cnn", {"width": 32, "stages": 4}),
-    "video": ("frames", {"image": "cnn", "image_options": {"width": 32, "image_size": 64}}),
-    "text": ("embedding-bag", {"dim": 64}),
-}
+# The `fast` preset's encoders: what a column gets when neither a preset nor the user says.
+DEFAULT_ENCODERS = FAST_ENCODERS
 
 
 def model_config_for(
@@ -38,11 +34,13 @@ def model_config_for(
     encoders: Mapping[str, str | Mapping | InputConfig] | None = None,
     fusion: str | FusionConfig = "attention",
     labels: list[str] | None = None,
+    preset: Preset | None = None,
 ) -> ModelConfig:
     """A ModelConfig with one input per media column of `manifest` and one head per label.
 
     `encoders` maps a column (or a modality, for every column of it) to an encoder name, a dict
-    of InputConfig fields (`{"encoder": "resnet18", "mode": "freeze"}`) or an InputConfig.
+    of InputConfig fields (`{"encoder": "resnet18", "mode": "freeze"}`) or an InputConfig; a
+    column it does not name gets its modality's encoder from `preset` (default: `fast`'s).
     """
     encoders = dict(encoders or {})
     unknown = sorted(set(encoders) - set(manifest.inputs) - set(DEFAULT_ENCODERS))
@@ -54,7 +52,8 @@ def model_config_for(
     inputs = {}
     for column, modality in manifest.inputs.items():
         choice = encoders.get(column, encoders.get(modality))
-        inputs[column] = _input_config(column, modality, choice)
+        default = (preset.encoders if preset else {}).get(modality) or _fast_entry(modality)
+        inputs[column] = _input_config(column, modality, choice, default)
     labels = labels or manifest.labels
     if not labels:
         raise ConfigError(f"{manifest.source} has no label column; name one with label=...")
@@ -63,19 +62,25 @@ def model_config_for(
     return ModelConfig(inputs=inputs, heads=heads, fusion=fusion)
 
 
-def _input_config(column: str, modality: str, choice) -> InputConfig:
+def _fast_entry(modality: str) -> dict:
+    name, options = DEFAULT_ENCODERS[modality]
+    return {"encoder": name, "options": dict(options)}
+
+
+def _input_config(column: str, modality: str, choice, default: dict) -> InputConfig:
     if isinstance(choice, InputConfig):
         return choice
-    name, options = DEFAULT_ENCODERS[modality]
     if choice is None:
-        return InputConfig(column, modality, name, dict(options))
+        return InputConfig(column, modality, **copy.deepcopy(default))
     if isinstance(choice, str):
         # A named encoder gets its own defaults, not the default encoder's options.
         return InputConfig(column, modality, choice)
     fields = dict(choice)
-    fields.setdefault("encoder", name)
-    if fields["encoder"] == name:
-        fields.setdefault("options", dict(options))
+    fields.setdefault("encoder", default["encoder"])
+    if fields["encoder"] == default["encoder"]:
+        # The same encoder as the preset's: the preset's settings hold where the user is silent.
+        for key, value in copy.deepcopy(default).items():
+            fields.setdefault(key, value)
     return InputConfig(column=column, modality=modality, **fields)
 
 

