@@ -16,6 +16,7 @@ from mmfuse.encoders import (  # noqa: F401  (imported for their registrations)
     hf,
     image_cnn,
     resnet,
+    sound_cnn,
     text_bag,
     video_3d,
     video_frames,
