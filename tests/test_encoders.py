@@ -25,6 +25,9 @@ TINY: dict[tuple[str, str], dict] = {
     ("audio", "mel-cnn"): {"width": 4, "stages": 2, "n_mels": 16, "duration": 0.1},
     ("audio", "mfcc-lstm"): {"hidden": 8, "n_mfcc": 8, "duration": 0.1},
     ("audio", "hf"): {"path": TINY_HF, "duration": 0.25},
+    # The real network at random weights: its contract, without reading the weights file.
+    ("audio", "sound-cnn"): {"pretrained": False, "duration": 0.1},
+    ("audio", "sound-cnn-tiny"): {"width": 4, "duration": 0.1},
     ("video", "r3d"): {"width": 4, "layers": [1, 1], "frames": 4, "image_size": 32},
     ("video", "r2plus1d"): {"width": 4, "layers": [1, 1], "frames": 4, "image_size": 32},
     ("video", "frames"): {
