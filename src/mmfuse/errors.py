@@ -19,6 +19,7 @@ class MediaError(MmfuseError):
         "wrong-modality",
         "too-large",
         "too-short",
+        "non-finite",  # NaN/Inf samples, or a peak no real recording has: they poison a model
     )
 
     def __init__(self, path, reason: str, detail: str = ""):
