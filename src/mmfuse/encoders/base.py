@@ -12,11 +12,13 @@ config names every option even if a default changes later.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import inspect
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -31,6 +33,9 @@ _REGISTRIES: dict[str, Registry] = {m: Registry(f"{m} encoder") for m in MODALIT
 
 # `hf:<path-or-id>` names a Hugging Face model: the part after the colon is the `path` option.
 HF_PREFIX = "hf:"
+
+# True while a caller that loads every weight itself (a saved model folder) builds encoders.
+_SKIP_PRETRAINED = contextvars.ContextVar("skip_pretrained", default=False)
 
 
 class EncoderError(MmfuseError, ValueError):
@@ -129,6 +134,19 @@ def available() -> dict[str, list[str]]:
     return {m: _REGISTRIES[m].names() for m in MODALITIES}
 
 
+@contextlib.contextmanager
+def without_pretrained_weights() -> Iterator[None]:
+    """Within this block `build` passes `pretrained=False` to every builder that takes it,
+    nested builds included (a `frames` video encoder's image encoder), while `config()` keeps the
+    options as given. For rebuilding a saved model whose own weights file holds every weight: it
+    loads without the packages that ship the pretrained weights, and reads no file twice."""
+    token = _SKIP_PRETRAINED.set(True)
+    try:
+        yield
+    finally:
+        _SKIP_PRETRAINED.reset(token)
+
+
 def build(modality: str, name: str, **options) -> Encoder:
     """Build encoder `name` for `modality`, e.g. `build("image", "resnet18", width=32)`.
 
@@ -161,7 +179,10 @@ def build(modality: str, name: str, **options) -> Encoder:
     options = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in options.items()}
     bound = signature.bind(**options)
     bound.apply_defaults()
-    encoder = builder(**bound.arguments)
+    arguments = dict(bound.arguments)
+    if _SKIP_PRETRAINED.get() and "pretrained" in arguments:
+        arguments["pretrained"] = False
+    encoder = builder(**arguments)
     if encoder.modality != modality:
         raise EncoderError(f"builder {name!r} made a {encoder.modality} encoder, not {modality}")
     # The JSON round trip turns tuples into lists now, so config() equals what a saved file holds.

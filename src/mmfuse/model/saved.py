@@ -7,7 +7,9 @@
         metrics.json, report.md, *.png   the evaluation, when there was one
 
 The model is rebuilt from config.json (each encoder's preprocessing follows from its name and
-options), then the weights are loaded strictly: a missing or extra tensor is an error.
+options), then the weights are loaded strictly: a missing or extra tensor is an error. Encoders
+are built without reading their pretrained weights (model.safetensors replaces them), so a
+saved model loads without the packages that ship those weights.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmfuse._version import __version__
+from mmfuse.encoders.base import without_pretrained_weights
 from mmfuse.errors import CheckpointError
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
@@ -96,7 +99,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     path = Path(path)
     saved = read_saved_config(path)
     config = ModelConfig.from_dict(saved["model"])
-    model = MultimodalModel.from_config(config)
+    with without_pretrained_weights():
+        model = MultimodalModel.from_config(config)
     try:
         state = load_file(path / WEIGHTS, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
