@@ -38,6 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="with --out: continue a killed run from its parts"
     )
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="with --out: rows per part file; a kill loses at most one part (default 4096)",
+    )
     p.add_argument("--workers", type=int, default=0, help="decoding processes (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="rows per forward pass")
     p.add_argument("--image", metavar="FILE", help="one sample: its image file")
@@ -105,6 +112,8 @@ def _predict_streamed(predictor, args: argparse.Namespace, task: str) -> int:
 
     if task != predictor.task:
         raise UsageError("--task with --out: streamed prediction writes the model's first task")
+    if args.chunk_rows < 1:
+        raise UsageError(f"--chunk-rows {args.chunk_rows}: give at least 1 row per part")
     result = predict_manifest(
         predictor,
         args.manifest,
@@ -112,40 +121,40 @@ def _predict_streamed(predictor, args: argparse.Namespace, task: str) -> int:
         shard=parse_shard(args.shard) if args.shard else (0, 1),
         resume=args.resume,
         batch_size=args.batch_size,
+        chunk_rows=args.chunk_rows,
         workers=args.workers,
         proba=args.proba,
         log=lambda message: print(message, file=sys.stderr),
     )
-    if result["failed"]:
-        print(
-            f"{result['failed']} of {result['rows']} rows could not be read; the `error` column "
-            "says why",
-            file=sys.stderr,
+    if result["rows"] and result["failed"] == result["rows"]:
+        raise MmfuseError(
+            f"none of the {result['rows']} rows got a prediction; the `error` column of "
+            f"{args.out} says why"
         )
-    return EXIT_DATA if result["rows"] and result["failed"] == result["rows"] else EXIT_OK
+    return EXIT_OK
 
 
 def _probabilities(predictor, manifest, args: argparse.Namespace, task: str):
-    """N×C probabilities of `task` for every row (NaN where the row could not be read)."""
+    """`(N×C probabilities of `task` for every row, why a row has none)`: NaN and a reason
+    where the row could not be read or its probabilities are not finite."""
     import numpy as np
 
     from mmfuse.infer.streamed import predict_rows
 
     rows = list(range(len(manifest)))
     dataset = predictor.dataset(manifest)
-    proba, _ = predict_rows(
+    proba, errors = predict_rows(
         predictor, dataset, rows, task=task, batch_size=args.batch_size, workers=args.workers
     )
-    return proba.astype(np.float64)  # as MultimodalClassifier.predict_proba gives them
+    return proba.astype(np.float64), errors  # float64, as MultimodalClassifier gives them
 
 
 def _predict_manifest(predictor, args: argparse.Namespace, task: str) -> int:
-    import numpy as np
-
+    from mmfuse.infer.streamed import NON_FINITE
     from mmfuse.infer.table import prediction_table
 
     manifest = manifest_for(predictor.config, args.manifest, labelled=False)
-    proba = _probabilities(predictor, manifest, args, task)
+    proba, errors = _probabilities(predictor, manifest, args, task)
     table = prediction_table(
         manifest.frame,
         range(len(manifest)),
@@ -155,13 +164,22 @@ def _predict_manifest(predictor, args: argparse.Namespace, task: str) -> int:
         with_proba=args.proba,
     )
     table.to_csv(sys.stdout, index=False)
-    failed = int(np.isnan(proba).any(axis=1).sum())
-    if failed:
+    non_finite = [i for i, e in enumerate(errors) if e == NON_FINITE]
+    unreadable = [i for i, e in enumerate(errors) if e is not None and e != NON_FINITE]
+    if unreadable:
         print(
-            f"{failed} of {len(table)} rows could not be read and have no prediction; "
+            f"{len(unreadable)} of {len(table)} rows could not be read and have no prediction; "
             f"`mmfuse validate {args.manifest}` lists their files",
             file=sys.stderr,
         )
+    if non_finite:
+        print(
+            f"{len(non_finite)} of {len(table)} rows have no prediction: the model's "
+            f"probabilities for them are NaN or Inf (e.g. row {non_finite[0]}); check their "
+            "inputs for extreme values, and that the model's weights are finite",
+            file=sys.stderr,
+        )
+    failed = len(unreadable) + len(non_finite)
     return EXIT_DATA if failed == len(table) else EXIT_OK
 
 
@@ -198,6 +216,7 @@ def _predict_sample(predictor, args, sample: dict[str, str], columns: dict[str, 
     import pandas as pd
 
     from mmfuse.data import read_manifest, validate
+    from mmfuse.infer.streamed import NON_FINITE
 
     known = input_columns(predictor.config)
     row, flag_of = _sample_row(known, sample, columns)
@@ -209,9 +228,17 @@ def _predict_sample(predictor, args, sample: dict[str, str], columns: dict[str, 
                 f"{flag_of.get(problem.column, problem.column)} {row[problem.column]}: cannot be "
                 f"read ({problem.reason}: {problem.message})"
             )
-    proba = _probabilities(predictor, manifest, args, task)[0]
-    if np.isnan(proba).any():
-        raise MmfuseError("the sample could not be loaded; check its files with `mmfuse validate`")
+    (proba,), (error,) = _probabilities(predictor, manifest, args, task)
+    if error == NON_FINITE:
+        raise MmfuseError(
+            "the model's probabilities for this sample are NaN or Inf, so there is no "
+            "prediction; check its inputs for extreme values, and that the model's weights "
+            "are finite"
+        )
+    if error is not None:
+        raise MmfuseError(
+            f"the sample could not be loaded ({error}); check its files with `mmfuse validate`"
+        )
     classes = list(predictor.labels[task])
     print(classes[int(proba.argmax())])
     width = max(len(c) for c in classes)

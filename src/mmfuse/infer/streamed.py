@@ -2,13 +2,27 @@
 
 Rows are cut into chunks of `chunk_rows`; each chunk is decoded in DataLoader workers, predicted
 in batches through `infer.engine`, the path the HTTP service also predicts through, and written as
-its own Parquet part file (temp file + rename, so a part is complete or absent). A killed run
-restarted with `resume=True` skips the parts already written: no row is predicted twice or
-missed. At the end the parts are concatenated, one at a time, into the output file.
+its own Parquet part file. A killed run restarted with `resume=True` skips the parts already
+written: no row is predicted twice or missed. At the end the parts are concatenated, one at a
+time, into the output file.
+
+Every file is written under a temporary name, flushed to disk and renamed into place (the parts,
+`job.json` and the output), so a kill at any point leaves each file complete or absent; a rerun
+never appends to a leftover: it deletes the temporary files of a killed run and writes afresh.
+Each part must hold exactly the rows of its chunk, and the count reported is the count written.
 
 `shard=(i, n)` takes the i-th of n contiguous, equal slices of the rows, so n machines (or a
 job array) can split a corpus and the shards' outputs, concatenated in order, are exactly the
 unsharded output.
+
+A row whose probabilities come out non-finite (NaN or Inf) gets no prediction and an `error`
+cell saying so, as a row whose files could not be read.
+
+Test hook, for the kill-at-every-stage test only: with `$MMFUSE_TEST_PAUSE_AT` set to a stage in
+`STAGES`, the process prints `paused at <stage>` to stderr when it gets there and sleeps, so
+that the test can SIGKILL it at exactly that point: after a part file is in place (`part`), with
+the output half written (`combine`), after the output's rename (`rename`) and with the parts
+folder renamed away but not yet deleted (`cleanup`).
 """
 
 from __future__ import annotations
@@ -16,6 +30,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +51,13 @@ from mmfuse.infer.table import prediction_table
 
 PART = "part-{:06d}.parquet"
 JOB = "job.json"
+# Test-only (see the module docstring): where a run may be made to pause, in the order reached.
+PAUSE_ENV = "MMFUSE_TEST_PAUSE_AT"
+STAGES = ("part", "combine", "rename", "cleanup")
+NON_FINITE = (
+    "prediction: non-finite: the model's probabilities for this row are NaN or Inf (an input "
+    "holds extreme values, or the model's weights are not finite)"
+)
 
 
 def shard_bounds(n_rows: int, index: int, count: int) -> tuple[int, int]:
@@ -69,54 +92,70 @@ def predict_manifest(
 ) -> dict:
     """Predict every row of `source` in shard `shard` into `out` (.parquet or .csv).
 
-    Returns `{"out", "rows", "failed", "parts_reused"}`. Output columns: `row` (the manifest
-    row), the model's input columns, `prediction` (empty where the files could not be read),
-    `error` (why), and with `proba` one `proba_<class>` column per class.
+    Returns `{"out", "rows", "failed", "parts_reused"}`: `rows` is the number of rows written
+    to `out`, `failed` those without a prediction. Output columns: `row` (the manifest row), the
+    model's input columns, `prediction` (empty where the files could not be read or the
+    probabilities are not finite), `error` (why), and with `proba` one `proba_<class>` column
+    per class.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     out = Path(out)
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise MmfuseError(f"--out {out}: use a .parquet or .csv file name")
+    if chunk_rows < 1:
+        raise MmfuseError(f"chunk_rows={chunk_rows}: give at least 1 row per part")
     manifest = _manifest(predictor, source)
     start, stop = shard_bounds(len(manifest), *shard)
     parts = out.with_name(out.name + ".parts")
-    job = {
+    _remove_leftovers(out, parts)
+    reused = _prepare_parts(parts, _job(predictor, manifest, shard, chunk_rows, proba), resume)
+    chunks = [(first, min(first + chunk_rows, stop)) for first in range(start, stop, chunk_rows)]
+    dataset = predictor.dataset(manifest)
+    bar = _progress_bar(progress, chunks, reused, start, stop)
+    for k, (first, last) in enumerate(chunks):
+        if k in reused:
+            continue
+        rows = list(range(first, last))
+        table = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
+        _write_part(parts / PART.format(k), table)
+        _pause_at("part")
+        if bar is not None:
+            bar.update(len(rows))
+    if bar is not None:
+        bar.close()
+    total, failed_total = _combine(parts, chunks, out)
+    _pause_at("rename")
+    _remove_parts(parts)
+    missing = f" ({failed_total} without a prediction: the `error` column says why)"
+    log(f"wrote {total} rows to {out}" + missing * bool(failed_total))
+    return {"out": out, "rows": total, "failed": failed_total, "parts_reused": len(reused)}
+
+
+def _job(predictor: Predictor, manifest: Manifest, shard, chunk_rows: int, proba: bool) -> dict:
+    """What `job.json` records: a resumed run must be the same job."""
+    return {
         "model": str(predictor.model_dir.resolve()),
-        "source": manifest.source,
+        "source": _source_key(manifest.source),
         "rows": len(manifest),
         "shard": list(shard),
         "chunk_rows": chunk_rows,
         "proba": proba,
     }
-    reused = _prepare_parts(parts, job, resume)
-    dataset = predictor.dataset(manifest)
-    chunks = list(range(start, stop, chunk_rows))
-    bar = _progress_bar(progress, chunks, reused, chunk_rows, start, stop)
-    for k, first in enumerate(chunks):
-        if k in reused:
-            continue
-        rows = list(range(first, min(first + chunk_rows, stop)))
-        table, _ = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
-        _write_part(parts / PART.format(k), table)
-        if bar is not None:
-            bar.update(len(rows))
-    if bar is not None:
-        bar.close()
-    total, failed_total = _combine(parts, len(chunks), out)
-    shutil.rmtree(parts)
-    log(
-        f"wrote {total} predictions to {out}"
-        + (f" ({failed_total} unreadable)" * bool(failed_total))
-    )
-    return {"out": out, "rows": total, "failed": failed_total, "parts_reused": len(reused)}
 
 
-def _progress_bar(enabled: bool, chunks: list[int], reused: set[int], size: int, start, stop):
+def _pause_at(stage: str) -> None:
+    """Test-only: with $MMFUSE_TEST_PAUSE_AT=stage, say so and sleep (a test SIGKILLs us)."""
+    if os.environ.get(PAUSE_ENV) == stage:
+        print(f"paused at {stage}", file=sys.stderr, flush=True)
+        time.sleep(600)
+
+
+def _progress_bar(enabled: bool, chunks: list[tuple[int, int]], reused: set[int], start, stop):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    done_rows = sum(min(size, stop - c) for k, c in enumerate(chunks) if k in reused)
+    done_rows = sum(last - first for k, (first, last) in enumerate(chunks) if k in reused)
     return tqdm(total=stop - start, initial=done_rows, unit="row", desc="predicting")
 
 
@@ -127,21 +166,56 @@ def _manifest(predictor: Predictor, source) -> Manifest:
     return read_manifest(source, modalities=roles)
 
 
+def _source_key(source: str) -> str:
+    """The manifest as `job.json` records it: a file's absolute path, so that the same file
+    named relative or absolute (or through `..`) is the same job."""
+    return source if source.startswith("<") else str(Path(source).expanduser().resolve())
+
+
 def _prepare_parts(parts: Path, job: dict, resume: bool) -> set[int]:
     """The chunk numbers already written by an earlier run of the same job (with `resume`)."""
-    if parts.exists() and resume:
-        saved = json.loads((parts / JOB).read_text()) if (parts / JOB).is_file() else None
+    saved = _saved_job(parts) if resume else None
+    if saved is not None:
         if saved != job:
             raise MmfuseError(
                 f"{parts} holds parts of another job ({saved}); drop --resume to start over, or "
                 "resume with the same model, manifest, --shard and chunk size"
             )
+        for stale in parts.glob(".*.tmp"):  # a part a killed run was writing
+            stale.unlink(missing_ok=True)
         return {int(p.stem.split("-")[1]) for p in parts.glob("part-*.parquet")}
     if parts.exists():
         shutil.rmtree(parts)
     parts.mkdir(parents=True)
-    (parts / JOB).write_text(json.dumps(job))
+    _write_atomic(parts / JOB, lambda tmp: tmp.write_text(json.dumps(job)))
     return set()
+
+
+def _saved_job(parts: Path) -> dict | None:
+    """The job of an earlier run's parts; None where there is none (no parts: start afresh)."""
+    if not (parts / JOB).is_file():
+        return None  # job.json is written before any part: without it there is nothing to keep
+    saved = json.loads((parts / JOB).read_text())
+    if isinstance(saved.get("source"), str):
+        saved["source"] = _source_key(saved["source"])  # a job.json of an older version
+    return saved
+
+
+def _remove_leftovers(out: Path, parts: Path) -> None:
+    """Delete what a killed run leaves beside `out`: temporary outputs, a parts folder that
+    was being removed. (Never appended to: a rerun writes its output afresh.)"""
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    for stale in out.parent.glob(f".{parts.name}.removing-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _remove_parts(parts: Path) -> None:
+    """Remove the parts folder in one step as `--resume` sees it: renamed, then deleted."""
+    doomed = parts.with_name(f".{parts.name}.removing-{os.getpid()}")
+    os.replace(parts, doomed)
+    _pause_at("cleanup")
+    shutil.rmtree(doomed)
 
 
 def predict_rows(
@@ -153,8 +227,12 @@ def predict_rows(
     batch_size: int = 64,
     workers: int = 0,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """`(N×C probabilities of `task`, NaN where a row could not be read; why, per row)` for
-    `rows` of `dataset`, decoded in `workers` processes, through `infer.engine`."""
+    """`(N×C probabilities of `task`, NaN where a row has no prediction; why, per row)` for
+    `rows` of `dataset`, decoded in `workers` processes, through `infer.engine`.
+
+    A row has no prediction when its files could not be read, or when its probabilities are
+    not finite (NaN or Inf): such probabilities are never given out.
+    """
     task = task or predictor.task
     size = max(1, batch_size)
     loader = torch.utils.data.DataLoader(
@@ -167,18 +245,21 @@ def predict_rows(
     out = predict_batches(predictor.model, loader, classes, device=predictor.device)
     position = {r: i for i, r in enumerate(rows)}
     probs = np.full((len(rows), classes[task]), np.nan, dtype=np.float32)
-    probs[[position[r] for r in out["rows"]]] = out["proba"]["all"][task]
+    predicted = [position[r] for r in out["rows"]]
+    probs[predicted] = out["proba"]["all"][task]
     errors: list[str | None] = [None] * len(rows)
+    for i in predicted:
+        if not np.isfinite(probs[i]).all():
+            probs[i] = np.nan
+            errors[i] = NON_FINITE
     for s in out["skipped"]:
         errors[position[s.row]] = f"{s.column}: {s.reason}: {s.message}"
     return probs, errors
 
 
-def _predict_chunk(
-    predictor, dataset, rows, batch_size, workers, proba
-) -> tuple[pd.DataFrame, int]:
+def _predict_chunk(predictor, dataset, rows, batch_size, workers, proba) -> pd.DataFrame:
     probs, errors = predict_rows(predictor, dataset, rows, batch_size=batch_size, workers=workers)
-    table = prediction_table(
+    return prediction_table(
         dataset.manifest.frame,
         rows,
         {c.column for c in predictor.config.inputs.values()},
@@ -188,41 +269,100 @@ def _predict_chunk(
         with_proba=proba,
         as_text=True,
     )
-    return table, int(np.isnan(probs).any(axis=1).sum())
+
+
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(temporary path)`, flushed to disk, then renamed to `path`: complete or absent."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (where the platform lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_part(path: Path, table: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = pa.Table.from_pandas(table, schema=_schema(table.columns), preserve_index=False)
-    pq.write_table(data, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: pq.write_table(data, tmp))
 
 
-def _combine(parts: Path, count: int, out: Path) -> tuple[int, int]:
-    """Concatenate the parts in order into `out`, one part in memory at a time."""
-    tmp = out.with_name(f".{out.name}.tmp")
-    total = failed = 0
+def _read_part(parts: Path, k: int, first: int, last: int) -> pa.Table:
+    """Part `k`, checked to hold exactly the rows [first, last) of its chunk, in order."""
+    table = pq.read_table(parts / PART.format(k))
+    rows = table.column("row").to_numpy()
+    if not np.array_equal(rows, np.arange(first, last)):
+        raise MmfuseError(
+            f"{parts / PART.format(k)} holds {len(rows)} rows, not rows {first}..{last - 1} of "
+            "its chunk; delete the parts folder (or drop --resume) to predict again"
+        )
+    return table
+
+
+def _combine(parts: Path, chunks: list[tuple[int, int]], out: Path) -> tuple[int, int]:
+    """Concatenate the parts in order into `out`, one part in memory at a time, under a
+    temporary name renamed at the end. Returns (rows written, rows without a prediction)."""
+    counts = [0, 0]
+
+    def write(tmp: Path) -> None:
+        if out.suffix.lower() == ".parquet":
+            _combine_parquet(parts, chunks, tmp, counts)
+        else:
+            _combine_csv(parts, chunks, tmp, counts)
+
+    _write_atomic(out, write)
+    return counts[0], counts[1]
+
+
+def _combine_parquet(parts: Path, chunks, tmp: Path, counts: list[int]) -> None:
     writer = None
     try:
-        for k in range(count):
-            table = pq.read_table(parts / PART.format(k))
-            total += table.num_rows
-            failed += table.column("prediction").null_count
-            if out.suffix.lower() == ".parquet":
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-            else:
-                table.to_pandas().to_csv(tmp, mode="a", header=k == 0, index=False)
-        if count == 0:
-            pd.DataFrame({"row": []}).to_csv(tmp, index=False)
+        for k, (first, last) in enumerate(chunks):
+            table = _read_part(parts, k, first, last)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+            _count(counts, table)
+            _pause_at("combine")
+        if writer is None:  # no rows in this shard
+            pq.write_table(pa.table({"row": pa.array([], pa.int64())}), tmp)
     finally:
         if writer is not None:
             writer.close()
-    os.replace(tmp, out)
-    return total, failed
+    written = pq.read_metadata(tmp).num_rows
+    if written != counts[0]:  # pragma: no cover - a bug, not a user error
+        raise MmfuseError(f"{tmp} holds {written} rows where {counts[0]} were written")
+
+
+def _combine_csv(parts: Path, chunks, tmp: Path, counts: list[int]) -> None:
+    with open(tmp, "w", newline="") as handle:  # "w": never onto a leftover
+        for k, (first, last) in enumerate(chunks):
+            table = _read_part(parts, k, first, last)
+            table.to_pandas().to_csv(handle, header=k == 0, index=False)
+            _count(counts, table)
+            handle.flush()
+            _pause_at("combine")
+        if not chunks:
+            pd.DataFrame({"row": []}).to_csv(handle, index=False)
+
+
+def _count(counts: list[int], table: pa.Table) -> None:
+    counts[0] += table.num_rows
+    counts[1] += table.column("prediction").null_count
 
 
 def _schema(columns) -> pa.Schema:

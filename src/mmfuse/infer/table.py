@@ -11,8 +11,9 @@ import pandas as pd
 
 
 def predicted_labels(proba: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """The argmax class of each row of N×C `proba`; None where a row has NaN (unreadable)."""
-    ok = ~np.isnan(proba).any(axis=1)
+    """The argmax class of each row of N×C `proba`; None where a row is not finite (NaN for an
+    unreadable row; NaN or Inf from a model is no prediction either)."""
+    ok = np.isfinite(proba).all(axis=1)
     out = np.full(len(proba), None, dtype=object)
     out[ok] = np.asarray(classes, dtype=object)[proba[ok].argmax(axis=1)]
     return out
@@ -29,7 +30,8 @@ def prediction_table(
     with_proba: bool = False,
     as_text: bool = False,
 ) -> pd.DataFrame:
-    """One row per manifest row in `rows`; `proba` is N×C (NaN rows could not be read).
+    """One row per manifest row in `rows`; `proba` is N×C (a row with NaN or Inf has no
+    prediction; `errors` says why).
 
     `as_text` writes input cells as strings (None where empty), so that every Parquet part of a
     streamed prediction has the same schema.
