@@ -14,9 +14,14 @@ access log), then:
    or a bad one: an empty file, a WAV sent as image, random bytes, or a body over the server's
    --max-upload-kb. Latency is client-side (send to full answer).
 
+3. With --slow-clients N, N more clients connect during the load and never finish a request:
+   a third send nothing, a third trickle header lines, a third trickle a body, one byte every
+   0.5 s. The server (--header-timeout, --body-timeout) must answer each a 408 and disconnect
+   it while the load is served; its --max-connections is set to fit everyone.
+
 Prints requests/s, p50/p95/p99 latency of the valid requests, the answers by kind and status,
-the batching the server did and its RSS (start, peak, end). Exits 1 on any 5xx or transport
-error. The clients run in this process (asyncio + httpx), so they share the CPU with the
+the batching the server did, its RSS (start, peak, end) and what became of the slow clients.
+Exits 1 on any 5xx or transport error, or on a slow client still connected at the end. The clients run in this process (asyncio + httpx), so they share the CPU with the
 server, as any client on the same machine would.
 """
 
@@ -82,9 +87,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(
-    model: Path, port: int, max_upload: int, torch_threads: int | None, log: Path
-) -> subprocess.Popen:
+def start_server(model: Path, port: int, max_upload: int, args, log: Path) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
@@ -97,9 +100,15 @@ def start_server(
         str(max_upload / 2**20),
         "--log-level",
         "warning",
+        "--header-timeout",
+        str(args.header_timeout),
+        "--body-timeout",
+        str(args.body_timeout),
+        "--max-connections",
+        str(args.clients + args.slow_clients + 16),
     ]
-    if torch_threads:
-        command += ["--torch-threads", str(torch_threads)]
+    if args.torch_threads:
+        command += ["--torch-threads", str(args.torch_threads)]
     with open(log, "wb") as out:
         server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -142,6 +151,45 @@ def sequential(url: str, files: dict, n: int) -> list[float]:
     return times
 
 
+SLOW = {  # kind: (sent at once, then trickled a byte every 0.5 s)
+    "idle": (b"", b""),
+    "slow headers": (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-Slow: yes\r\n"),
+    "slow body": (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+        b"Content-Type: multipart/form-data; boundary=b0\r\n\r\n"
+        b'--b0\r\nContent-Disposition: form-data; name="text"\r\n\r\n',
+        b"a red square ",
+    ),
+}
+
+
+async def slow_client(port: int, kind: str, deadline: float) -> tuple[str, float | None]:
+    """One client that never finishes its request: (the server's status, or "none", and the
+    seconds until the server closed the connection; None if it was still open at `deadline`)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head, trickle = SLOW[kind]
+    start, answer, i = time.monotonic(), b"", 0
+    writer.write(head)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), 0.5)
+            except asyncio.TimeoutError:
+                if trickle:
+                    writer.write(trickle[i % len(trickle) : i % len(trickle) + 1])
+                    i += 1
+                continue
+            if not chunk:
+                status = answer.split(b" ", 2)[1].decode() if answer else "none"
+                return status, time.monotonic() - start
+            answer += chunk
+        return "held open", None
+    except ConnectionError:
+        return "reset", time.monotonic() - start
+    finally:
+        writer.close()
+
+
 async def load(url: str, uploads: dict, args, server_pid: int) -> dict:
     weights = [args.valid_share] + [(1 - args.valid_share) / (len(KINDS) - 1)] * (len(KINDS) - 1)
     statuses: dict[str, Counter] = defaultdict(Counter)
@@ -172,18 +220,41 @@ async def load(url: str, uploads: dict, args, server_pid: int) -> dict:
             rss.append(rss_mib(server_pid))
             await asyncio.sleep(0.5)
 
+    port = int(url.rsplit(":", 1)[1])
+    kinds = [list(SLOW)[i % len(SLOW)] for i in range(args.slow_clients)]
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         start = time.perf_counter()
         watcher = asyncio.create_task(watch_memory())
+        slow = [asyncio.create_task(slow_client(port, k, deadline)) for k in kinds]
         await asyncio.gather(*(client_loop(client, random.Random(i)) for i in range(args.clients)))
         elapsed = time.perf_counter() - start
+        slow_results = await asyncio.gather(*slow)
         watcher.cancel()
     return {
         "elapsed": elapsed,
         "statuses": statuses,
         "latencies": latencies,
         "rss": rss,
+        "slow": list(zip(kinds, slow_results)),
     }
+
+
+def report_slow(slow: list[tuple[str, tuple[str, float | None]]]) -> int:
+    """Print what became of the slow clients; the number still connected at the end."""
+    if not slow:
+        return 0
+    print("\n| slow client | count | answers | disconnected after p50 / max s | held open |")
+    print("|---|---|---|---|---|")
+    for kind in SLOW:
+        results = [r for k, r in slow if k == kind]
+        answers = Counter(status for status, _ in results)
+        times = [t for _, t in results if t is not None]
+        print(
+            f"| {kind} | {len(results)} | {', '.join(f'{a}: {n}' for a, n in answers.items())} | "
+            f"{percentile(times, 50):.1f} / {max(times, default=float('nan')):.1f} | "
+            f"{len(results) - len(times)} |"
+        )
+    return sum(t is None for _, (_, t) in slow)
 
 
 # ---------------------------------------------------------------------------------- report
@@ -200,6 +271,11 @@ def main() -> int:
     )
     ap.add_argument("--epochs", type=int, default=1, help="epochs of the trained model")
     ap.add_argument("--torch-threads", type=int, help="the server's --torch-threads")
+    ap.add_argument(
+        "--slow-clients", type=int, default=0, help="clients that never finish (default: 0)"
+    )
+    ap.add_argument("--header-timeout", type=float, default=10.0, help="the server's (10)")
+    ap.add_argument("--body-timeout", type=float, default=60.0, help="the server's (60)")
     args = ap.parse_args()
 
     load_before = os.getloadavg()
@@ -213,7 +289,7 @@ def main() -> int:
         uploads = make_uploads(root, max_upload)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        server = start_server(model, port, max_upload, args.torch_threads, root / "server.log")
+        server = start_server(model, port, max_upload, args, root / "server.log")
         try:
             rss_start = rss_mib(server.pid)
             seq = sequential(url, uploads["valid"], args.sequential)
@@ -283,8 +359,12 @@ def main() -> int:
     for kind in KINDS:
         counts = ", ".join(f"{s}: {n}" for s, n in sorted(statuses[kind].items()))
         print(f"| {kind} | {counts or '-'} |")
-    if bad:
-        print(f"\nFAILED: {bad}; server log tail:\n{log[-3000:]}", file=sys.stderr)
+    held = report_slow(result["slow"])
+    if bad or held:
+        tail = log[-3000:]
+        print(
+            f"\nFAILED: {bad}, {held} slow clients held open; server log:\n{tail}", file=sys.stderr
+        )
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 import torch
 from fastapi.testclient import TestClient
 
@@ -132,7 +134,7 @@ def test_page_is_self_contained(client):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     html = response.text
-    assert 'fetch("model")' in html and 'fetch("predict"' in html
+    assert 'call("model")' in html and 'call("predict"' in html
     for external in ('src="http', "src='http", 'href="http', "@import", "url(http"):
         assert external not in html
 
@@ -418,6 +420,61 @@ def test_a_bug_is_a_json_500(trained, monkeypatch, row):
         # The batcher survives a failed batch.
         monkeypatch.undo()
         assert c.post("/predict", files={"text": (None, "a red square")}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------- non-finite
+def nan_wav() -> bytes:
+    """A float WAV with NaN samples throughout."""
+    x = np.sin(np.linspace(0, 200, 16000)).astype(np.float32)
+    x[::7] = np.nan
+    buffer = io.BytesIO()
+    sf.write(buffer, x, 16000, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_non_finite_audio_is_a_422_naming_its_field(client, row):
+    bad = ("nan.wav", nan_wav())
+    response = client.post("/predict", files={"audio": bad, "text": (None, row["text"])})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["field"] == "audio" and "nan" in error["message"].lower(), error
+    response = client.post("/predict/batch", files={"0.text": (None, "red"), "1.audio": bad})
+    assert response.status_code == 422 and response.json()["error"]["field"] == "1.audio"
+
+
+def test_a_non_finite_decoded_input_is_named_even_past_the_readers(trained, row, monkeypatch):
+    app = create_app(trained[0])
+    predictor = app.state.service.predictor
+    real = predictor.preprocess
+
+    def nan_audio(sample):  # as if a reader let NaN through
+        values = real(sample)
+        if "audio" in values:
+            values["audio"] = torch.full_like(values["audio"], float("nan"))
+        return values
+
+    monkeypatch.setattr(predictor, "preprocess", nan_audio)
+    with TestClient(app) as c:
+        response = c.post("/predict", files=full_sample(trained, row))
+        assert_error(response, 422, "non-finite", "audio")
+        assert "decoded values hold NaN or Inf" in response.json()["error"]["message"]
+
+
+def test_non_finite_probabilities_are_a_422_never_an_answer(trained, row):
+    app = create_app(trained[0])
+    model = app.state.service.predictor.model
+    with torch.no_grad():
+        for name, weights in model.named_parameters():
+            if name.startswith("heads"):
+                weights.fill_(float("nan"))  # a poisoned model: every probability is NaN
+    with TestClient(app) as c:
+        text_only = c.post("/predict", files={"text": (None, "a red square")})
+        assert_error(text_only, 422, "non-finite", "text")
+        everything = c.post("/predict", files=full_sample(trained, row))
+        assert_error(everything, 422, "non-finite", None)
+        assert "weights are not finite" in everything.json()["error"]["message"]
+        batch = c.post("/predict/batch", files={"0.text": (None, "red"), "1.text": (None, "a")})
+        assert_error(batch, 422, "non-finite", "0.text")
 
 
 # ---------------------------------------------------------------------------------- batching

@@ -9,7 +9,8 @@
 
 The routes (`routes`) take the `Service` (`service`: model, preprocessing threads, batcher)
 through a dependency; `uploads` parses the multipart body; bad input is a 4xx in the JSON
-shape of `errors`, and only a bug gives a 500. `run` starts uvicorn.
+shape of `errors`, and only a bug gives a 500. `auth` adds the optional API key and CORS;
+`run` starts uvicorn with the connection limits of `protocol` (read timeouts, a connection cap).
 
     curl -F image=@cat.png -F audio=@meow.wav -F text="a cat" http://127.0.0.1:8000/predict
     curl -F 0.image=@a.png -F 1.text="a dog" http://127.0.0.1:8000/predict/batch
@@ -18,6 +19,7 @@ shape of `errors`, and only a bug gives a 500. `run` starts uvicorn.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 
 from mmfuse.infer.predictor import Predictor
 from mmfuse.serve import openapi, routes
+from mmfuse.serve.auth import add_access_control
 from mmfuse.serve.errors import add_error_handlers
 from mmfuse.serve.service import Service
 
@@ -44,12 +47,16 @@ def create_app(
     device: str = "cpu",
     preprocess_threads: int | None = None,
     upload_dir: str | os.PathLike | None = None,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """The FastAPI app serving the model in `model_dir`, loaded here, once.
 
     `max_upload_bytes` caps each request body; `max_batch` and `max_wait_ms` tune the dynamic
     batcher; `preprocess_threads` (default: the core count, at least 2) decode uploads;
     `upload_dir` holds the temporary upload files (default: the system temp folder).
+    `api_key` makes every route but `/health` and the page need `Authorization: Bearer <key>`;
+    `cors_origins` lets browsers on those origins call the service (see `auth`).
     `app.state.service` holds the predictor and the batcher (its `stats` count forwards).
     """
     service = Service(
@@ -70,4 +77,5 @@ def create_app(
     add_error_handlers(app)
     app.include_router(routes.router)
     openapi.add_forms(app, service)
+    add_access_control(app, api_key, cors_origins)
     return app

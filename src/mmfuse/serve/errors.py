@@ -38,11 +38,15 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+def error_body(reason: str, message: str, field: str | None = None) -> dict:
+    """The JSON body of every error answer."""
+    return {"error": {"field": field, "reason": reason, "message": message}}
+
+
 def error_response(
-    status: int, reason: str, message: str, field: str | None = None
+    status: int, reason: str, message: str, field: str | None = None, headers=None
 ) -> JSONResponse:
-    body = {"error": {"field": field, "reason": reason, "message": message}}
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(error_body(reason, message, field), status_code=status, headers=headers)
 
 
 async def request_error(request: Request, e: RequestError) -> JSONResponse:

@@ -13,7 +13,7 @@ from mmfuse.serve.errors import ErrorBody
 from mmfuse.serve.service import Service
 from mmfuse.serve.uploads import MAX_BATCH_SAMPLES
 
-# status, reason, when: the 4xx answers, for the OpenAPI description and the README.
+# status, reason, when: the error answers, for the OpenAPI description and the README.
 ERRORS = (
     (400, "bad-multipart", "the body is not valid multipart/form-data (cut short, no boundary)"),
     (400, "duplicate-field", "one input given twice for the same sample"),
@@ -26,6 +26,10 @@ ERRORS = (
     (422, "zero-length", "an empty file"),
     (422, "unreadable", "a file that cannot be decoded (also truncated, too-short)"),
     (422, "too-many-samples", f"a batch of more than {MAX_BATCH_SAMPLES} samples"),
+    (422, "non-finite", "the probabilities came out NaN or Inf (field: the input at fault)"),
+    (401, "unauthorized", "the server has an API key and the request lacks it (Bearer <key>)"),
+    (408, "timeout", "the headers or body did not arrive in time; the connection is closed"),
+    (503, "busy", "the server holds its cap of open connections; the connection is closed"),
     (500, "internal", "a bug in the server; the log has the traceback"),
 )
 

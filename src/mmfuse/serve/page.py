@@ -3,7 +3,8 @@
 It reads `/model` to build one field per input (a file picker for image, audio and video, a
 text box for text), posts the chosen ones to `/predict` with `fetch`, and shows the label, a
 bar per class probability and a bar per modality weight (plain HTML/CSS bars). URLs are
-relative, so the page also works behind a path prefix.
+relative, so the page also works behind a path prefix. When the server has an API key, the
+page asks for it once and sends it as a bearer token (kept in the tab's sessionStorage).
 """
 
 PAGE = """<!doctype html>
@@ -93,8 +94,26 @@ function drawBars(container, values) {
   });
 }
 
+// A server started with --api-key answers 401: ask for the key once, keep it for this tab.
+async function call(url, options) {
+  const send = () => {
+    const key = sessionStorage.getItem("mmfuse-api-key");
+    const headers = key ? { Authorization: "Bearer " + key } : {};
+    return fetch(url, Object.assign({}, options, { headers }));
+  };
+  let response = await send();
+  if (response.status === 401) {
+    const key = window.prompt("This server needs an API key:");
+    if (key) {
+      sessionStorage.setItem("mmfuse-api-key", key);
+      response = await send();
+    }
+  }
+  return response;
+}
+
 async function loadModel() {
-  const response = await fetch("model");
+  const response = await call("model");
   if (!response.ok) throw new Error("GET /model answered " + response.status);
   const model = await response.json();
   const tasks = Object.entries(model.labels);
@@ -134,7 +153,7 @@ async function predict(event) {
   $("submit").disabled = true;
   $("status").textContent = "Predicting\\u2026";
   try {
-    const response = await fetch("predict", { method: "POST", body: data });
+    const response = await call("predict", { method: "POST", body: data });
     const body = await response.json();
     if (!response.ok) {
       const e = body.error || {};

@@ -3,13 +3,15 @@
 A request's parts become samples keyed by input name (checked per modality); in a thread pool
 each file is written to a temporary file keeping its suffix (so readers can sniff), read by the
 same `SampleLoader` as evaluation, and deleted. The tensors then go to a `DynamicBatcher`, so
-concurrent requests share one forward pass. Routes get the service through
+concurrent requests share one forward pass. A sample whose probabilities come out NaN or Inf
+is a 422 naming the field at fault, never an answer. Routes get the service through
 `Depends(get_service)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
+from torch import Tensor
 
 from mmfuse.errors import MediaError
 from mmfuse.infer.predictor import InputError, Prediction, Predictor
@@ -205,7 +208,34 @@ class Service:
             prepared = await self.preprocess(samples)
         finally:
             upload.close()
-        return list(await asyncio.gather(*(self.batcher.submit(p) for p in prepared)))
+        results = await asyncio.gather(*(self.batcher.submit(p) for p in prepared))
+        for sample, values, result in zip(samples, prepared, results):
+            if not _finite(result):
+                raise self._non_finite(sample, values)
+        return list(results)
+
+    def _non_finite(self, sample: Sample, values: dict) -> RequestError:
+        """The 422 for a sample whose probabilities are NaN or Inf, naming the input whose
+        decoded values are not finite (or the only input; else the sample)."""
+        bad = [n for n, v in values.items() if isinstance(v, Tensor) and not v.isfinite().all()]
+        if bad:
+            name = bad[0]
+            shown = sample.files[name].filename if name in sample.files else name
+            message = (
+                f"{shown!r}: its decoded values hold NaN or Inf, so the model's probabilities "
+                "are not finite; send a file whose samples are finite numbers"
+            )
+        else:
+            name = next(iter(values)) if len(values) == 1 else None
+            message = (
+                "the model's probabilities for this sample are NaN or Inf though its decoded "
+                "inputs are finite: an input holds extreme values, or the model's weights are "
+                "not finite"
+            )
+        where = sample.where.rstrip(".") or None
+        if name is not None:
+            where = sample.files[name].field if name in sample.files else sample.where + name
+        return RequestError(422, "non-finite", message, where)
 
     async def preprocess(self, samples: list[Sample]) -> list[dict]:
         """Preprocess every sample in the thread pool; the first bad one (in order) raises."""
@@ -254,6 +284,13 @@ class Service:
     async def close(self) -> None:
         await self.batcher.close()
         self.pool.shutdown(wait=False)
+
+
+def _finite(prediction: Prediction) -> bool:
+    """Whether every probability (of every task) and fusion weight is a finite number."""
+    values = [v for t in prediction.tasks.values() for v in t["probabilities"].values()]
+    values += list(prediction.probabilities.values()) + list((prediction.weights or {}).values())
+    return all(math.isfinite(v) for v in values)
 
 
 def get_service(request: Request) -> Service:
