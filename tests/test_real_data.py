@@ -4,6 +4,7 @@ naming the fix when a source is missing."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from PIL import Image
 
 import mmfuse
 from mmfuse.data import _real_media
@@ -92,6 +94,42 @@ def test_clips_are_one_second_squares(built):
         frames = _frames(root / file)
         assert frames.shape == (15, 112, 112, 3)
         assert frames.std() > 5  # real footage, not a blank
+
+
+def test_scenes_are_64px_colour_crops(built):
+    root = built["scenes"]["a"]["test"].parent
+    for file in pd.read_csv(root / "test.csv")["image"]:
+        with Image.open(root / file) as image:
+            assert image.mode == "RGB" and image.size == (64, 64)
+            assert np.asarray(image).std() > 5  # a real photograph, not a blank
+
+
+def test_scene_splits_come_from_disjoint_regions(tmp_path, monkeypatch):
+    regions = _real_media.SCENE_REGIONS
+    for a, b in itertools.combinations(SPLITS, 2):  # the regions' rectangles do not overlap
+        (t1, l1, b1, r1), (t2, l2, b2, r2) = regions[a], regions[b]
+        assert min(b1, b2) <= max(t1, t2) or min(r1, r2) <= max(l1, l2)
+    boxes, box = [], _real_media.scene_box
+
+    def recorded(rng, shape, split):
+        boxes.append((shape, split, box(rng, shape, split)))
+        return boxes[-1][2]
+
+    monkeypatch.setattr(_real_media, "scene_box", recorded)
+    make_real_task("scenes", tmp_path, per_class=PER_CLASS)
+    assert len(boxes) == PER_CLASS * len(_real_media.SCENES)
+    for (height, width), split, (y, x, side) in boxes:
+        top, left, bottom, right = regions[split]
+        assert top * height <= y and y + side <= bottom * height + 0.5
+        assert left * width <= x and x + side <= right * width + 0.5
+        assert side >= 0.25 * min(height, width) - 1  # a part of the scene, not a speck
+
+
+def test_scenes_sizes():
+    task = REAL_TASKS["scenes"]
+    for size, (lo, hi) in {"small": (80, 100), "large": (600, 1000)}.items():
+        train = split_counts(task.per_class[size], (0.6, 0.2, 0.2))["train"] * len(task.classes)
+        assert lo <= train <= hi
 
 
 def test_large_sizes_fit_the_sources():

