@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from mmfuse.cli.common import model_folder
 from mmfuse.demo import RUNS, format_results, run_demo
+from mmfuse.model.saved import load_model
 
 SINGLE = ["image only", "audio only", "video only (frames)"]
 FUSED = "fused (image+audio+video+text)"
@@ -21,10 +25,23 @@ def test_demo_runs_and_writes_a_report_per_run(tmp_path, monkeypatch):
         assert (tmp_path / "demo").exists() and r["report"].endswith("report.md")
     table = format_results(results)
     assert table in lines and all(name in table for name in runs)
+    # Every run folder it prints is a model folder that `mmfuse serve` and `predict` load.
+    printed = [
+        line.split("model folder: ")[1].split(" (")[0] for line in lines if "model folder:" in line
+    ]
+    assert printed == [r["model"] for r in results.values()]
+    for folder in printed:
+        assert model_folder(folder) == Path(folder)
+        _, config, _ = load_model(folder)
+        assert sorted(config.inputs) == sorted(RUNS[_run_of(results, folder)])
     # The frames + track run reads the same file twice: as video and as its audio track.
     track = RUNS["video frames + its audio track"]
     assert {c.column for c in track.values()} == {"video"}
     assert {c.modality for c in track.values()} == {"video", "audio"}
+
+
+def _run_of(results: dict, folder: str) -> str:
+    return next(name for name, r in results.items() if r["model"] == folder)
 
 
 @pytest.mark.slow

@@ -83,6 +83,25 @@ def test_numeric_labels_sort_as_numbers_and_floats_collapse():
     assert m.classes["target"] == ["2", "9", "10"]
 
 
+def test_labels_are_the_same_classes_from_csv_parquet_and_dataframes(tmp_path):
+    # A float column with a gap: CSV holds 0.0, 1.0 and an empty cell, Parquet floats and NaN,
+    # and a DataFrame made with astype(str) the text "nan". One set of classes from all.
+    pytest.importorskip("pyarrow")
+    texts = ["hello", "world", "again", "more", "text", "last"]
+    frame = pd.DataFrame({"text": texts, "label": [0.0, 1.0, float("nan"), 1.0, 0.0, 1.0]})
+    frame.to_csv(tmp_path / "m.csv", index=False)
+    frame.to_parquet(tmp_path / "m.parquet")
+    as_text = frame.assign(label=["0.0", "1.0", "nan", "1.0", "0.0", "1"])
+    blank = frame.assign(label=["0", "1", "", "1", "0", "1"])
+    for source in (tmp_path / "m.csv", tmp_path / "m.parquet", frame, as_text, blank):
+        manifest = read_manifest(source)
+        assert manifest.classes == {"label": ["0", "1"]}, source
+        assert list(manifest.frame["label"]) == ["0", "1", None, "1", "0", "1"], source
+    # Text that merely looks numeric stays as it is; "none" may be a real class.
+    odd = read_manifest(pd.DataFrame({"text": ["a", "b", "c"], "label": ["1.5", "none", "1e3"]}))
+    assert odd.classes == {"label": ["1.5", "1e3", "none"]}
+
+
 def test_multitask_labels_and_errors(tmp_path):
     frame = pd.DataFrame({"t": ["x y", "z w"], "a": ["p", "q"], "b": ["r", None]})
     m = read_manifest(frame, label=["a", "b"])

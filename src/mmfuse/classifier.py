@@ -113,14 +113,19 @@ class MultimodalClassifier(BaseEstimator):
         *,
         modalities: Mapping[str, str] | None = None,
         resume: bool = False,
+        root: str | os.PathLike | None = None,
     ) -> MultimodalClassifier:
         """Train on `X` (DataFrame, manifest file or class-per-folder root); return self.
 
         `val` (same kinds) drives early stopping and the report; `modalities` declares column
-        roles the inference gets wrong, e.g. `{"notes": "text", "id": "ignore"}`.
+        roles the inference gets wrong, e.g. `{"notes": "text", "id": "ignore"}`. `root` is the
+        folder relative paths resolve against, for `X` and `val` alike (default: a manifest
+        file's folder; the working directory for a DataFrame).
         """
-        train = _as_manifest(X, label, modalities)
-        val_manifest = None if val is None else _as_manifest(val, train.labels, modalities)
+        train = _as_manifest(X, label, modalities, root=root)
+        val_manifest = (
+            None if val is None else _as_manifest(val, train.labels, modalities, root=root)
+        )
         fusion = FusionConfig(
             name=self.fusion,
             dim=self.fusion_dim,
@@ -276,7 +281,7 @@ class MultimodalClassifier(BaseEstimator):
         return clf
 
 
-def _as_manifest(X, label, modalities, *, need_label: bool = True) -> Manifest:
+def _as_manifest(X, label, modalities, *, need_label: bool = True, root=None) -> Manifest:
     if isinstance(X, Manifest):
         return X
     if not isinstance(X, (pd.DataFrame, str, os.PathLike)):
@@ -284,7 +289,7 @@ def _as_manifest(X, label, modalities, *, need_label: bool = True) -> Manifest:
             f"expected a DataFrame, a manifest path (CSV/JSONL/Parquet) or a class-per-folder "
             f"root, got {type(X).__name__}"
         )
-    manifest = read_manifest(X, label=label, modalities=dict(modalities or {}) or None)
+    manifest = read_manifest(X, label=label, modalities=dict(modalities or {}) or None, root=root)
     if need_label and not manifest.labels:
         raise ValueError(f"{manifest.source}: no label column found; pass label='<column>' to fit")
     return manifest

@@ -2,7 +2,9 @@
 
 Trains five small models from scratch on the same generated splits and scores them on the test
 split: image only, audio only, video frames only, the frames plus the audio track of the same
-video file, and all four columns fused with attention. Every run writes its own report.
+video file, and all four columns fused with attention. Every run folder is a model folder (the
+best checkpoint's weights, its config, its report), so `mmfuse serve`, `predict` and `evaluate`
+take any of them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from mmfuse.data.avdigits import ensure_avdigits
 from mmfuse.data.manifest import read_manifest
 from mmfuse.model.config import FusionConfig, HeadConfig, InputConfig, ModelConfig
+from mmfuse.model.saved import save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.run import train_model
 
@@ -78,7 +81,8 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, dict]:
     """Generate avdigits if needed, train and test every run; return `{run: scores}` and print
-    the comparison table. Reports go to `out_dir/<run>/` (default `mmfuse-demo/`)."""
+    the comparison table. Each run's model folder and report go to `out_dir/<run>/` (default
+    `mmfuse-demo/`)."""
     out_dir = Path(out_dir) if out_dir is not None else Path("mmfuse-demo")
     samples = samples or DEMO_SAMPLES
     started = time.perf_counter()
@@ -94,16 +98,21 @@ def run_demo(
         run_dir = out_dir / _slug(name)
         shutil.rmtree(run_dir, ignore_errors=True)  # a demo run always starts fresh
         t0 = time.perf_counter()
+        train_config = demo_train_config(epochs)
         run = train_model(
             train,
             config,
-            demo_train_config(epochs),
+            train_config,
             run_dir,
             val=val,
             test=test,
             ablation=len(inputs) > 1,
             robustness=False,
             log=lambda message: None,
+        )
+        # train_model leaves the best checkpoint's weights in run.model.
+        save_model(
+            run_dir, run.model, config, train_config=train_config.to_dict(), report_dir=run_dir
         )
         metrics = run.evaluation["metrics"]
         results[name] = {
@@ -112,11 +121,15 @@ def run_demo(
             "train_time": time.perf_counter() - t0,
             "epochs": len(run.fit.history),
             "report": str(run.report),
+            "model": str(run_dir),
         }
         log(f"  test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}")
+        log(f"  model folder: {run_dir} (try: mmfuse serve {run_dir})")
     log("")
     log(format_results(results))
-    log(f"\ntotal {time.perf_counter() - started:.0f} s; reports under {out_dir}/")
+    log(
+        f"\ntotal {time.perf_counter() - started:.0f} s; model folders and reports under {out_dir}/"
+    )
     return results
 
 

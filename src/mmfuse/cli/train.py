@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
       mmfuse train data/train.csv --encoder-options image='{"width": 16, "stages": 3}'
       mmfuse train data/train.csv --config train.json --lr 3e-4 --out runs/lr3e-4
       mmfuse train data/train.csv --out runs/lr3e-4 --resume
+      mmfuse train lists/train.csv --val lists/val.csv --root /data/media
     """
     from mmfuse.classifier import MultimodalClassifier
 
@@ -91,6 +92,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         "--val",
         metavar="MANIFEST",
         help="validation manifest: picks the best epoch, makes the report",
+    )
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="folder the manifests' relative paths resolve against (default: each manifest's "
+        "own folder)",
     )
     add_modality_flag(p)
 
@@ -175,7 +182,7 @@ def _read_data(args: argparse.Namespace):
 
     modalities = parse_pairs(args.modality, "--modality") or None
     label = args.label[0] if len(args.label) == 1 else (args.label or None)
-    train = read_manifest(args.manifest, label=label, modalities=modalities)
+    train = read_manifest(args.manifest, label=label, modalities=modalities, root=args.root)
     if not train.labels:
         raise UsageError(
             f"{train.source} has no column named label, class, target, ...; name the label "
@@ -183,7 +190,7 @@ def _read_data(args: argparse.Namespace):
         )
     val = None
     if args.val:
-        val = read_manifest(args.val, label=train.labels, modalities=modalities)
+        val = read_manifest(args.val, label=train.labels, modalities=modalities, root=args.root)
     print(train.summary())
     if val is not None:
         print(val.summary())

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmfuse.data.modalities import EXTENSIONS, MODALITIES, modality_of_path
@@ -294,14 +295,30 @@ def _resolve(value: str, root: Path) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
+# Label text that means "no label": what pandas and str() make of a missing value. ("none" or
+# "NA" may well be real classes, so they stay.)
+_MISSING_LABELS = frozenset({"", "nan", "<na>"})
+# "3.0", "-1.00": an integer written as a float, as a CSV of a float column holds it.
+_INTEGRAL_FLOAT = re.compile(r"([+-]?\d+)\.0*")
+
+
 def _label_text(v) -> str | None:
-    """Labels as text: 3, 3.0 and "3" are one class; empty cells are missing labels."""
+    """Labels as text, the same from every source: 3, 3.0, "3" and "3.0" are one class "3";
+    empty cells, NaN and the text "nan" are missing labels."""
     if _is_missing(v):
         return None
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
+    if isinstance(v, (float, np.floating)):
+        if not math.isfinite(v):
+            return None
+        if float(v).is_integer():
+            v = int(v)
     text = str(v).strip()
-    return text or None
+    if text.lower() in _MISSING_LABELS:
+        return None
+    integral = _INTEGRAL_FLOAT.fullmatch(text)
+    if integral:
+        text = str(int(integral[1]))  # exact, however many digits
+    return text
 
 
 def _sorted_classes(names: set[str]) -> list[str]:

@@ -17,6 +17,8 @@ from mmfuse.train.checkpoint import (
 )
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.feature_cache import FeatureCache, content_hash, encoder_fingerprint
+from mmfuse.train.nonfinite import NonFiniteLossError
+from mmfuse.train.preflight import UnloadableDataError
 from mmfuse.train.trainer import BadSampleError, FitResult, Trainer
 
 __all__ = [
@@ -25,9 +27,11 @@ __all__ = [
     "FeatureCache",
     "FitResult",
     "MultimodalDataset",
+    "NonFiniteLossError",
     "Skipped",
     "TrainConfig",
     "Trainer",
+    "UnloadableDataError",
     "best_checkpoint",
     "capture_rng_state",
     "collate",

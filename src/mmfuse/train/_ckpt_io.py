@@ -7,15 +7,23 @@ own entries are fsynced is either absent or complete, whenever the process is ki
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
+
+from mmfuse.errors import CheckpointError
+
+# A full disk or an exhausted quota: the user can act on both, so neither is a traceback.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 # The tag pattern has no "-", so the host (which may) is unambiguous at the end.
 _SCRATCH = re.compile(
@@ -111,3 +119,56 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextmanager
+def no_space_is_an_error(
+    folder: Path, what: str, *, need: int | None = None, kept: str = ""
+) -> Iterator[None]:
+    """Turn a full disk while writing `what` into `folder` into one CheckpointError sentence
+    (how much was needed, how much is free, what was kept and what to do)."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in NO_SPACE:
+            raise
+        raise CheckpointError(folder, _no_space(folder, what, need, kept)) from None
+
+
+def _no_space(folder: Path, what: str, need: int | None, kept: str) -> str:
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    needs = f"it needs about {_size(need)}, {free}" if need else free
+    kept = f"; {kept}" if kept else ""
+    return (
+        f"no space left on the device to write {what} ({needs}){kept}; free some space or "
+        "train into another --out, then run again with --resume"
+    )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
+
+
+def tensor_bytes(value) -> int:
+    """Bytes of the tensors in a (nested) state: about what a checkpoint of it takes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+def first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first floating-point weight or buffer holding NaN or Inf, else None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None

@@ -36,6 +36,34 @@ def latest_checkpoint(
     return None
 
 
+def newest_usable(
+    run_dir: str | os.PathLike, tag: str = "ckpt"
+) -> tuple[Path | None, list[tuple[Path, CheckpointError]]]:
+    """The newest `<tag>-*` checkpoint whose files match their hashes, and the newer ones that
+    do not, each with the error that says why (for a resume to report, not pass over)."""
+    damaged = []
+    for _, path in checkpoints(Path(run_dir), tag):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            damaged.append((path, err))
+            continue
+        return path, damaged
+    return None, damaged
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint to `<name>.damaged` (kept for inspection, never picked)."""
+    target = path.with_name(f"{path.name}.damaged")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.damaged{n}")
+    os.replace(path, target)
+    _ckpt_io.fsync_dir(path.parent)
+    return target
+
+
 def best_checkpoint(run_dir: str | os.PathLike, *, verify: bool = True) -> Path | None:
     """The checkpoint last passed to `mark_best` (or saved with tag="best"), or None."""
     return latest_checkpoint(run_dir, "best", verify=verify)

@@ -125,8 +125,10 @@ def save_checkpoint(
     }
     check_weights_only(state, "state")
     config_text = _config_text(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"{tag}-{step:08d}"
+    older = [p for s, p in _ckpt_store.checkpoints(run_dir, tag) if s < step]
+    kept = f"the last checkpoint, {older[0]}, is untouched" if older else ""
+    _check_finite(model, final, kept)
     newer = [p for s, p in _ckpt_store.checkpoints(run_dir, tag) if s > step]
     if newer:
         warnings.warn(
@@ -134,10 +136,26 @@ def save_checkpoint(
             "latest_checkpoint will keep picking them; resume into a fresh run folder",
             stacklevel=2,
         )
-    _write_folder(final, model, state, config_text)
-    if keep_last is not None:
-        _ckpt_store.prune(run_dir, tag, keep_last, final)
+    need = _ckpt_io.tensor_bytes(model.state_dict()) + _ckpt_io.tensor_bytes(state)
+    with _ckpt_io.no_space_is_an_error(run_dir, f"checkpoint {final.name}", need=need, kept=kept):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_folder(final, model, state, config_text)
+        if keep_last is not None:
+            _ckpt_store.prune(run_dir, tag, keep_last, final)
     return final
+
+
+def _check_finite(model: torch.nn.Module, final: Path, kept: str) -> None:
+    # Checked before writing: a checkpoint holding NaN would poison every run resumed from it,
+    # and as the newest it is the one --resume picks.
+    name = _ckpt_io.first_nonfinite(model)
+    if name is not None:
+        kept = f"; {kept}" if kept else ""
+        raise CheckpointError(
+            final.parent,
+            f"not writing checkpoint {final.name}: the weight {name!r} holds NaN or Inf{kept}; "
+            "lower the learning rate, or find the samples that caused it (skipped.json)",
+        )
 
 
 def _check_arguments(tag: str, epoch, step, keep_last) -> None:

@@ -40,6 +40,12 @@ class TrainConfig(JsonConfig):
     # Data loading.
     workers: int = 0
     on_bad_sample: str = "skip"  # "skip" (count, report, go on) | "error" (stop at the first)
+    # Stop before training when more than this share of a split's samples cannot be loaded
+    # (every sample failing always stops): such a run would learn from next to nothing.
+    max_failed_share: float = 0.5
+    # Stop when this many batches in a row have a non-finite loss or gradient (each is skipped,
+    # its rows named in skipped.json); None: skip them and never stop.
+    max_nonfinite_batches: int | None = 10
     decode_timeout: float | None = 60.0  # seconds one sample may take to decode
     cache_features: bool = True  # cache frozen encoders' features on disk
     cache_dir: str | None = None  # default: the user's cache folder
@@ -75,6 +81,14 @@ class TrainConfig(JsonConfig):
             _positive_int("patience", self.patience)
         if self.checkpoint_every is not None:
             _positive_int("checkpoint_every", self.checkpoint_every)
+        if self.max_nonfinite_batches is not None:
+            _positive_int("max_nonfinite_batches", self.max_nonfinite_batches)
+        share = self.max_failed_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+            raise ConfigError(
+                f"max_failed_share must be a number in [0, 1] (1: stop only when every sample "
+                f"fails), got {share!r}"
+            )
         if self.mixup_alpha < 0 or self.fgsm_epsilon < 0:
             raise ConfigError("mixup_alpha and fgsm_epsilon must be >= 0 (0 turns them off)")
 

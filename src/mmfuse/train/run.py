@@ -21,6 +21,7 @@ from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConf
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.preflight import check_loadable
 from mmfuse.train.presets import FAST_ENCODERS, Preset
 from mmfuse.train.trainer import FitResult, Trainer
 
@@ -143,6 +144,11 @@ def train_model(
     val_set = (
         None if val is None else dataset_for(val, model, model_config, train_config, train=False)
     )
+    test_set = None
+    if evaluate and test is not None:
+        test_set = dataset_for(test, model, model_config, train_config, train=False)
+        # Checked before training (the other splits are, in fit), not after hours of it.
+        check_loadable(test_set, "test", train_config.max_failed_share)
     fit = trainer.fit(train_set, val_set, resume=resume)
     # Under torchrun every rank takes part in evaluating (predictions are gathered across
     # ranks), and rank 0 alone writes the report.
@@ -152,11 +158,7 @@ def train_model(
     evaluation, report = None, None
     target = test if test is not None else val
     if evaluate and target is not None:
-        eval_set = (
-            val_set
-            if target is val
-            else dataset_for(target, model, model_config, train_config, train=False)
-        )
+        eval_set = test_set if test_set is not None else val_set
         trainer.prepare_cache(eval_set)
         evaluation = evaluate_model(
             model,

@@ -15,10 +15,10 @@ import torch
 
 from mmfuse import distributed
 from mmfuse.distributed import DistInfo
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import CheckpointError, MmfuseError
+from mmfuse.train._ckpt_store import newest_usable, set_aside
 from mmfuse.train.checkpoint import (
     best_checkpoint,
-    latest_checkpoint,
     load_checkpoint,
     mark_best,
     save_checkpoint,
@@ -42,13 +42,16 @@ class LoopState:
     # resumed epoch reports the same mean train_loss as an uninterrupted one.
     epoch_loss: float = 0.0
     epoch_rows: int = 0
+    # Batches in a row skipped for a non-finite loss or gradient (max_nonfinite_batches).
+    nonfinite_streak: int = 0
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, saved: Mapping) -> LoopState:
-        # Checkpoints written before the epoch sums were saved lack them: they default to 0.
+        # Checkpoints written before the epoch sums or the streak were saved lack them: they
+        # default to 0.
         return cls(**saved)
 
     def pause_at(self, epoch: int, batch: int, epoch_loss: float, epoch_rows: int) -> None:
@@ -120,7 +123,7 @@ class RunCheckpoints:
         `before_load(epoch)` runs first with the saved epoch, so that encoders already
         fine-tuning at that point are trainable before their optimiser state loads.
         """
-        latest = latest_checkpoint(self.run_dir)
+        latest = self._usable_checkpoint()
         if latest is None:
             self.log(f"--resume: no checkpoint in {self.run_dir} yet; starting from scratch")
             return None
@@ -140,6 +143,29 @@ class RunCheckpoints:
         self.log(f"resumed from {latest.name}: epoch {state.epoch + 1}, batch {state.batch}")
         return state
 
+    def _usable_checkpoint(self) -> Path | None:
+        """The newest checkpoint that verifies; newer damaged ones are reported and set aside,
+        and when every one is damaged the run stops rather than silently start over."""
+        latest, damaged = newest_usable(self.run_dir)
+        for path, err in damaged:
+            self.log(f"--resume: skipping {path.name}, which is damaged: {_why(err)}")
+        if latest is None and damaged:
+            path, err = damaged[0]
+            names = ", ".join(p.name for p, _ in damaged)
+            raise CheckpointError(
+                self.run_dir,
+                f"--resume found no usable checkpoint ({names}: {_why(err)}) and will not start "
+                "over in its place; restore the checkpoint from a copy, or train from scratch "
+                "into another --out (or remove this run folder)",
+            )
+        # Every rank has chosen before rank 0 renames anything.
+        distributed.barrier(self.dist)
+        if damaged and self.dist.is_main:
+            for path, _ in damaged:
+                # Left in place, a damaged newer checkpoint would outrank every new save.
+                self.log(f"--resume: {path.name} moved aside to {set_aside(path).name}")
+        return latest
+
     def _restore_best_mark(self, latest: Path, state: LoopState) -> None:
         # A kill between writing an epoch's checkpoint and marking it best leaves the mark on
         # an older one; the saved state knows which epoch was best.
@@ -155,3 +181,8 @@ class RunCheckpoints:
 
 def _step_of(path: Path) -> str:
     return path.name.rsplit("-", 1)[-1]
+
+
+def _why(err: CheckpointError) -> str:
+    # The detail's advice ("load an older checkpoint") is what resume is doing already.
+    return f"{Path(err.path).name} {err.detail.split('; ')[0]}"

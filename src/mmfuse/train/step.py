@@ -3,15 +3,22 @@ loss, backward, clipping, the optimiser and scheduler steps.
 
 Modality dropout and mixup draw from the run's own generator, in that order, once per step, so
 a resumed run (which restores the generator) replays the same draws.
+
+A step whose loss or gradient norm is not finite changes nothing: one NaN would otherwise reach
+every weight through the optimiser, and the model would be lost for good. That includes the
+buffers the forward pass already updated (batch norm's running statistics), which are put
+back. The caller learns why from `StepResult` and decides what to report.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from mmfuse.distributed import DistInfo
 from mmfuse.fusion.modality_dropout import drop_modalities
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import autocast, to_device
@@ -40,6 +47,7 @@ class StepContext:
     modality_dropout: float = 0.0
     task_weights: dict[str, float] | None = None
     class_weights: dict[str, Tensor] | None = None
+    dist: DistInfo | None = None  # under DDP, every rank must agree to skip a step
 
     @classmethod
     def for_fit(
@@ -50,6 +58,7 @@ class StepContext:
         train: MultimodalDataset,
         device: torch.device,
         rng: torch.Generator,
+        dist: DistInfo | None = None,
     ) -> StepContext:
         """The context of a fit on `train`, whose cached features are already attached."""
         class_weights = None
@@ -68,6 +77,7 @@ class StepContext:
             modality_dropout=model_config.fusion.modality_dropout if model_config else 0.0,
             task_weights=task_weights(model_config),
             class_weights=class_weights,
+            dist=dist,
         )
 
 
@@ -78,26 +88,68 @@ def task_weights(model_config: ModelConfig | None) -> dict[str, float] | None:
     return {h.task: h.weight for h in model_config.heads}
 
 
-def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> float:
-    """Train on one batch; its mean loss."""
+@dataclass
+class StepResult:
+    loss: float  # the batch's mean loss (NaN or Inf when that is why it was skipped)
+    stepped: bool  # False: weights, optimiser and schedule are as they were
+    why: str = ""  # when skipped: "the loss is NaN", "the gradient norm is inf", ...
+    elsewhere: bool = False  # skipped because another DDP process's loss was not finite
+
+
+def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> StepResult:
+    """Train on one batch, unless its loss or gradient norm is not finite."""
     cfg = ctx.config
     inputs, features, mask, labels = _batch_to_device(ctx, batch)
+    buffers = [b.detach().clone() for b in ctx.model.buffers()]
     if ctx.modality_dropout > 0:
         mask = drop_modalities(mask, ctx.modality_dropout, ctx.rng)
     if cfg.mixup_alpha > 0 and len(mask) > 1:
         loss = _mixup_loss(ctx, inputs, features, mask, labels)
     else:
         loss = _clean_loss(ctx, inputs, features, mask, labels)
+    value = float(loss.detach())
+    # Checked before backward: under DDP a rank that skipped backward alone would leave the
+    # others waiting in its gradient all-reduce forever.
+    if not _all_finite(ctx, value):
+        _restore(ctx.model, buffers)
+        if math.isfinite(value):
+            return StepResult(value, False, "the loss on another process is not finite", True)
+        return StepResult(value, False, f"the loss is {_describe(value)}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if cfg.grad_clip:
-        torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None],
-            cfg.grad_clip,
-        )
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    # Gradients are already averaged across ranks here, so every rank sees the same norm.
+    if not math.isfinite(float(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        _restore(ctx.model, buffers)
+        return StepResult(value, False, f"the gradient norm is {_describe(float(norm))}")
     optimizer.step()
     scheduler.step()
-    return float(loss.detach())
+    return StepResult(value, True)
+
+
+def _all_finite(ctx: StepContext, value: float) -> bool:
+    finite = math.isfinite(value)
+    if ctx.dist is None or not ctx.dist.enabled:
+        return finite
+    # On the step's device: NCCL reduces CUDA tensors only.
+    bad = torch.tensor([0.0 if finite else 1.0], device=ctx.device)
+    torch.distributed.all_reduce(bad)
+    return float(bad) == 0.0
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, saved: list[Tensor]) -> None:
+    for buffer, value in zip(model.buffers(), saved):
+        buffer.copy_(value)
+
+
+def _describe(value: float) -> str:
+    return "NaN" if math.isnan(value) else f"{value}"
 
 
 def _batch_to_device(ctx: StepContext, batch: dict) -> tuple[dict, dict, Tensor, dict]:

@@ -7,7 +7,10 @@ What it adds to the textbook loop (DataLoader → forward → loss → backward 
   creating an iterator never draws from the global RNG that dropout uses. A checkpoint holds
   model, optimiser, scheduler, every RNG and the position in the epoch, so a run killed at any
   point and resumed ends with bit-identical weights.
-- **Bad samples never stop an epoch**: they arrive as `Skipped` records and are reported.
+- **Bad samples never stop an epoch**: they arrive as `Skipped` records and are reported. A
+  split where most samples fail stops before training instead (`preflight.py`).
+- **No step on a non-finite loss**: the batch is skipped and its rows named (`nonfinite.py`);
+  many in a row stop the run. Checkpoints refuse non-finite weights.
 - **Frozen encoders are run once**: their features are cached on disk (`feature_cache.py`) and
   held in memory, so later epochs train only the fusion and the heads.
 - Transfer learning per input (frozen, fine-tuned, or fine-tuned after N epochs with its own
@@ -32,23 +35,26 @@ import torch
 from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.infer.batch import collate
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.train._ckpt_io import no_space_is_an_error
 from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.logger import MetricsLogger, NoLogger, epoch_line
-from mmfuse.train.losses import IGNORE_INDEX, multitask_loss
+from mmfuse.train.losses import multitask_loss
+from mmfuse.train.nonfinite import NonFiniteLossError, skip_nonfinite, stop_error
 from mmfuse.train.optim import head_lr, optimizer_for, scheduler_for
+from mmfuse.train.preflight import check_loadable
 from mmfuse.train.skipped import BadSampleError, gather_skipped, note_skipped, write_skipped
 from mmfuse.train.state import LoopState, RunCheckpoints
-from mmfuse.train.step import StepContext, task_weights, train_step
+from mmfuse.train.step import StepContext, StepResult, task_weights, train_step
+from mmfuse.train.validation import validation_record
 
-__all__ = ["BadSampleError", "FitResult", "Trainer", "epoch_order"]
+__all__ = ["BadSampleError", "FitResult", "NonFiniteLossError", "Trainer", "epoch_order"]
 
 
 @dataclass
@@ -135,6 +141,9 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         distributed.barrier(self.dist)
+        for split, data in (("training", train), ("validation", val)):
+            if data is not None:
+                check_loadable(data, split, cfg.max_failed_share)
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
         self.prepare_cache(train, val)
@@ -145,7 +154,9 @@ class Trainer:
         optimizer = optimizer_for(self.model, self.model_config, cfg)
         steps_per_epoch = math.ceil(math.ceil(len(train) / self.dist.world) / self.batch_size)
         scheduler = scheduler_for(optimizer, cfg, steps_per_epoch)
-        step = StepContext.for_fit(self.model, self.model_config, cfg, train, self.device, self.rng)
+        step = StepContext.for_fit(
+            self.model, self.model_config, cfg, train, self.device, self.rng, self.dist
+        )
         checkpoints = RunCheckpoints(
             self.run_dir, self.dist, {"train": self.rng}, self._saved_config(), self.log
         )
@@ -204,10 +215,19 @@ class Trainer:
         resume: bool = False,
     ) -> FitResult:
         """Train on `train`, validating on `val` after each epoch; with `resume`, go on from the
-        latest checkpoint in `run_dir` (from scratch if there is none)."""
-        run = self._setup(train, val, resume)
-        stopped_early = self._epochs(run, train, val)
-        return self._finish(run, stopped_early)
+        latest usable checkpoint in `run_dir` (from scratch if there is none at all).
+
+        Raises UnloadableDataError before training when too many samples of a split fail to
+        load, NonFiniteLossError after `max_nonfinite_batches` skipped batches in a row."""
+        # Metrics, skipped.json and the best mark are written here too, not only checkpoints.
+        with no_space_is_an_error(self.run_dir, "the run's files"):
+            run = self._setup(train, val, resume)
+            try:
+                stopped_early = self._epochs(run, train, val)
+            except NonFiniteLossError:
+                self._write_skipped()  # the error sends the user there for the rows
+                raise
+            return self._finish(run, stopped_early)
 
     def _epochs(self, run: _Fit, train, val) -> bool:
         """Train, validate and checkpoint epoch after epoch; True when stopped early."""
@@ -246,9 +266,13 @@ class Trainer:
         for b, batch in enumerate(bar, start=first):
             note_skipped(self.skipped, batch["skipped"], cfg.on_bad_sample)
             if "inputs" in batch:
-                loss = train_step(run.step, batch, run.optimizer, run.scheduler)
-                n = len(batch["rows"])
-                total, count, seen = total + loss * n, count + n, seen + n
+                out = train_step(run.step, batch, run.optimizer, run.scheduler)
+                if out.stepped:
+                    state.nonfinite_streak = 0
+                    n = len(batch["rows"])
+                    total, count, seen = total + out.loss * n, count + n, seen + n
+                else:
+                    self._skip_batch(run, train, batch, f"epoch {epoch + 1}, batch {b + 1}", out)
                 if bar is not loader:
                     took = time.perf_counter() - start
                     bar.set_postfix(
@@ -287,6 +311,20 @@ class Trainer:
             return True
         return False
 
+    def _skip_batch(self, run: _Fit, train, batch: dict, where: str, out: StepResult) -> None:
+        """A batch `train_step` did not step on: name its rows; stop when it keeps happening."""
+        cfg, state = self.config, run.state
+        skip_nonfinite(self.skipped, batch, train, where, out, config=cfg, log=self.log)
+        state.nonfinite_streak += 1
+        if state.nonfinite_streak >= (cfg.max_nonfinite_batches or math.inf):
+            lr = head_lr(run.optimizer)
+            raise stop_error(state.nonfinite_streak, where, out.why, self.run_dir, lr)
+
+    def _write_skipped(self) -> None:
+        self.skipped = gather_skipped(self.skipped, self.dist)
+        if self.dist.is_main:
+            write_skipped(self.run_dir, self.skipped, self.log)
+
     def _save(self, run: _Fit) -> Path | None:
         run.state.skipped = [s.to_dict() for s in self.skipped]
         return run.checkpoints.save(self.model, run.optimizer, run.scheduler, run.state)
@@ -296,9 +334,7 @@ class Trainer:
         # Let the last epoch's DDP wrapper go while every rank is still in the process group,
         # rather than whenever `run` happens to be collected.
         run.step.net = self.model
-        self.skipped = gather_skipped(self.skipped, self.dist)
-        if self.dist.is_main:
-            write_skipped(self.run_dir, self.skipped, self.log)
+        self._write_skipped()
         distributed.barrier(self.dist)
         return FitResult(
             history=run.state.history,
@@ -346,21 +382,7 @@ class Trainer:
         """`val_loss` and `val_<metric>` for the first task (`val_<task>_<metric>` for others)."""
         out = self.predict(dataset)
         self._val_skipped = out["skipped"]
-        record = {"val_loss": out["loss"]}
-        for i, task in enumerate(self.tasks):
-            y = out["labels"][task]
-            labelled = y != IGNORE_INDEX
-            if not labelled.any():
-                continue
-            m = classification_metrics(
-                y[labelled],
-                proba=out["proba"]["all"][task][labelled],
-                labels=dataset.tasks[task],
-                top_k=(),
-            )
-            prefix = "val_" if i == 0 else f"val_{task}_"
-            for key in ("accuracy", "balanced_accuracy", "f1_macro"):
-                record[prefix + key] = m[key]
+        record = validation_record(out, self.tasks, dataset.tasks)
         self.model.train()
         return record
 
