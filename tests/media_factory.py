@@ -349,3 +349,111 @@ def make_corpus(folder: Path) -> dict[str, Path]:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile files: small on disk, huge (or poisonous) once decoded. Each is written without
+# holding its decoded size in the test process.
+
+
+def _png(path: Path, width: int, height: int, channels: int = 3) -> Path:
+    """A valid all-black 8-bit PNG, its zero rows compressed a band at a time."""
+    colour = {1: 0, 3: 2}[channels]
+    deflate = zlib.compressobj(9)
+    row = b"\x00" * (1 + width * channels)  # filter byte 0, then black pixels
+    band = max(1, (1 << 22) // len(row))
+    parts = []
+    for top in range(0, height, band):
+        parts.append(deflate.compress(row * min(band, height - top)))
+    parts.append(deflate.flush())
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def tall_png(folder: Path, name: str = "tall_1x65535.png") -> Path:
+    """1×65535 pixels: a few hundred bytes whose shorter side, resized to 256, is 16.8 Mpx."""
+    return _png(Path(folder) / name, 1, 65535)
+
+
+def big_png(folder: Path, side: int = 9400, name: str | None = None) -> Path:
+    """side×side black RGB: about 0.3 MB on disk for 9400 (88 Mpx, 265 MB as RGB)."""
+    return _png(Path(folder) / (name or f"big_{side}.png"), side, side)
+
+
+def long_silent_flac(
+    folder: Path, seconds: float = 1200.0, rate: int = 8000, name: str = "long_silent.flac"
+) -> Path:
+    """Digital silence for `seconds`, written a block at a time: FLAC stores it in a few KB a
+    minute, so hours of decoded audio fit in a small file."""
+    import soundfile as sf
+
+    path = Path(folder) / name
+    block = np.zeros(rate * 60, np.int16)
+    with sf.SoundFile(path, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
+        left = round(seconds * rate)
+        while left > 0:
+            f.write(block[: min(left, len(block))])
+            left -= len(block)
+    return path
+
+
+def huge_mjpeg(folder: Path, side: int = 8000, name: str = "huge_mjpeg.avi") -> Path:
+    """One side×side grey MJPEG frame in AVI, made by the ffmpeg CLI (in its own process):
+    about 0.4 MB on disk for 8000, 64 Mpx a frame decoded."""
+    path = Path(folder) / name
+    source = f"color=c=gray:s={side}x{side}:d=0.04:r=25"
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", source, "-frames:v", "1"]
+    subprocess.run([*cmd, "-c:v", "mjpeg", "-q:v", "31", str(path)], check=True)
+    return path
+
+
+def poisoned_wav(folder: Path, value: float = float("nan"), name: str | None = None) -> Path:
+    """A float WAV tone with `value` (NaN, inf, 1e30, ...) in a few samples."""
+    import soundfile as sf
+
+    samples = tone(1.0)
+    samples[100:110] = value
+    path = Path(folder) / (name or f"poisoned_{value}.wav")
+    sf.write(str(path), samples, 16000, subtype="FLOAT")  # write_audio would clip it
+    return path
+
+
+def poisoned_float_tiff(folder: Path, value: float = float("nan"), name: str | None = None):
+    """A 32-bit float greyscale TIFF (Pillow mode "F") with `value` in one corner."""
+    arr = np.linspace(0, 1, 48 * 32, dtype=np.float32).reshape(32, 48)
+    arr[:4, :4] = value
+    path = Path(folder) / (name or f"poisoned_{value}.tif")
+    Image.fromarray(arr, mode="F").save(path)
+    return path
+
+
+def truncated_audio(folder: Path, fmt: str = "wav", keep: float = 0.3, seconds: float = 1.5):
+    """A `seconds` tone in `fmt` (wav, flac, aiff), cut to `keep` of its bytes: the header
+    still promises every sample."""
+    import soundfile as sf
+
+    full = Path(folder) / f"whole_{fmt}.{fmt}"
+    kind = {"wav": "WAV", "flac": "FLAC", "aiff": "AIFF"}[fmt]
+    sf.write(str(full), tone(seconds), 16000, format=kind, subtype="PCM_16")
+    data = full.read_bytes()
+    full.unlink()
+    return _write(Path(folder) / f"truncated.{fmt}", data[: int(len(data) * keep)])
+
+
+def poisoned_video(folder: Path, name: str = "poisoned_track.mkv") -> Path:
+    """`video_file`'s 40 frames with a float PCM audio track holding NaN samples (ffmpeg CLI)."""
+    folder = Path(folder)
+    picture = video_file(folder, "picture_for_poisoned_track.mp4")
+    sound = poisoned_wav(folder, float("nan"), name="nan_for_track.wav")
+    path = folder / name
+    cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(picture), "-i", str(sound)]
+    cmd += ["-map", "0:v", "-map", "1:a", "-c:v", "copy", "-c:a", "pcm_f32le", "-shortest"]
+    subprocess.run([*cmd, str(path)], check=True)
+    return path

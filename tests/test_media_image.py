@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageFile
 
-from media_factory import image_file, pattern
+from media_factory import big_png, image_file, pattern, poisoned_float_tiff, tall_png
 from mmfuse import MediaError, read_image
 from mmfuse.data import image_size
+from mmfuse.data.budgets import Budgets
 
 GOOD = [
     "png_l", "png_la", "png_p", "png_rgb", "png_rgba", "png_i16",
@@ -30,8 +32,6 @@ def test_every_mode_decodes_to_rgb_uint8(media, key):
 
 
 def test_alpha_is_composited_onto_white(tmp_path):
-    from PIL import Image
-
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[:2, :, :] = (255, 0, 0, 255)  # opaque red on top, fully transparent black below
     path = tmp_path / "a.png"
@@ -42,8 +42,6 @@ def test_alpha_is_composited_onto_white(tmp_path):
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    from PIL import Image
-
     arr = np.array([[0, 32896, 65535]], dtype=np.uint16)
     path = tmp_path / "g16.png"
     Image.fromarray(arr).save(path)
@@ -93,6 +91,67 @@ def test_missing_truncated_and_limits(tmp_path, media):
         read_image(cut)
     assert e.value.reason == "truncated"
     with pytest.raises(MediaError, match="too-large"):
-        read_image(media["png_rgb"], max_pixels=100)
+        read_image(media["png_rgb"], budgets=Budgets(image_pixels=100))
     with pytest.raises(MediaError, match="too-large"):
         image_size(media["huge_header_png"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: budgets checked from the header, before a pixel is decoded; poisoned float images
+
+
+def test_extreme_aspect_ratio_is_refused_before_decoding(tmp_path):
+    path = tall_png(tmp_path)  # 1×65535: resizing its shorter side to 256 makes 16.8 Mpx
+    assert path.stat().st_size < 1000
+    with pytest.raises(MediaError) as e:
+        read_image(path, draft_size=(256, 256))
+    assert e.value.reason == "too-large" and "65535:1" in str(e.value)
+    assert "MMFUSE_MAX_IMAGE_ASPECT" in str(e.value)
+    img = read_image(path, budgets=Budgets(image_aspect=70000))
+    assert img.shape == (3, 65535, 1)
+
+
+def test_too_many_pixels_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = big_png(tmp_path, 9400)
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(
+        ImageFile.ImageFile, "load", lambda im: loads.append(im.size) or real_load(im)
+    )
+    with pytest.raises(MediaError) as e:
+        read_image(path)
+    assert e.value.reason == "too-large" and "88360000 pixels" in str(e.value)
+    assert "MMFUSE_MAX_IMAGE_PIXELS" in str(e.value)
+    assert image_size(path) == (9400, 9400)
+    assert loads == []  # refused, and measured, from the header
+    read_image(image_file(tmp_path, "RGB", "png"))
+    assert set(loads) == {(48, 32)}  # the spy sees a real decode
+
+
+def test_pixel_budget_from_the_environment(monkeypatch, media):
+    monkeypatch.setenv("MMFUSE_MAX_IMAGE_PIXELS", "1000")
+    with pytest.raises(MediaError, match="1000-pixel image budget"):
+        read_image(media["png_rgb"])  # 48×32 = 1536 pixels
+
+
+def test_jpeg_budget_counts_the_pixels_draft_decodes(tmp_path):
+    path = image_file(tmp_path, "RGB", "jpeg", size=(400, 320))  # 128000 pixels
+    budgets = Budgets(image_pixels=20_000)
+    with pytest.raises(MediaError, match="too-large"):
+        read_image(path, budgets=budgets)
+    small = read_image(path, draft_size=(100, 80), budgets=budgets)  # decoded at 1/4: 8000
+    assert small.shape == (3, 80, 100)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_float_image_is_refused(tmp_path, value):
+    path = poisoned_float_tiff(tmp_path, value)
+    with pytest.raises(MediaError) as e:
+        read_image(path)
+    assert e.value.reason == "non-finite" and str(path) in str(e.value)
+
+
+def test_finite_float_image_still_reads(tmp_path):
+    path = poisoned_float_tiff(tmp_path, 0.25, name="fine.tif")
+    img = read_image(path)
+    assert img.shape == (3, 32, 48) and int(img[0, 0, 0]) == 64  # 0.25 of 255, rounded

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 
+import av
 import numpy as np
 import pytest
 import torch
 
-from media_factory import FPS, frame_index, pattern, video_file
-from mmfuse import MediaError, probe_video, read_video
+from media_factory import FPS, frame_index, huge_mjpeg, pattern, poisoned_video, video_file
+from mmfuse import MediaError, probe_video, read_audio, read_video
 from mmfuse.data import sample_times, sliding_windows
+from mmfuse.data.budgets import Budgets
+from mmfuse.data.video_stream import read_windows
 
 CODECS = ["h264_mp4", "h264_audio_mkv", "vp9_webm", "mpeg4_avi", "mpeg4_mp4", "vp9_audio_webm"]
 
@@ -159,3 +162,73 @@ def test_sample_times_and_sliding_windows():
     assert sliding_windows(5.5, 2.0, 2.0) == [(0, 2), (2, 4), (3.5, 5.5)]
     assert sliding_windows(1.0, 2.0, 1.0) == [(0.0, 1.0)]
     assert pattern().shape == (32, 48, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: frame and clip budgets from the header; only sampled frames kept; poisoned tracks
+
+
+def test_huge_frame_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = huge_mjpeg(tmp_path)  # one 8000×8000 frame in about 0.4 MB
+    decoded = []
+    real_decode = av.container.InputContainer.decode
+    monkeypatch.setattr(
+        av.container.InputContainer,
+        "decode",
+        lambda self, *a, **k: decoded.append(a) or real_decode(self, *a, **k),
+    )
+    for read in (probe_video, lambda p: read_video(p, 8)):
+        with pytest.raises(MediaError) as e:
+            read(path)
+        assert e.value.reason == "too-large" and "8000×8000" in str(e.value)
+        assert "MMFUSE_MAX_IMAGE_PIXELS" in str(e.value)
+    assert decoded == []
+    read_video(video_file(tmp_path, "small.mp4", frames=4), 2)
+    assert decoded  # the spy sees a real decode
+    windows = read_windows(path, [(0.0, 0.04)], frames={"video": 1}, audio_rates={})
+    with pytest.raises(MediaError, match="too-large"):
+        next(windows)
+
+
+def test_frames_times_pixels_budget(media):
+    path = media["h264_mp4"]  # 64×48
+    budgets = Budgets(video_pixels=8 * 64 * 48 - 1)
+    with pytest.raises(MediaError) as e:
+        read_video(path, 8, budgets=budgets)
+    assert e.value.reason == "too-large" and "MMFUSE_MAX_VIDEO_PIXELS" in str(e.value)
+    clip = read_video(path, 8, size=(24, 32), budgets=budgets)  # smaller frames fit
+    assert clip.frames.shape == (8, 3, 24, 32)
+    windows = read_windows(path, [(0.0, 1.0)], frames={"v": 8}, audio_rates={}, budgets=budgets)
+    with pytest.raises(MediaError, match="too-large"):
+        next(windows)  # a generator: the check runs on the first step
+
+
+def test_audio_of_a_window_over_the_audio_budget(media):
+    with pytest.raises(MediaError, match="too-large"):
+        read_video(media["h264_audio_mp4"], 4, with_audio=True, budgets=Budgets(audio_seconds=1))
+    clip = read_video(media["h264_audio_mp4"], 4, end=0.8, with_audio=True)
+    assert clip.audio.shape == (round(0.8 * 16000),)
+
+
+def test_only_the_sampled_frames_are_converted(media, monkeypatch):
+    import mmfuse.data.video as video_mod
+
+    converted = []
+    real = video_mod.frame_to_rgb
+    monkeypatch.setattr(
+        video_mod, "frame_to_rgb", lambda f, *a: converted.append(f.pts) or real(f, *a)
+    )
+    read_video(media["keyint_250"], 4)  # 300 frames, 4 sampled
+    assert len(converted) == 4
+
+
+def test_non_finite_audio_track_is_refused(tmp_path):
+    path = poisoned_video(tmp_path)
+    with pytest.raises(MediaError) as e:
+        read_video(path, 4, with_audio=True)
+    assert e.value.reason == "non-finite"
+    assert read_video(path, 4).frames.shape[0] == 4  # the picture alone is fine
+    with pytest.raises(MediaError, match="non-finite"):
+        read_audio(path)
+    with pytest.raises(MediaError, match="non-finite"):
+        list(read_windows(path, [(0.0, 1.0)], frames={}, audio_rates={"a": 16000}))

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+import threading
+import time
 
 import pandas as pd
 import pytest
 
+import media_factory as mf
 from mmfuse import validate
 from mmfuse.cli import main
 from mmfuse.data import Thresholds
+from mmfuse.data.budgets import Budgets
 
 
 @pytest.fixture
@@ -119,3 +124,76 @@ def test_cli_exit_codes_and_json(manifest_dir, tmp_path, capsys, media):
 def test_cli_help_has_examples(capsys):
     assert main(["validate", "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 14: hostile files are errors with their reason; memory bounded whatever the workers
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """name → (column, path, reason validate must give; None: no error)."""
+    return {
+        "tall": ("image", mf.tall_png(tmp_path), "too-large"),
+        "big": ("image", mf.big_png(tmp_path, 9400), "too-large"),
+        "nan_tiff": ("image", mf.poisoned_float_tiff(tmp_path), "non-finite"),
+        "mjpeg": ("video", mf.huge_mjpeg(tmp_path), "too-large"),
+        "nan_wav": ("audio", mf.poisoned_wav(tmp_path, float("nan")), "non-finite"),
+        "inf_wav": ("audio", mf.poisoned_wav(tmp_path, float("inf")), "non-finite"),
+        "loud_wav": ("audio", mf.poisoned_wav(tmp_path, 1e30), "non-finite"),
+        "cut_wav": ("audio", mf.truncated_audio(tmp_path, "wav", keep=0.02), "truncated"),
+        "long_flac": ("audio", mf.long_silent_flac(tmp_path, seconds=1200), None),
+        "nan_track": ("video", mf.poisoned_video(tmp_path), None),  # the picture is fine
+    }
+
+
+def test_hostile_files_are_errors_with_their_reason(hostile, tmp_path):
+    rows = [{col: str(path), "label": "a"} for col, path, _ in hostile.values()]
+    problems = validate(pd.DataFrame(rows), workers=4)
+    for row, (name, (_col, _path, reason)) in enumerate(hostile.items()):
+        errors = {p.reason for p in problems if p.row == row and p.severity == "error"}
+        assert errors == ({reason} if reason else set()), (name, errors)
+    cut = next(p for p in problems if p.reason == "truncated")
+    assert "1.500 s" in cut.message  # the header's promise, not a short-audio warning
+    assert not [p for p in problems if p.reason == "short-audio"]
+    long_flac = [p.reason for p in problems if p.row == 8]
+    assert long_flac == ["near-silent"]  # 20 minutes of silence: measured on the budget
+
+
+def test_truncated_flac_and_aiff_are_errors(tmp_path):
+    rows = [
+        {"audio": str(mf.truncated_audio(tmp_path, fmt)), "label": "a"} for fmt in ("flac", "aiff")
+    ]
+    problems = validate(pd.DataFrame(rows))
+    assert [(p.row, p.reason) for p in problems if p.severity == "error"] == [
+        (0, "truncated"),
+        (1, "truncated"),
+    ]
+
+
+def test_decodes_in_flight_stay_within_the_memory_budget(tmp_path, monkeypatch):
+    # (the package's `validate` function hides the module of the same name)
+    validate_mod = importlib.import_module("mmfuse.data.validate")
+    paths = [mf.image_file(tmp_path, size=(200, 100), name=f"{i}.png") for i in range(12)]
+    one = 200 * 100 * 10  # the share validate estimates for one such image
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    real = validate_mod.read_image
+
+    def slow_read(*args, **kwargs):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.05)
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(validate_mod, "read_image", slow_read)
+    frame = pd.DataFrame({"image": [str(p) for p in paths], "label": ["a"] * 12})
+    validate(frame, workers=12, budgets=Budgets(validate_bytes=3 * one))
+    assert peak[0] == 3
+    peak[0] = 0
+    validate(frame, workers=12, budgets=Budgets(validate_bytes=one // 2))  # each runs alone
+    assert peak[0] == 1

@@ -9,12 +9,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from mmfuse.data.budgets import Budgets, resolve
 from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, media_errors_only, unreadable
 from mmfuse.errors import MediaError
 
-# Pillow's own guard warns at ~89 Mpx and raises at twice that; we raise at one clear limit of
-# our own before any pixel is allocated, so a forged header never costs memory.
-DEFAULT_MAX_PIXELS = 89_478_485
+# Bytes per pixel a decode holds at its peak: Pillow's 4-byte pixels, then the H×W×3 array and
+# the 3×H×W tensor made from it.
+DECODE_BYTES_PER_PIXEL = 10
 
 
 @media_errors_only("image")
@@ -22,7 +23,7 @@ def read_image(
     path: str | Path,
     *,
     draft_size: tuple[int, int] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    budgets: Budgets | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> torch.Tensor:
@@ -31,23 +32,30 @@ def read_image(
     EXIF orientation is applied. `draft_size=(w, h)` lets JPEG decode at a reduced scale (1/2,
     1/4, 1/8) no smaller than the given size: several times faster when the model wants small
     inputs. Transparent pixels are composited onto `background`, as a viewer shows them.
-    Raises `MediaError` for anything that goes wrong.
+    Before any pixel is decoded, the header's size is checked against `budgets` (default:
+    `Budgets.from_env()`): pixels to decode (after the JPEG draft scale) and aspect ratio.
+    Raises `MediaError` for anything that goes wrong ("too-large" over a budget, "non-finite"
+    for NaN/Inf in a float image).
     """
     path = check_file(path, max_bytes)
+    limits = resolve(budgets)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                _check_pixels(path, im.size, max_pixels)
+                check_image_size(path, im.size, limits, pixels=im.format != "JPEG")
                 if draft_size is not None and im.format == "JPEG":
                     im.draft("RGB", draft_size)
+                check_image_size(path, im.size, limits)  # what will really be decoded
                 im.load()
                 im = ImageOps.exif_transpose(im)
-                return _to_rgb_tensor(im, background)
+                return _to_rgb_tensor(path, im, background)
     except MediaError:
         raise
     except Image.DecompressionBombError as e:
-        raise MediaError(path, "too-large", str(e)) from None
+        raise MediaError(
+            path, "too-large", f"{e} (Pillow's own limit, above any budget mmfuse sets)"
+        ) from None
     except UnidentifiedImageError as e:
         raise unreadable(path, "image", e) from None
     except OSError as e:
@@ -55,6 +63,30 @@ def read_image(
         raise MediaError(path, reason, str(e)) from None
     except (ValueError, SyntaxError, EOFError) as e:
         raise MediaError(path, "unreadable", str(e)) from None
+
+
+def check_image_size(
+    path: str | Path, size: tuple[int, int], budgets: Budgets, pixels: bool = True
+) -> None:
+    """Raise `MediaError("too-large")` when a `(w, h)` picture is over the image budgets: its
+    aspect ratio, and (with `pixels`) its pixel count. Video frames are checked by it too.
+    """
+    w, h = size
+    if pixels and w * h > budgets.image_pixels:
+        raise MediaError(
+            path,
+            "too-large",
+            f"{w}×{h} = {w * h} pixels is over the {budgets.image_pixels}-pixel image budget "
+            f"(a decompression bomb or a mistaken file); {budgets.how_to_raise('image_pixels')}",
+        )
+    if min(w, h) > 0 and max(w, h) / min(w, h) > budgets.image_aspect:
+        raise MediaError(
+            path,
+            "too-large",
+            f"{w}×{h} pixels is {max(w, h) / min(w, h):.0f}:1, over the "
+            f"{budgets.image_aspect:g}:1 aspect budget (resizing its shorter side would make "
+            f"the longer one huge); crop it, or {budgets.how_to_raise('image_aspect')}",
+        )
 
 
 @media_errors_only("image")
@@ -66,7 +98,10 @@ def image_size(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-                orientation = im.getexif().get(0x0112, 1)
+                # Pillow decodes a whole PNG to look for an eXIf chunk after the pixels; one
+                # before them is already in `info`, and only that one is read here.
+                header_only = im.format != "PNG" or "exif" in im.info
+                orientation = im.getexif().get(0x0112, 1) if header_only else 1
     except Image.DecompressionBombError as e:
         raise MediaError(path, "too-large", str(e)) from None
     except UnidentifiedImageError as e:
@@ -77,18 +112,7 @@ def image_size(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
-    w, h = size
-    if max_pixels is not None and w * h > max_pixels:
-        raise MediaError(
-            path,
-            "too-large",
-            f"{w}×{h} = {w * h} pixels is over the limit of {max_pixels} "
-            "(a decompression bomb or a mistaken file; raise max_pixels= if it is real)",
-        )
-
-
-def _to_rgb_tensor(im: Image.Image, background: tuple[int, int, int]) -> torch.Tensor:
+def _to_rgb_tensor(path: Path, im: Image.Image, background: tuple[int, int, int]) -> torch.Tensor:
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         # 16/32-bit greyscale: Pillow's convert("RGB") clips at 255, turning most of the
         # image white; scale the range down instead.
@@ -99,6 +123,12 @@ def _to_rgb_tensor(im: Image.Image, background: tuple[int, int, int]) -> torch.T
         rgb = np.repeat(gray[..., None], 3, axis=2)
     elif im.mode == "F":
         arr = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise MediaError(
+                path,
+                "non-finite",
+                "non-finite samples (NaN or infinity) in a float image: export it again",
+            )
         if arr.max(initial=0) <= 1.0:
             arr = arr * 255.0
         gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
@@ -110,5 +140,6 @@ def _to_rgb_tensor(im: Image.Image, background: tuple[int, int, int]) -> torch.T
             rgba = im.convert("RGBA")
             base = Image.new("RGBA", rgba.size, (*background, 255))
             im = Image.alpha_composite(base, rgba)
-        rgb = np.array(im.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()  # 3×H×W
+        # An RGB image is read as it is: convert() would copy it once more.
+        rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(np.array(rgb.transpose(2, 0, 1), order="C"))  # 3×H×W, one copy

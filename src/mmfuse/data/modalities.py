@@ -16,7 +16,7 @@ MODALITIES = ("image", "audio", "video", "text")
 
 EXTENSIONS: dict[str, frozenset[str]] = {
     "image": frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}),
-    "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}),
+    "audio": frozenset({".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff"}),
     "video": frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v"}),
     "text": frozenset({".txt"}),
 }
@@ -46,6 +46,8 @@ _MAGIC: list[tuple[bytes, int, frozenset[str], str]] = [
     (b"WEBP", 8, frozenset({"image"}), "WebP"),
     (b"WAVE", 8, frozenset({"audio"}), "WAV"),
     (b"fLaC", 0, frozenset({"audio"}), "FLAC"),
+    (b"AIFF", 8, frozenset({"audio"}), "AIFF"),
+    (b"AIFC", 8, frozenset({"audio"}), "AIFF"),
     (b"ID3", 0, frozenset({"audio"}), "MP3"),
     (b"OggS", 0, frozenset({"audio", "video"}), "Ogg"),
     (b"AVI ", 8, frozenset({"video"}), "AVI"),

@@ -2,24 +2,27 @@
 
 Each problem is reported with its row, column, path and reason; errors (the sample cannot be
 used) are told apart from warnings (usable but suspicious). Files are opened in parallel threads:
-PyAV, Pillow and libsndfile release the GIL while decoding.
+PyAV, Pillow and libsndfile release the GIL while decoding. How much they decode at once is
+bounded by bytes, not by the thread count (see `validate`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
-from mmfuse.data.audio import read_audio
-from mmfuse.data.image import image_size, read_image
+from mmfuse.data.audio_scan import audio_stats
+from mmfuse.data.budgets import Budgets, resolve
+from mmfuse.data.image import DECODE_BYTES_PER_PIXEL, image_size, read_image
 from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.data.modalities import sniff
 from mmfuse.data.text import read_text
-from mmfuse.data.video import probe_video, read_video
+from mmfuse.data.video import frame_size, probe_video, read_video
 from mmfuse.errors import MediaError
 
 SEVERITIES = ("error", "warning")
@@ -63,15 +66,24 @@ def validate(
     classes: list[str] | None = None,
     thresholds: Thresholds | None = None,
     workers: int | None = None,
+    budgets: Budgets | None = None,
 ) -> list[Problem]:
     """Every problem in a manifest (a `Manifest`, a path or a DataFrame), sorted by row.
 
     `classes`: the allowed class names; a label outside them is an error.
     Raises `ManifestError` only when the manifest itself cannot be read.
+
+    Memory, whatever `workers` is: each file is decoded within `budgets` (default
+    `Budgets.from_env()`; a file over them is a "too-large" error, found from its header), audio
+    a block at a time, and the files decoded at once hold at most `budgets.validate_bytes`
+    together, each one's share estimated from its header before decoding; a file whose share
+    is larger than that is checked alone.
     """
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest, label=label, modalities=modalities)
     limits = thresholds or Thresholds()
+    budgets = resolve(budgets)
+    gate = _MemoryGate(budgets.validate_bytes)
     problems = _manifest_problems(manifest, classes)
 
     # Each distinct file is checked once, however many rows point at it.
@@ -85,7 +97,7 @@ def validate(
 
     workers = workers or min(32, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda key: _check_file(*key, limits), list(files))
+        results = pool.map(lambda key: _check_file(*key, limits, budgets, gate), list(files))
         for (_modality, path), found in zip(files, results):
             for severity, reason, message in found:
                 for row, col in files[(_modality, path)]:
@@ -183,45 +195,92 @@ def _duplicate_rows(m: Manifest) -> list[Problem]:
     return problems
 
 
-def _check_file(modality: str, path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+class _MemoryGate:
+    """Lets decodes through while the bytes they hold together stay within `capacity`."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.held = 0
+        self.changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, nbytes: int):
+        with self.changed:
+            # One decode larger than the whole capacity still runs, on its own.
+            self.changed.wait_for(lambda: self.held == 0 or self.held + nbytes <= self.capacity)
+            self.held += nbytes
+        try:
+            yield
+        finally:
+            with self.changed:
+                self.held -= nbytes
+                self.changed.notify_all()
+
+
+# What a check holds at its peak beyond the picture itself: audio is read in 64 Ki-frame blocks;
+# a video check keeps 3 RGB frames and the decoder a few YUV ones (1.5 bytes a pixel).
+_AUDIO_CHECK_BYTES = 1 << 24
+_VIDEO_BYTES_PER_PIXEL = 3 * 3 + 4 * 1.5
+_DRAFT = 64  # JPEGs are checked decoded at the reduced scale nearest 64 pixels a side
+
+
+def _decode_bytes(modality: str, path: str) -> int:
+    """The bytes checking this file may hold at once, from its header alone."""
+    if modality == "image":
+        w, h = image_size(path)
+        if sniff(path)[1] == "JPEG":  # draft decoding divides each side by up to 8
+            scale = max(s for s in (1, 2, 4, 8) if s == 1 or min(w, h) // s >= _DRAFT)
+            w, h = -(-w // scale), -(-h // scale)
+        return w * h * DECODE_BYTES_PER_PIXEL
+    if modality == "video":
+        w, h = frame_size(path)
+        return int(w * h * _VIDEO_BYTES_PER_PIXEL)
+    if modality == "audio":
+        return _AUDIO_CHECK_BYTES
+    # text: read whole, up to its own size limit (a missing file is reported by the read)
+    return os.path.getsize(path) if os.path.isfile(path) else 0
+
+
+def _check_file(
+    modality: str, path: str, t: Thresholds, budgets: Budgets, gate: _MemoryGate
+) -> list[tuple[str, str, str]]:
     """(severity, reason, message) for one file; empty when it is fine."""
     try:
-        if modality == "image":
-            return _check_image(path, t)
-        if modality == "audio":
-            return _check_audio(path, t)
-        if modality == "video":
-            return _check_video(path, t)
-        text = read_text(path)
-        return [] if text else [("warning", "empty-text", "the text file is empty")]
+        with gate.hold(_decode_bytes(modality, path)):
+            if modality == "image":
+                return _check_image(path, t, budgets)
+            if modality == "audio":
+                return _check_audio(path, t, budgets)
+            if modality == "video":
+                return _check_video(path, t, budgets)
+            text = read_text(path)
+            return [] if text else [("warning", "empty-text", "the text file is empty")]
     except MediaError as e:
         return [("error", e.reason, e.detail or str(e))]
 
 
-def _check_image(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
+def _check_image(path: str, t: Thresholds, budgets: Budgets) -> list[tuple[str, str, str]]:
     w, h = image_size(path)
     # A full decode (at a reduced JPEG scale) is what catches truncated files.
-    read_image(path, draft_size=(64, 64))
+    read_image(path, draft_size=(_DRAFT, _DRAFT), budgets=budgets)
     if min(w, h) < t.min_image_side:
         return [("warning", "tiny-image", f"{w}×{h} pixels is under {t.min_image_side} a side")]
     return []
 
 
-def _check_audio(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
-    samples, rate = read_audio(path)
+def _check_audio(path: str, t: Thresholds, budgets: Budgets) -> list[tuple[str, str, str]]:
+    stats = audio_stats(path, budgets=budgets)
     found = []
-    seconds = samples.shape[-1] / rate
-    if seconds < t.min_audio_seconds:
-        found.append(("warning", "short-audio", f"only {seconds:.3f} s long"))
-    rms = float(np.sqrt(np.mean(np.square(samples.numpy(), dtype=np.float64))))
-    level = 20 * math.log10(max(rms, 1e-12))
+    if stats.seconds < t.min_audio_seconds:
+        found.append(("warning", "short-audio", f"only {stats.seconds:.3f} s long"))
+    level = 20 * math.log10(max(stats.rms, 1e-12))
     if level < t.silence_dbfs:
         found.append(("warning", "near-silent", f"RMS level {level:.1f} dBFS"))
     return found
 
 
-def _check_video(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
-    info = probe_video(path)
+def _check_video(path: str, t: Thresholds, budgets: Budgets) -> list[tuple[str, str, str]]:
+    info = probe_video(path, budgets=budgets)
     if info.truncated:
         return [
             (
@@ -232,7 +291,7 @@ def _check_video(path: str, t: Thresholds) -> list[tuple[str, str, str]]:
             )
         ]
     # First, middle and last frames: catches damage the demuxer alone does not see.
-    read_video(path, num_frames=3)
+    read_video(path, num_frames=3, budgets=budgets)
     if t.clip_seconds is not None and info.duration < t.clip_seconds:
         return [
             (

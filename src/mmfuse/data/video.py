@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,13 @@ import av.logging
 import numpy as np
 import torch
 
-from mmfuse.data.audio import decode_audio_stream, finish_audio
+# Frame conversion and time arithmetic live in private modules; they are part of this
+# module's public face (see __all__).
+from mmfuse.data._frames import frame_to_rgb, stack_chw
+from mmfuse.data._video_times import SAMPLING_MODES, sample_times, sliding_windows
+from mmfuse.data.audio import decode_audio_stream, finish_audio, too_long
+from mmfuse.data.budgets import Budgets, resolve
+from mmfuse.data.image import check_image_size
 from mmfuse.data.modalities import (
     DEFAULT_MAX_BYTES,
     check_file,
@@ -42,8 +47,6 @@ av.logging.set_level(None)
 # decoder must fill its pipeline again before the first frame comes out (measured on x264
 # 320×240 clips: seek + first frame 2.3 ms, one more frame in sequence 0.22 ms).
 SEEK_COST_FRAMES = 10
-
-SAMPLING_MODES = ("uniform", "random")
 
 
 @dataclass(frozen=True)
@@ -80,34 +83,42 @@ class VideoClip:
 
 
 @media_errors_only("video")
-def probe_video(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> VideoInfo:
-    """Metadata of a video file; cached per file path, size and modification time."""
+def probe_video(
+    path: str | Path,
+    *,
+    budgets: Budgets | None = None,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> VideoInfo:
+    """Metadata of a video file; cached per file path, size and modification time.
+
+    A frame over the image budgets (`budgets`, default `Budgets.from_env()`: pixels, aspect
+    ratio) raises `MediaError("too-large")` before any frame is decoded.
+    """
     path = check_file(path, max_bytes)
     st = path.stat()
-    return _probe_cached(str(path), st.st_size, st.st_mtime_ns)
+    return _probe_cached(str(path), st.st_size, st.st_mtime_ns, resolve(budgets))
 
 
-@functools.lru_cache(maxsize=512)
-def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
+@media_errors_only("video")
+def frame_size(path: str | Path, *, max_bytes: int | None = DEFAULT_MAX_BYTES) -> tuple[int, int]:
+    """(width, height) of the video stream's frames as stored, from the header (no decoding)."""
+    path = check_file(path, max_bytes)
     container = _open(path)
     with container:
         vs = _video_stream(container, path)
+        return vs.codec_context.width, vs.codec_context.height
+
+
+@functools.lru_cache(maxsize=512)
+def _probe_cached(path: str, size: int, mtime_ns: int, budgets: Budgets) -> VideoInfo:
+    container = _open(path)
+    with container:
+        vs = _video_stream(container, path)
+        # The demuxer knows the frame size: refuse a huge one before the decoder allocates it.
+        check_image_size(path, (vs.codec_context.width, vs.codec_context.height), budgets)
         tb = vs.time_base
         start_pts = vs.start_time or 0
-        pts: list[int] = []
-        keyframe_pts: list[int] = []
-        try:
-            for packet in container.demux(vs):
-                if packet.pts is None:  # the flush packet at the end
-                    continue
-                pts.append(packet.pts)
-                if packet.is_keyframe:
-                    keyframe_pts.append(packet.pts)
-        except av.FFmpegError:
-            pass  # a damaged tail: what was found before it is what can be decoded
-        if not pts:
-            raise MediaError(path, "truncated", "the video stream holds no frames")
-        pts.sort()
+        pts, keyframe_pts = _demux_timestamps(container, vs, path)
         key_idx = sorted({bisect.bisect_left(pts, k) for k in keyframe_pts}) or [0]
         times = tuple(float((p - start_pts) * tb) for p in pts)
         rate = vs.average_rate or vs.guessed_rate
@@ -149,44 +160,6 @@ def _probe_cached(path: str, size: int, mtime_ns: int) -> VideoInfo:
         )
 
 
-def sample_times(
-    start: float,
-    end: float,
-    num_frames: int,
-    mode: str = "uniform",
-    generator: torch.Generator | None = None,
-) -> list[float]:
-    """Times to sample in `[start, end)`: segment centres, or a random point per segment.
-
-    The random mode is TSN-style: one frame from each of `num_frames` equal segments, so a
-    training clip still covers the whole window.
-    """
-    if mode not in SAMPLING_MODES:
-        raise ValueError(f"unknown sampling mode {mode!r}; valid: {', '.join(SAMPLING_MODES)}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    segment = (end - start) / num_frames
-    if mode == "uniform":
-        offsets = [0.5] * num_frames
-    else:
-        offsets = torch.rand(num_frames, generator=generator, dtype=torch.float64).tolist()
-    return [start + (i + u) * segment for i, u in enumerate(offsets)]
-
-
-def sliding_windows(duration: float, window: float, stride: float) -> list[tuple[float, float]]:
-    """`(start, end)` windows of `window` seconds every `stride` seconds covering `duration`.
-
-    The last window is pulled back to end at `duration`, so the tail is never dropped.
-    """
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window and stride must be > 0, got {window} and {stride}")
-    if duration <= window:
-        return [(0.0, duration)]
-    count = math.ceil((duration - window) / stride - 1e-9) + 1
-    starts = [min(i * stride, duration - window) for i in range(count)]
-    return [(s, s + window) for s in starts]
-
-
 @media_errors_only("video")
 def read_video(
     path: str | Path,
@@ -201,6 +174,7 @@ def read_video(
     with_audio: bool = False,
     audio_rate: int | None = 16000,
     mono: bool = True,
+    budgets: Budgets | None = None,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
 ) -> VideoClip:
     """Sample `num_frames` frames from `[start, end)` seconds (default: the whole video).
@@ -208,11 +182,16 @@ def read_video(
     `size=(height, width)` scales frames during colour conversion (cheaper than afterwards).
     `strategy` is "auto" (per frame: seek or decode on, whichever decodes fewer frames),
     "seek" or "sequential" (decode straight through). With `with_audio`, the audio track of the
-    same window comes back too (`audio=None` when the file has none).
+    same window comes back too (`audio=None` when the file has none). Only the sampled frames
+    are converted and kept. Budgets (`budgets`, default `Budgets.from_env()`) are checked from
+    the header before decoding: each frame against the image budgets, `num_frames` × the
+    returned frame's pixels against `video_pixels`, the audio window against `audio_seconds`.
     """
     if strategy not in ("auto", "seek", "sequential"):
         raise ValueError(f"unknown strategy {strategy!r}; valid: auto, seek, sequential")
-    info = probe_video(path, max_bytes=max_bytes)
+    limits = resolve(budgets)
+    info = probe_video(path, budgets=limits, max_bytes=max_bytes)
+    _check_clip_size(info, num_frames, size, limits)
     start = 0.0 if start is None else float(start)
     end = info.duration if end is None else float(end)
     if not 0 <= start < end:
@@ -223,18 +202,54 @@ def read_video(
         )
     times = sample_times(start, min(end, info.duration), num_frames, mode, generator)
     indices = [_frame_at(info, t) for t in times]
+    end = min(end, info.duration)
+    if with_audio and info.has_audio and end - start > limits.audio_seconds:
+        raise too_long(path, end - start, limits.audio_seconds)
     frames, stamps = _decode_frames(info, indices, strategy, size)
     clip = VideoClip(
-        frames=torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous(),  # T×C×H×W
+        frames=stack_chw(frames),  # T×C×H×W
         timestamps=torch.tensor(stamps, dtype=torch.float64),
         start=start,
-        end=min(end, info.duration),
+        end=end,
     )
     if with_audio and info.has_audio:
         clip.audio, clip.sample_rate = _read_track(
             info.path, clip.start, clip.end, audio_rate, mono
         )
     return clip
+
+
+def _check_clip_size(
+    info: VideoInfo, num_frames: int, size: tuple[int, int] | None, budgets: Budgets
+) -> None:
+    h, w = size if size is not None else (info.height, info.width)
+    if num_frames * h * w > budgets.video_pixels:
+        raise MediaError(
+            info.path,
+            "too-large",
+            f"{num_frames} frames of {w}×{h} = {num_frames * h * w} pixels is over the "
+            f"{budgets.video_pixels}-pixel video budget; sample fewer or smaller frames "
+            f"(size=), or {budgets.how_to_raise('video_pixels')}",
+        )
+
+
+def _demux_timestamps(container, vs, path: str) -> tuple[list[int], list[int]]:
+    """Sorted presentation timestamps of every packet, and those of the key frames."""
+    pts: list[int] = []
+    keyframe_pts: list[int] = []
+    try:
+        for packet in container.demux(vs):
+            if packet.pts is None:  # the flush packet at the end
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframe_pts.append(packet.pts)
+    except av.FFmpegError:
+        pass  # a damaged tail: what was found before it is what can be decoded
+    if not pts:
+        raise MediaError(path, "truncated", "the video stream holds no frames")
+    pts.sort()
+    return pts, keyframe_pts
 
 
 def _frame_at(info: VideoInfo, t: float) -> int:
@@ -306,19 +321,6 @@ def _should_seek(strategy: str, position: int | None, idx: int, key: int) -> boo
     return (idx - key) + SEEK_COST_FRAMES < idx - position
 
 
-def frame_to_rgb(frame: av.VideoFrame, rotation: int, size: tuple[int, int] | None) -> np.ndarray:
-    """A decoded frame as H×W×3 uint8 RGB, scaled to `size` (as displayed) and turned upright."""
-    if size is not None:
-        h, w = size
-        if rotation % 180 != 0:
-            h, w = w, h  # scale before rotating, so the displayed size is what was asked
-        frame = frame.reformat(width=w, height=h, format="rgb24")
-    arr = frame.to_ndarray(format="rgb24")  # H×W×3
-    if rotation % 360 != 0:
-        arr = np.ascontiguousarray(np.rot90(arr, k=(rotation // 90) % 4))
-    return arr
-
-
 def _rotation(container: av.container.InputContainer, vs) -> int:
     """Display rotation in degrees counter-clockwise, read from the first frame's matrix.
 
@@ -364,3 +366,17 @@ def _video_stream(container: av.container.InputContainer, path: str | Path):
     if vs.codec_context is None or not vs.codec_context.width:
         raise MediaError(path, "unreadable", "the video stream's codec or frame size is unknown")
     return vs
+
+
+__all__ = [
+    "SAMPLING_MODES",
+    "SEEK_COST_FRAMES",
+    "VideoClip",
+    "VideoInfo",
+    "frame_size",
+    "frame_to_rgb",
+    "probe_video",
+    "read_video",
+    "sample_times",
+    "sliding_windows",
+]

@@ -28,6 +28,10 @@ import numpy as np
 import soxr
 import torch
 
+from mmfuse.data._audio_checks import check_samples
+from mmfuse.data.audio import too_long
+from mmfuse.data.budgets import Budgets, resolve
+from mmfuse.data.image import check_image_size
 from mmfuse.data.modalities import check_file, unreadable
 from mmfuse.data.video import frame_to_rgb, probe_video, sample_times
 from mmfuse.errors import MediaError
@@ -80,6 +84,7 @@ def read_windows(
     frames: Mapping[str, int],
     audio_rates: Mapping[str, int],
     stats: StreamStats | None = None,
+    budgets: Budgets | None = None,
 ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
     """Yield `(window index, {name: tensor})` in order, decoding the file once.
 
@@ -88,8 +93,12 @@ def read_windows(
     with no video stream leaves out the frame names (and one with no audio track, the audio
     names), unless it has neither. In a file that ends before its header says, the windows
     reaching past its end are left out (and `stats.truncated_at` tells where it ended).
+    One window's frames are held to the budgets (`budgets`, default `Budgets.from_env()`):
+    each frame to the image budgets, frames × pixels to `video_pixels`, its audio to
+    `audio_seconds`; over them is `MediaError("too-large")` before any frame is decoded.
     """
     stats = stats if stats is not None else StreamStats()
+    limits = resolve(budgets)
     path = check_file(path, max_bytes=None)
     container = _open(path)
     with container:
@@ -102,7 +111,27 @@ def read_windows(
             )
         frames = frames if vs is not None else {}
         audio_rates = audio_rates if aus is not None else {}
+        _check_budgets(path, vs, frames, audio_rates, windows, limits)
         yield from _Reader(path, windows, frames, audio_rates, stats).run(container, vs, aus)
+
+
+def _check_budgets(path, vs, frames, audio_rates, windows, budgets: Budgets) -> None:
+    """A window's frames and audio within the budgets, from the header alone."""
+    longest = max((end - start for start, end in windows), default=0.0)
+    if audio_rates and longest > budgets.audio_seconds:
+        raise too_long(path, longest, budgets.audio_seconds)
+    if not frames:
+        return
+    w, h = vs.codec_context.width, vs.codec_context.height
+    check_image_size(path, (w, h), budgets)
+    count = max(frames.values())
+    if count * w * h > budgets.video_pixels:
+        raise MediaError(
+            path,
+            "too-large",
+            f"{count} frames of {w}×{h} a window is over the {budgets.video_pixels}-pixel "
+            f"video budget; sample fewer frames, or {budgets.how_to_raise('video_pixels')}",
+        )
 
 
 @dataclass
@@ -277,7 +306,9 @@ class _Reader:
     # -- audio ----------------------------------------------------------------------------
     def _on_sound(self, frame: av.AudioFrame) -> None:
         for out in self.converter.resample(frame):
-            mono = out.to_ndarray().reshape(-1, out.samples).mean(axis=0, dtype=np.float32)
+            chunk = out.to_ndarray().reshape(-1, out.samples)
+            check_samples(self.path, chunk)
+            mono = chunk.mean(axis=0, dtype=np.float32)
             for track in self.tracks.values():
                 track.push(mono, frame.time)
         held = sum(len(t.buffer) for t in self.tracks.values())

@@ -16,6 +16,7 @@ from mmfuse.data.audio import read_audio
 from mmfuse.data.image import read_image
 from mmfuse.data.text import read_text
 from mmfuse.data.video import read_video
+from mmfuse.features._random import rand
 from mmfuse.features.audio_transform import AudioTransform
 from mmfuse.features.image import image_transform
 from mmfuse.features.video import video_transform
@@ -73,6 +74,13 @@ class SampleLoader:
                 return self.transforms[name].eval()(torch.zeros(length))
         return ""
 
+    def _read_audio_clip(self, spec, value, generator: torch.Generator | None) -> torch.Tensor:
+        """Decode only the clip the transform keeps: the centre (a random place when training)
+        of a longer file, `spec.duration` seconds, so hours of audio cost one clip."""
+        crop = float(rand((1,), generator, torch.device("cpu"))) if self.augment else 0.5
+        raw, _ = read_audio(value, sample_rate=spec.sample_rate, duration=spec.duration, crop=crop)
+        return raw
+
     def load(self, name: str, value, generator: torch.Generator | None = None):
         """Read and preprocess one cell of input `name`; raises MediaError for a bad file."""
         spec, modality = self.specs[name], self.modalities[name]
@@ -82,7 +90,7 @@ class SampleLoader:
             side = spec.resize or math.ceil(spec.size * 8 / 7)
             raw = read_image(value, draft_size=(side, side))
         elif modality == "audio":
-            raw, _ = read_audio(value, sample_rate=spec.sample_rate)
+            raw = self._read_audio_clip(spec, value, generator)
         else:
             mode = "random" if self.augment else "uniform"
             raw = read_video(value, spec.frames, mode=mode, generator=generator).frames  # T×C×H×W
