@@ -104,3 +104,38 @@ def test_load_refuses_newer_formats_and_damaged_weights(fitted, tmp_path):
         MultimodalClassifier.load(folder)
     with pytest.raises(CheckpointError, match="not an mmfuse model folder"):
         MultimodalClassifier.load(tmp_path)
+
+
+def test_a_model_folder_with_an_edited_config_is_one_sentence(fitted, tmp_path):
+    import json
+
+    from mmfuse.errors import CheckpointError
+    from mmfuse.model.saved import load_model
+
+    clf, _ = fitted
+    folder = clf.save(tmp_path / "model")
+    saved = json.loads((folder / "config.json").read_text())
+    first = next(iter(saved["model"]["inputs"]))
+    saved["model"]["inputs"][first]["encoder"] = "no-such-encoder"
+    (folder / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match=r"cannot be built .*restore the folder"):
+        load_model(folder)
+
+
+def test_a_model_with_a_nan_weight_is_not_saved(fitted, tmp_path):
+    import copy
+
+    import torch
+
+    from mmfuse.errors import CheckpointError
+
+    clf, _ = fitted
+    broken = copy.deepcopy(clf)
+    name, tensor = next(
+        (n, t) for n, t in broken.model_.state_dict().items() if t.is_floating_point()
+    )
+    tensor.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match=rf"{name}.*NaN or Inf"):
+        broken.save(tmp_path / "model")
+    assert not (tmp_path / "model" / "model.safetensors").exists()
+    assert torch.isfinite(next(iter(clf.model_.state_dict().values()))).all()

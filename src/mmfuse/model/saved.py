@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from mmfuse._version import __version__
 from mmfuse.encoders.base import without_pretrained_weights
-from mmfuse.errors import CheckpointError
+from mmfuse.errors import CheckpointError, MmfuseError
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 
@@ -44,18 +44,33 @@ def save_model(
 ) -> Path:
     """Write the model folder; copy report.md, metrics.json and PNGs from `report_dir`."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    bad = first_nonfinite(model)
+    if bad is not None:
+        raise CheckpointError(
+            path,
+            f"not written: weight {bad!r} holds NaN or Inf, so the model would predict nothing; "
+            "retrain (a lower --lr, or fix the data that made the loss non-finite)",
+        )
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path / WEIGHTS, metadata={"format": str(FORMAT)})
     labels = {h.task: h.classes for h in config.heads}
-    (path / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
     saved = {
         "format": FORMAT,
         "mmfuse_version": __version__,
         "model": config.to_dict(),
         "train": train_config,
     }
-    (path / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        save_file(state, path / WEIGHTS, metadata={"format": str(FORMAT)})
+        (path / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
+        (path / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free / 2**20
+        raise CheckpointError(
+            path,
+            f"the model folder could not be written ({e.strerror or e}; {free:.0f} MiB free); "
+            "free some space or save elsewhere",
+        ) from None
     if report_dir is not None:
         report_dir = Path(report_dir)
         files = [report_dir / n for n in REPORT_FILES] + sorted(report_dir.glob("*.png"))
@@ -63,6 +78,29 @@ def save_model(
             if f.is_file() and f.resolve() != (path / f.name).resolve():
                 shutil.copy2(f, path / f.name)
     return path
+
+
+def first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first floating-point weight or buffer holding NaN or Inf, else None."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _build(path: Path, saved: dict) -> tuple[MultimodalModel, ModelConfig]:
+    """The model `config.json` describes, at random weights; a config that cannot be built
+    (edited, damaged, or naming an encoder this mmfuse lacks) is a data problem, not a crash."""
+    try:
+        config = ModelConfig.from_dict(saved["model"])
+        with without_pretrained_weights():
+            return MultimodalModel.from_config(config), config
+    except (MmfuseError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise CheckpointError(
+            path / CONFIG,
+            f"describes a model that cannot be built ({e}); it was edited or damaged, or "
+            "needs a newer mmfuse: restore the folder, upgrade mmfuse, or retrain",
+        ) from None
 
 
 def read_saved_config(path: str | os.PathLike) -> dict:
@@ -98,9 +136,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """`(model, ModelConfig, train config dict or None)` from a model folder."""
     path = Path(path)
     saved = read_saved_config(path)
-    config = ModelConfig.from_dict(saved["model"])
-    with without_pretrained_weights():
-        model = MultimodalModel.from_config(config)
+    model, config = _build(path, saved)
     try:
         state = load_file(path / WEIGHTS, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

@@ -164,11 +164,3 @@ def tensor_bytes(value) -> int:
     if isinstance(value, (list, tuple)):
         return sum(tensor_bytes(v) for v in value)
     return 0
-
-
-def first_nonfinite(model: torch.nn.Module) -> str | None:
-    """The name of the first floating-point weight or buffer holding NaN or Inf, else None."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None

@@ -46,6 +46,7 @@ import torch
 from safetensors.torch import load_model
 
 from mmfuse.errors import CheckpointError
+from mmfuse.model.saved import first_nonfinite
 from mmfuse.train import _ckpt_io, _ckpt_store
 from mmfuse.train._ckpt_format import (
     CONFIG_FILE,
@@ -148,7 +149,7 @@ def save_checkpoint(
 def _check_finite(model: torch.nn.Module, final: Path, kept: str) -> None:
     # Checked before writing: a checkpoint holding NaN would poison every run resumed from it,
     # and as the newest it is the one --resume picks.
-    name = _ckpt_io.first_nonfinite(model)
+    name = first_nonfinite(model)
     if name is not None:
         kept = f"; {kept}" if kept else ""
         raise CheckpointError(
