@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +15,7 @@ import pytest
 
 import media_factory as mf
 from mmfuse.data.budgets import ENV, Budgets, resolve
+from mmfuse.data.image import DECODE_BYTES_PER_PIXEL
 from mmfuse.errors import MmfuseError
 
 
@@ -115,3 +117,45 @@ def test_hostile_files_are_refused_without_allocating(tmp_path):
     assert max(grown.values()) < 64, grown
     reasons, _ = out["validate"]
     assert reasons == ["near-silent", "too-large", "too-large", "too-large"]
+
+
+_VALIDATE_CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    import pandas as pd
+    from mmfuse.data.validate import validate
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB → bytes
+
+    rows = json.loads(sys.argv[1])
+    before = peak()
+    problems = validate(pd.DataFrame(rows), workers=int(sys.argv[2]))
+    print(json.dumps({"grown": peak() - before, "problems": len(problems)}))
+    """
+)
+
+
+def test_validate_memory_is_bounded_whatever_its_workers(tmp_path):
+    source = mf.big_png(tmp_path, 3000)  # 9 Mpx: legitimate, within every budget
+    rows = [
+        {"image": str(shutil.copy(source, tmp_path / f"p{i}.png")), "label": str(i % 2)}
+        for i in range(8)
+    ]
+    one = 3000 * 3000 * DECODE_BYTES_PER_PIXEL
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin", "MMFUSE_VALIDATE_MEMORY": str(2 * one)}
+    grown = {}
+    for workers in (1, 8):
+        done = subprocess.run(
+            [sys.executable, "-c", _VALIDATE_CHILD, json.dumps(rows), str(workers)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        grown[workers] = json.loads(done.stdout.strip().splitlines()[-1])["grown"]
+    # Eight workers decode two pictures at a time, as the budget allows: not eight.
+    assert grown[8] < 2 * one * 1.2, grown
+    assert grown[1] < one * 1.2, grown

@@ -16,6 +16,7 @@ from mmfuse import validate
 from mmfuse.cli import main
 from mmfuse.data import Thresholds
 from mmfuse.data.budgets import Budgets
+from mmfuse.data.image import DECODE_BYTES_PER_PIXEL
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ def test_decodes_in_flight_stay_within_the_memory_budget(tmp_path, monkeypatch):
     # (the package's `validate` function hides the module of the same name)
     validate_mod = importlib.import_module("mmfuse.data.validate")
     paths = [mf.image_file(tmp_path, size=(200, 100), name=f"{i}.png") for i in range(12)]
-    one = 200 * 100 * 10  # the share validate estimates for one such image
+    one = 200 * 100 * DECODE_BYTES_PER_PIXEL  # the share validate estimates for one image
     in_flight, peak, lock = [0], [0], threading.Lock()
     real = validate_mod.read_image
 

@@ -13,9 +13,9 @@ from mmfuse.data.budgets import Budgets, resolve
 from mmfuse.data.modalities import DEFAULT_MAX_BYTES, check_file, media_errors_only, unreadable
 from mmfuse.errors import MediaError
 
-# Bytes per pixel a decode holds at its peak: Pillow's 4-byte pixels, then the H×W×3 array and
-# the 3×H×W tensor made from it.
-DECODE_BYTES_PER_PIXEL = 10
+# Bytes per pixel a decode holds at its peak: Pillow's 4-byte pixels, the 3-byte copy numpy
+# gets from it (Pillow joins it from chunks, so briefly twice), and the 3×H×W tensor.
+DECODE_BYTES_PER_PIXEL = 14
 
 
 @media_errors_only("image")

@@ -8,6 +8,8 @@ bounded by bytes, not by the thread count (see `validate`).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import threading
@@ -224,6 +226,18 @@ _VIDEO_BYTES_PER_PIXEL = 3 * 3 + 4 * 1.5
 _DRAFT = 64  # JPEGs are checked decoded at the reduced scale nearest 64 pixels a side
 
 
+# glibc keeps what a thread frees in that thread's own arena: without a trim after a large
+# decode, the process keeps one decode's worth per worker thread, however few ran at once.
+_TRIM_BYTES = 1 << 26
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None)
+
+
+def _give_back_freed_memory() -> None:
+    trim = getattr(_LIBC, "malloc_trim", None)  # glibc only
+    if trim is not None:
+        trim(0)
+
+
 def _decode_bytes(modality: str, path: str) -> int:
     """The bytes checking this file may hold at once, from its header alone."""
     if modality == "image":
@@ -246,15 +260,20 @@ def _check_file(
 ) -> list[tuple[str, str, str]]:
     """(severity, reason, message) for one file; empty when it is fine."""
     try:
-        with gate.hold(_decode_bytes(modality, path)):
-            if modality == "image":
-                return _check_image(path, t, budgets)
-            if modality == "audio":
-                return _check_audio(path, t, budgets)
-            if modality == "video":
-                return _check_video(path, t, budgets)
-            text = read_text(path)
-            return [] if text else [("warning", "empty-text", "the text file is empty")]
+        cost = _decode_bytes(modality, path)
+        with gate.hold(cost):
+            try:
+                if modality == "image":
+                    return _check_image(path, t, budgets)
+                if modality == "audio":
+                    return _check_audio(path, t, budgets)
+                if modality == "video":
+                    return _check_video(path, t, budgets)
+                text = read_text(path)
+                return [] if text else [("warning", "empty-text", "the text file is empty")]
+            finally:
+                if cost >= _TRIM_BYTES:
+                    _give_back_freed_memory()
     except MediaError as e:
         return [("error", e.reason, e.detail or str(e))]
 
