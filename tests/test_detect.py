@@ -113,7 +113,7 @@ def model_dir(tmp_path_factory):
     manifest = read_manifest(data / "manifest.csv", modalities={"video": "video"})
     config = model_config()
     train_config = TrainConfig(
-        epochs=10,
+        epochs=15,
         batch_size=4,
         lr=1e-2,
         augment=False,
