@@ -35,6 +35,8 @@ from mmfuse.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     UsageError,
+    add_budget_flags,
+    apply_budget_flags,
 )
 from mmfuse.encoders.base import EncoderError
 from mmfuse.errors import ManifestError, MmfuseError
@@ -69,6 +71,9 @@ _DATASETS_EXAMPLES = """examples:
 
 # Command → the module holding its `add_arguments` and `run`, imported when the parser is built.
 # Those modules import FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads neither.
+# Commands that decode media files: they take the --max-* decode budgets.
+READS_MEDIA = ("validate", "train", "evaluate", "predict", "detect", "serve")
+
 COMMANDS: dict[str, str | Group] = {
     "validate": "mmfuse.cli.validate",
     "train": "mmfuse.cli.train",
@@ -120,7 +125,10 @@ def _add_commands(sub, table: dict[str, str | Group]) -> None:
             _add_commands(_add_group(sub, name, entry), entry.commands)
         else:
             module = importlib.import_module(entry)
-            module.add_arguments(_add_command(sub, name, module.run))
+            p = _add_command(sub, name, module.run)
+            module.add_arguments(p)
+            if name in READS_MEDIA:
+                add_budget_flags(p)
 
 
 def _add_command(sub, name: str, run) -> argparse.ArgumentParser:
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
+        apply_budget_flags(args)
         return args.func(args)
     except USAGE_ERRORS as e:
         if args.debug:

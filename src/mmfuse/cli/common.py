@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
@@ -134,3 +135,44 @@ def manifest_for(config, source: str, *, labelled: bool):
             f"columns: {list(manifest.frame.columns)}"
         )
     return manifest
+
+
+# --max-* flag → the Budgets field it sets (mmfuse.data.budgets), for every reader in the run.
+BUDGET_FLAGS = {
+    "max_audio_seconds": ("audio_seconds", float, "seconds of audio one read may decode"),
+    "max_image_pixels": ("image_pixels", int, "pixels of one decoded image or video frame"),
+    "max_image_aspect": ("image_aspect", float, "longer over shorter side of an image"),
+    "max_video_pixels": ("video_pixels", int, "frames × pixels of one video read"),
+}
+
+
+def add_budget_flags(p: argparse.ArgumentParser) -> None:
+    """The decode budgets as flags (default: the MMFUSE_MAX_* variables, else the built-ins)."""
+    from mmfuse.data.budgets import ENV
+
+    for flag, (field, kind, what) in BUDGET_FLAGS.items():
+        p.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=kind,
+            metavar="N",
+            help=f"{what}; a file over it is refused as too large (default: ${ENV[field]} "
+            "or the built-in limit)",
+        )
+
+
+def apply_budget_flags(args: argparse.Namespace) -> None:
+    """Set the variables the readers consult (DataLoader workers and uvicorn workers inherit
+    them), after checking each value the way `Budgets` does."""
+    from mmfuse.data.budgets import ENV, Budgets
+
+    given = {
+        field: getattr(args, flag)
+        for flag, (field, _, _) in BUDGET_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    try:
+        Budgets(**given)
+    except MmfuseError as e:
+        raise UsageError(f"{e} (a --max-* flag)") from None
+    for field, value in given.items():
+        os.environ[ENV[field]] = str(value)
