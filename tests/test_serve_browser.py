@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import uvicorn
 
 from mmfuse.serve.app import create_app
+from serve_helpers import serving
 from test_serve import CLASSES, tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -25,21 +22,8 @@ pytestmark = pytest.mark.skipif(
 def server(tmp_path_factory):
     """The service on a free loopback port, in a thread; yields (base URL, data folder)."""
     model_dir, data_dir = tiny_model(tmp_path_factory)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(model_dir), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/", data_dir
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with serving(create_app(model_dir), lifespan="on") as (host, port):
+        yield f"http://{host}:{port}/", data_dir
 
 
 def test_page_predicts_and_draws_the_bars(server, tmp_path):

@@ -15,7 +15,6 @@ import select
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,7 +27,8 @@ from mmfuse.cli import serve as serve_cli
 from mmfuse.serve import run as serve_run
 from mmfuse.serve.app import create_app
 from mmfuse.serve.auth import ENV_API_KEY
-from mmfuse.serve.protocol import PROTOCOL, ConnectionLimits, attach
+from mmfuse.serve.protocol import ConnectionLimits, attach
+from serve_helpers import serving
 from test_serve import tiny_model
 
 KEY = "s3cret-key"
@@ -39,26 +39,9 @@ def model_dir(tmp_path_factory):
     return tiny_model(tmp_path_factory)[0]
 
 
-@contextlib.contextmanager
 def running(app, limits: ConnectionLimits):
     """`app` behind `LimitedH11Protocol` on a free loopback port; yields (host, port)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, http=PROTOCOL, log_level="warning", lifespan="off")
-    attach(config, limits)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield sock.getsockname()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    return serving(app, limits=limits)
 
 
 def slow_client(address, head: bytes, trickle: bytes, seconds: float):

@@ -52,11 +52,11 @@ from mmfuse.data._avdigits_media import (
     speak,
     utterance,
 )
+from mmfuse.data.cache import SPLITS, manifest_paths, read_marker
 from mmfuse.errors import MmfuseError
 
 VERSION = 2
 MARKER = "avdigits.json"
-SPLITS = ("train", "val", "test")
 COLUMNS = ("image", "audio", "video", "text", "label")
 
 
@@ -74,8 +74,8 @@ def ensure_avdigits(
     """The split manifests of avdigits under `root` (default `avdigits_path`), generated first
     unless a complete generation of the same `(samples, seed, version)` is already there."""
     root = Path(root) if root is not None else avdigits_path(samples, seed)
-    if _read_marker(root) == _marker(samples, seed):
-        return _manifest_paths(root)
+    if read_marker(root / MARKER) == _marker(samples, seed):
+        return manifest_paths(root)
     return make_avdigits(root, samples=samples, seed=seed, progress=progress)
 
 
@@ -113,7 +113,7 @@ def make_avdigits(
     jobs = [(out, t, clean[t.speech], clean[t.video_speech]) for t in tasks]
     rows = dict(zip([t.index for t in tasks], _run(jobs, workers, progress)))
 
-    paths = _manifest_paths(out)
+    paths = manifest_paths(out)
     for split, path in paths.items():
         frame = pd.DataFrame([rows[i] for i in split_of[split]], columns=list(COLUMNS))
         frame.to_csv(path, index=False)
@@ -257,17 +257,6 @@ def _check_args(samples: int, splits) -> None:
 
 def _marker(samples: int, seed: int) -> dict:
     return {"samples": samples, "seed": seed, "version": VERSION}
-
-
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _manifest_paths(root: Path) -> dict[str, Path]:
-    return {split: root / f"{split}.csv" for split in SPLITS}
 
 
 __all__ = [

@@ -60,11 +60,11 @@ from mmfuse.data._real_media import (
     write_speech,
     write_speech_kind,
 )
+from mmfuse.data.cache import SPLITS, manifest_paths, read_marker
 from mmfuse.errors import MmfuseError
 
 VERSION = 1
 MARKER = "real.json"
-SPLITS = ("train", "val", "test")
 SIZES = ("small", "large")
 
 
@@ -177,7 +177,7 @@ def make_real_task(
         (out / "media" / label).mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, *name.encode()])
     rows = task.write(rng, out, per_class, splits, None if source is None else Path(source))
-    paths = _manifest_paths(out)
+    paths = manifest_paths(out)
     for split, path in paths.items():
         chosen = [(file, label) for s, file, label in rows if s == split]
         pd.DataFrame(chosen, columns=[task.modality, "label"]).to_csv(path, index=False)
@@ -199,8 +199,8 @@ def ensure_real_task(
     task = _task(name)
     chosen = _per_class(task, size, per_class)
     root = Path(root) if root is not None else real_task_path(name, size, seed, per_class)
-    if _read_marker(root) == _marker(name, chosen, seed, (0.6, 0.2, 0.2)):
-        return _manifest_paths(root)
+    if read_marker(root / MARKER) == _marker(name, chosen, seed, (0.6, 0.2, 0.2)):
+        return manifest_paths(root)
     return make_real_task(name, root, seed=seed, size=size, per_class=per_class)
 
 
@@ -240,17 +240,6 @@ def _marker(name: str, per_class: int | None, seed: int, splits) -> dict:
         "splits": list(splits),
         "version": VERSION,
     }
-
-
-def _read_marker(root: Path) -> dict | None:
-    try:
-        return json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _manifest_paths(root: Path) -> dict[str, Path]:
-    return {split: root / f"{split}.csv" for split in SPLITS}
 
 
 __all__ = [
