@@ -68,8 +68,12 @@ def _source(path: str) -> tuple[str, dict]:
 
 def load_model(path: str, modality: str) -> nn.Module:
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     source, kwargs = _source(path)
+    # Its per-load progress bar would print under every fit and every served model load.
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         # float32 whatever the checkpoint was saved in (transformers 5 defaults to dtype="auto").
         model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
@@ -78,6 +82,9 @@ def load_model(path: str, modality: str) -> nn.Module:
             f"cannot load Hugging Face model {path!r} for {modality}: {e}. A hub id needs the "
             "network (or a filled cache); offline, pass a local folder instead"
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     # Two-tower models (CLIP, SigLIP, ...) load as a whole; keep the tower for this modality.
     tower = {"image": "vision_model", "text": "text_model"}.get(modality)
     if tower and hasattr(model, tower) and hasattr(model, "vision_model"):
