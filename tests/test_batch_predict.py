@@ -6,21 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmfuse.data.synthetic import make_shapes
 from mmfuse.infer import streamed as batch_predict
 from mmfuse.infer.streamed import parse_shard, predict_manifest, shard_bounds
-from train_helpers import tiny_classifier
+from train_helpers import saved_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bp")
-    make_shapes(root / "train", 4, 3, seed=0)
-    make_shapes(root / "data", 5, 3, seed=1)
-    clf = tiny_classifier(root / "run")
-    clf.fit(root / "train" / "manifest.csv")
-    clf.save(root / "model")
-    return root / "model", root / "data" / "manifest.csv", clf
+    return saved_tiny_model(tmp_path_factory.mktemp("bp"))
 
 
 def run(model_dir, manifest, out, **options):

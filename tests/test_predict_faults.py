@@ -24,11 +24,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmfuse.cli import main
-from mmfuse.data.synthetic import make_shapes
 from mmfuse.errors import MmfuseError
 from mmfuse.infer import streamed
 from mmfuse.infer.streamed import NON_FINITE, PAUSE_ENV, STAGES, predict_manifest
-from train_helpers import tiny_classifier
+from train_helpers import saved_tiny_model
 
 ROWS = 15
 
@@ -37,16 +36,10 @@ ROWS = 15
 def model(tmp_path_factory):
     """A tiny model, its 15-row manifest and the reference output of an unbroken run."""
     root = tmp_path_factory.mktemp("faults")
-    make_shapes(root / "train", 4, 3, seed=0)
-    make_shapes(root / "data", 5, 3, seed=1)
-    clf = tiny_classifier(root / "run")
-    clf.fit(root / "train" / "manifest.csv")
-    clf.save(root / "model")
+    model_dir, manifest, _ = saved_tiny_model(root)
     reference = root / "reference.parquet"
-    predict_manifest(
-        root / "model", root / "data" / "manifest.csv", reference, progress=False, log=print
-    )
-    return root / "model", root / "data" / "manifest.csv", pd.read_parquet(reference)
+    predict_manifest(model_dir, manifest, reference, progress=False, log=print)
+    return model_dir, manifest, pd.read_parquet(reference)
 
 
 def mmfuse_predict(model_dir, manifest, out, *extra, cwd, pause: str | None = None):

@@ -126,3 +126,14 @@ def tiny_classifier(out_dir: Path, **overrides):
         "train_options": {"tensorboard": False},
     }
     return MultimodalClassifier(**{**params, **overrides})
+
+
+def saved_tiny_model(root: Path):
+    """A tiny classifier fitted on 12 shapes rows and saved: `(model folder, a 15-row manifest
+    to predict, the classifier)`."""
+    make_shapes(root / "train", 4, 3, seed=0)
+    make_shapes(root / "data", 5, 3, seed=1)
+    clf = tiny_classifier(root / "run")
+    clf.fit(root / "train" / "manifest.csv")
+    clf.save(root / "model")
+    return root / "model", root / "data" / "manifest.csv", clf

@@ -26,6 +26,7 @@ from mmfuse.device import resolve_device
 from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.infer.table import predicted_labels
 from mmfuse.model.config import FusionConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, save_model
@@ -209,12 +210,7 @@ class MultimodalClassifier(BaseEstimator):
     def predict(self, X, task: str | None = None) -> np.ndarray:
         """Predicted class names; None for rows whose files could not be read."""
         task = task or getattr(self, "task_", None)
-        proba = self.predict_proba(X, task)
-        classes = np.array(self.labels_[task], dtype=object)
-        ok = ~np.isnan(proba).any(axis=1)
-        out = np.full(len(proba), None, dtype=object)
-        out[ok] = classes[proba[ok].argmax(axis=1)]
-        return out
+        return predicted_labels(self.predict_proba(X, task), self.labels_[task])
 
     def evaluate(
         self, X, out_dir: str | os.PathLike | None = None, *, ablation=True, robustness=False

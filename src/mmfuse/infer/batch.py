@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from mmfuse.infer.dataset import Skipped
 
@@ -50,3 +51,34 @@ def collate(items: list) -> dict:
         t: torch.tensor([i["labels"][t] for i in items], dtype=torch.long) for t in tasks
     }
     return batch
+
+
+def batches_of(rows: Sequence[int], size: int) -> list[list[int]]:
+    """`rows` cut in order into batches of `size` (the last one shorter)."""
+    size = max(1, size)
+    return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
+def row_loader(
+    dataset: Dataset,
+    batches: list[list[int]],
+    *,
+    workers: int = 0,
+    seed: int | None = None,
+    device: torch.device | None = None,
+) -> DataLoader:
+    """A DataLoader over fixed batches of rows, stacked by `collate`.
+
+    It has a generator of its own (seeded with `seed` when given): making an iterator must not
+    draw from the global RNG that dropout uses, or a resumed run would diverge from an
+    uninterrupted one. Memory is pinned when the batches go to a CUDA device.
+    """
+    generator = torch.Generator() if seed is None else torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=generator,
+        pin_memory=device is not None and device.type == "cuda",
+    )

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from mmfuse import distributed
-from mmfuse.infer.batch import collate
+from mmfuse.infer.batch import batches_of, row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.model.multimodal import MultimodalModel, encoder_input
 
@@ -196,19 +196,16 @@ def predict_dataset(
     model = model.to(device)
     model.eval()
     order = distributed.rank_slice(list(range(len(dataset))), dist, pad=False)
-    size = max(1, opt.batch_size)
-    loader = torch.utils.data.DataLoader(
+    batches = row_loader(
         dataset,
-        batch_sampler=[order[i : i + size] for i in range(0, len(order), size)],
-        num_workers=opt.workers,
-        collate_fn=collate,
-        # Its own generator: making an iterator must not draw from the global RNG.
-        generator=torch.Generator().manual_seed(opt.seed),
-        pin_memory=device.type == "cuda",
+        batches_of(order, opt.batch_size),
+        workers=opt.workers,
+        seed=opt.seed,
+        device=device,
     )
     result = predict_batches(
         model,
-        loader,
+        batches,
         {t: len(c) for t, c in dataset.tasks.items()},
         device=device,
         precision=opt.precision,

@@ -39,11 +39,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from mmfuse.data.manifest import Manifest, read_manifest
 from mmfuse.errors import MmfuseError
-from mmfuse.infer.batch import collate
+from mmfuse.infer.batch import batches_of, row_loader
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import predict_batches
 from mmfuse.infer.predictor import Predictor
@@ -234,15 +233,9 @@ def predict_rows(
     not finite (NaN or Inf): such probabilities are never given out.
     """
     task = task or predictor.task
-    size = max(1, batch_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=[rows[i : i + size] for i in range(0, len(rows), size)],
-        num_workers=workers,
-        collate_fn=collate,
-    )
+    batches = row_loader(dataset, batches_of(rows, batch_size), workers=workers)
     classes = {t: len(c) for t, c in predictor.labels.items()}
-    out = predict_batches(predictor.model, loader, classes, device=predictor.device)
+    out = predict_batches(predictor.model, batches, classes, device=predictor.device)
     position = {r: i for i, r in enumerate(rows)}
     probs = np.full((len(rows), classes[task]), np.nan, dtype=np.float32)
     predicted = [position[r] for r in out["rows"]]

@@ -20,6 +20,7 @@ import numpy as np
 
 from mmfuse.errors import MediaError
 from mmfuse.infer.predictor import InputError, Predictor
+from mmfuse.infer.table import predicted_labels
 
 
 class BatchPredictor:
@@ -50,11 +51,8 @@ class BatchPredictor:
         if prepared:
             for i, result in zip(where, p.predict_tensors(prepared)):
                 proba[i] = [result.probabilities[c] for c in classes]
-        ok = ~np.isnan(proba).any(axis=1)
-        prediction = np.full(size, None, dtype=object)
-        prediction[ok] = np.asarray(classes, dtype=object)[proba[ok].argmax(axis=1)]
         out = dict(batch)
-        out["prediction"] = prediction
+        out["prediction"] = predicted_labels(proba, classes)
         out["error"] = np.asarray(errors, dtype=object)
         for j, c in enumerate(classes):
             out[f"proba_{c}"] = proba[:, j]

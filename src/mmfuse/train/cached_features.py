@@ -17,7 +17,7 @@ import torch
 from mmfuse import distributed
 from mmfuse.data.cache import default_cache_dir
 from mmfuse.distributed import DistInfo
-from mmfuse.infer.batch import collate
+from mmfuse.infer.batch import batches_of, row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel, encoder_input
@@ -137,15 +137,7 @@ def _compute(
         train=False,
         decode_timeout=dataset.decode_timeout,
     )
-    rows = sorted(keys)
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    loader = torch.utils.data.DataLoader(
-        single,
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate,
-        generator=torch.Generator(),
-    )
+    loader = row_loader(single, batches_of(sorted(keys), batch_size), workers=workers)
     if progress:
         from tqdm.auto import tqdm
 

@@ -35,7 +35,7 @@ import torch
 from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.infer.batch import collate
+from mmfuse.infer.batch import row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
@@ -194,16 +194,8 @@ class Trainer:
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
     def _loader(self, dataset, batches: list[list], shuffle_seed: int):
-        cfg = self.config
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=batches,
-            num_workers=cfg.workers,
-            collate_fn=collate,
-            # Its own generator: creating an iterator must not draw from the global RNG that
-            # dropout uses, or a resumed run would diverge from an uninterrupted one.
-            generator=torch.Generator().manual_seed(shuffle_seed),
-            pin_memory=self.device.type == "cuda",
+        return row_loader(
+            dataset, batches, workers=self.config.workers, seed=shuffle_seed, device=self.device
         )
 
     # ------------------------------------------------------------------ training
