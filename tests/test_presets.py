@@ -10,7 +10,10 @@ from mmfuse.model.config import ConfigError
 from mmfuse.train.presets import (
     BEST_BACKBONE_LR_RATIO,
     FAST_ENCODERS,
+    FROZEN_EPOCHS,
     PRETRAINED_ENCODERS,
+    TRAINED_EPOCHS,
+    default_epochs,
     resolve_preset,
 )
 from mmfuse.train.run import model_config_for
@@ -94,3 +97,19 @@ def test_explicit_encoders_override_the_preset_per_column():
     assert (clip.mode, clip.finetune_after) == ("finetune", 1)
     plain = model_config_for(manifest, preset=preset)
     assert plain.inputs["photo"].mode == "freeze"
+
+
+def test_default_epochs_are_more_when_every_encoder_is_frozen():
+    frame = pd.DataFrame(
+        {"photo": ["a.png", "b.png"], "clip": ["a.wav", "b.wav"], "label": ["x", "y"]}
+    )
+    manifest = read_manifest(frame, label="label", modalities={"photo": "image", "clip": "audio"})
+    medium = resolve_preset("medium", ["image", "audio"], lr=1e-3, epochs=None, installed=every)
+    assert default_epochs(model_config_for(manifest, preset=medium)) == FROZEN_EPOCHS
+    # One encoder that trains makes every epoch a pass through it: the shorter default.
+    mixed = model_config_for(manifest, encoders={"photo": "resnet-tiny"}, preset=medium)
+    assert default_epochs(mixed) == TRAINED_EPOCHS
+    fast = resolve_preset("fast", ["image", "audio"], lr=1e-3, epochs=None, installed=every)
+    assert default_epochs(model_config_for(manifest, preset=fast)) == TRAINED_EPOCHS
+    best = resolve_preset("best", ["image"], lr=1e-3, epochs=None, installed=every)
+    assert best.encoders["image"]["finetune_after"] == 2

@@ -31,7 +31,7 @@ from mmfuse.model.config import FusionConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, save_model
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.presets import Preset, resolve_preset
+from mmfuse.train.presets import Preset, default_epochs, resolve_preset
 from mmfuse.train.run import model_config_for, train_model
 
 
@@ -51,7 +51,9 @@ class MultimodalClassifier(BaseEstimator):
         encoders: per column or modality, an encoder name or a dict of InputConfig fields, e.g.
             `{"image": "resnet18", "text": {"encoder": "hf", "mode": "freeze"}}`; they
             override the preset for those columns.
-        epochs, batch_size, lr, seed, device, workers: as in `TrainConfig`.
+        epochs: passes over the training data; None: 40 when every encoder is frozen (as with
+            "medium": an epoch is a pass over cached features), else 10.
+        batch_size, lr, seed, device, workers: as in `TrainConfig`.
         fusion_dim, fusion_options, modality_dropout: as in `FusionConfig`.
         train_options: any other `TrainConfig` fields, e.g. `{"precision": "bf16"}`.
         out_dir: the run folder (checkpoints, report); default: a new temporary folder.
@@ -63,7 +65,7 @@ class MultimodalClassifier(BaseEstimator):
         fusion: str = "attention",
         preset: str | None = None,
         encoders: Mapping | None = None,
-        epochs: int = 10,
+        epochs: int | None = None,
         batch_size: int = 32,
         lr: float = 1e-3,
         seed: int = 0,
@@ -93,10 +95,10 @@ class MultimodalClassifier(BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fitting
-    def _train_config(self, preset: Preset | None = None) -> TrainConfig:
-        options = {**(preset.train if preset else {}), **dict(self.train_options or {})}
+    def _train_config(self, preset: Preset, epochs: int) -> TrainConfig:
+        options = {**preset.train, **dict(self.train_options or {})}
         return TrainConfig(
-            epochs=self.epochs,
+            epochs=epochs,
             batch_size=self.batch_size,
             lr=self.lr,
             seed=self.seed,
@@ -140,7 +142,7 @@ class MultimodalClassifier(BaseEstimator):
         for note in preset.notes:
             log(f"preset {preset.name}: {note}")
         config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
-        train_config = self._train_config(preset)
+        train_config = self._train_config(preset, self.epochs or default_epochs(config))
         run_dir = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="mmfuse-"))
         run = train_model(
             train,

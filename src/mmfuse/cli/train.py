@@ -147,7 +147,11 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_loop_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--epochs", type=int, metavar="N", help="passes over the training data (default: 10)"
+        "--epochs",
+        type=int,
+        metavar="N",
+        help="passes over the training data (default: 40 when every encoder is "
+        "frozen, as with --preset medium; else 10)",
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="samples per step (default: 32)")
     p.add_argument("--lr", type=float, metavar="X", help="learning rate (default: 1e-3)")
