@@ -66,6 +66,8 @@ def test_fit_predict_evaluate(fitted):
     metrics = clf.evaluate(val)
     assert metrics["accuracy"] == pytest.approx(float((pred == truth).mean()))
     assert metrics["accuracy"] >= 0.8, clf.history_
+    # Robustness curves re-encode the data at every corruption level: fit asks for them.
+    assert "robustness" not in clf.evaluation_ and "ablation" in clf.evaluation_
 
 
 def test_predict_with_a_missing_modality_and_no_label(fitted):

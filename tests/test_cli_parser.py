@@ -123,3 +123,10 @@ def test_help_does_not_import_the_service_or_onnx():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_train_and_evaluate_add_robustness_curves_only_when_asked():
+    parser = build_parser()
+    for argv in (["train", "train.csv"], ["evaluate", "run", "test.csv"]):
+        assert parser.parse_args(argv).robustness is False
+        assert parser.parse_args([*argv, "--robustness"]).robustness is True

@@ -117,13 +117,16 @@ class MultimodalClassifier(BaseEstimator):
         modalities: Mapping[str, str] | None = None,
         resume: bool = False,
         root: str | os.PathLike | None = None,
+        robustness: bool = False,
     ) -> MultimodalClassifier:
         """Train on `X` (DataFrame, manifest file or class-per-folder root); return self.
 
         `val` (same kinds) drives early stopping and the report; `modalities` declares column
         roles the inference gets wrong, e.g. `{"notes": "text", "id": "ignore"}`. `root` is the
         folder relative paths resolve against, for `X` and `val` alike (default: a manifest
-        file's folder; the working directory for a DataFrame).
+        file's folder; the working directory for a DataFrame). `robustness` adds robustness
+        curves to the report on `val`: every corruption level is a pass through the encoders,
+        frozen ones included, so it costs more than the fit of a frozen preset.
         """
         train = _as_manifest(X, label, modalities, root=root)
         val_manifest = (
@@ -151,6 +154,7 @@ class MultimodalClassifier(BaseEstimator):
             run_dir,
             val=val_manifest,
             resume=resume,
+            robustness=robustness,
             log=log,
         )
         self._set_fitted(run.model, config, train_config)

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     train, val = _read_data(args)
     clf = MultimodalClassifier(**params, out_dir=out, verbose=True)
     try:
-        clf.fit(train, val=val, resume=args.resume)
+        clf.fit(train, val=val, resume=args.resume, robustness=args.robustness)
     except KeyboardInterrupt:
         print(f"\ninterrupted; to continue, run the same command with --resume (--out {out})")
         raise
@@ -100,6 +100,12 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
         "own folder)",
     )
     add_modality_flag(p)
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="add robustness curves (noise, blur, ... at growing strengths) on --val to the "
+        "report (slower: each strength is a pass through every encoder)",
+    )
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
