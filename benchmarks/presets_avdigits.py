@@ -27,7 +27,7 @@ from mmfuse.data.avdigits import make_avdigits
 COLUMNS = ("image", "audio", "video", "text")
 
 
-def run(preset: str, paths: dict, keep: tuple[str, ...], epochs: int, seed: int) -> dict:
+def run(preset: str, paths: dict, keep: tuple[str, ...], epochs: int | None, seed: int) -> dict:
     ignore = {c: "ignore" for c in COLUMNS if c not in keep}
     with tempfile.TemporaryDirectory() as out:
         clf = MultimodalClassifier(
@@ -49,7 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["fast", "medium"])
     parser.add_argument("--samples", type=int, default=600)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, help="default: each preset's default epochs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="avdigits folder (default: a temporary one)")
     parser.add_argument("--out", help="write the results here as JSON")
@@ -67,7 +67,7 @@ def main() -> None:
                 f"{r['preset']:<7} {r['inputs']:<24} acc {r['accuracy']:.3f}  fit {r['fit_s']:.0f} s"
             )
     table = pd.DataFrame(rows).pivot(index="inputs", columns="preset", values="accuracy")
-    print(f"\ntest accuracy, avdigits {args.samples} samples, {args.epochs} epochs")
+    print(f"\ntest accuracy, avdigits {args.samples} samples, {args.epochs or 'default'} epochs")
     print(table.loc[[*[c for c in COLUMNS], "+".join(COLUMNS)]].round(3).to_string())
     times = pd.DataFrame(rows).pivot(index="inputs", columns="preset", values="fit_s")
     print("\nfit time (s)")
