@@ -192,7 +192,10 @@ def test_name_of_another_modality_says_so():
 
 
 def test_unknown_modality_lists_modalities():
-    with pytest.raises(EncoderError, match=r"unknown modality 'smell'.*audio, image, text, video"):
+    with pytest.raises(
+        EncoderError,
+        match=r"unknown modality 'smell'.*audio, categorical, image, numeric, text, video",
+    ):
         build("smell", "cnn")
 
 
