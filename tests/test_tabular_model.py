@@ -205,3 +205,29 @@ def test_onnx_export_matches_torch_with_tabular_inputs(fitted, tmp_path):
     assert onnx_matches_torch(root / "model", summary["path"], samples) < 1e-4
     sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
     assert sidecar["preprocessing"]["x"]["spec"]["mean"] > 90  # a consumer can standardise
+
+
+def test_service_takes_numbers_and_categories_as_form_fields(fitted):
+    from fastapi.testclient import TestClient
+
+    from mmfuse.serve.app import create_app
+
+    clf, root = fitted
+    with TestClient(create_app(root / "model")) as client:
+        fields = {"x": "101.5", "color": "red", "words": "sample 2"}
+        answer = client.post("/predict", files={k: (None, v) for k, v in fields.items()})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        frame = pd.DataFrame([{**fields, "x": 101.5}])
+        expected = clf.predict_proba(read_manifest(frame, modalities=ROLES))[0]
+        got = [body["probabilities"][c] for c in clf.classes_]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        only = client.post("/predict", files={"color": (None, "green")})
+        assert only.status_code == 200 and only.json()["modalities_used"] == ["color"]
+        bad = client.post("/predict", files={"x": (None, "lots"), "color": (None, "red")})
+        assert bad.status_code == 422
+        error = bad.json()["error"]
+        assert error["reason"] == "bad-value" and error["field"] == "x"
+        assert "'lots' is not a number" in error["message"]
+        schema = client.get("/openapi.json").json()
+        assert '{"type": "number", "description": "x (a number)"}' in json.dumps(schema)

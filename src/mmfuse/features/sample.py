@@ -20,7 +20,7 @@ from mmfuse.data.video import read_video
 from mmfuse.features._random import rand
 from mmfuse.features.audio_transform import AudioTransform
 from mmfuse.features.image import image_transform
-from mmfuse.features.tabular import tabular_transform
+from mmfuse.features.tabular import CellError, tabular_transform
 from mmfuse.features.video import video_transform
 
 
@@ -88,7 +88,10 @@ class SampleLoader:
         return raw
 
     def _load_tabular(self, name: str, value, generator: torch.Generator | None):
-        x = self.transforms[name](value)  # 1 float: standardised number, or category index
+        try:
+            x = self.transforms[name](value)  # 1 float: standardised number, or category index
+        except ValueError as e:
+            raise CellError(name, str(e)) from None
         corruption, level = self.corruptions.get(name, (None, None))
         # Noise on a number is added after standardisation: its level is in training stds.
         return x if corruption is None else corruption(x, level, generator)

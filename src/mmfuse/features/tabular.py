@@ -14,9 +14,19 @@ import math
 import torch
 
 from mmfuse.data.tabular import category_text
+from mmfuse.errors import MmfuseError
 from mmfuse.features.spec import CategoricalSpec, NumericSpec
 
 UNKNOWN = 0
+
+
+class CellError(MmfuseError, ValueError):
+    """A numeric cell (or form value) that is not a finite number, naming its input."""
+
+    def __init__(self, input_name: str, message: str):
+        super().__init__(f"input {input_name!r}: {message}")
+        self.input = input_name
+        self.message = message
 
 
 class NumberTransform:
