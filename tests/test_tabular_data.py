@@ -88,3 +88,27 @@ def test_declared_tabular_roles_read_no_files(tmp_path, role):
     m = read_manifest(frame, modalities={"v": role}, root=tmp_path)
     assert m.inputs == {"v": role}
     assert not [p for p in validate(m) if p.reason == "missing"]  # no file lookups
+
+
+def test_avdigits_tabular_columns_are_optional_deterministic_and_tied_to_the_digit(tmp_path):
+    from mmfuse.data.avdigits_tabular import INKS, tabular_manifests, with_tabular
+
+    digits = np.arange(2000) % 10
+    frame = pd.DataFrame({"image": [f"{i}.png" for i in digits], "label": digits})
+    out = with_tabular(frame, seed=0, split="train")
+    assert list(out.columns) == ["image", "weight", "ink", "label"]
+    pd.testing.assert_frame_equal(out, with_tabular(frame, seed=0, split="train"))
+    assert not out.equals(with_tabular(frame, seed=0, split="test"))
+    weight = out["weight"].astype(float)
+    assert 0.05 < weight.isna().mean() < 0.15
+    assert np.corrcoef(weight[weight.notna()], digits[weight.notna()])[0, 1] > 0.7
+    inks = out["ink"].dropna()
+    agree = (inks == np.asarray(INKS)[digits[inks.index] % 5]).mean()
+    assert 0.55 < agree < 0.8  # weakly tied: often the digit's ink, often not
+
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    paths = tabular_manifests({"train": tmp_path / "train.csv"}, seed=0)
+    assert paths["train"].name == "train-tabular.csv"
+    assert list(pd.read_csv(tmp_path / "train.csv").columns) == ["image", "label"]  # unchanged
+    m = read_manifest(paths["train"])
+    assert m.inputs == {"image": "image", "weight": "numeric", "ink": "categorical"}
