@@ -42,6 +42,7 @@ SAMPLES = {
     "image": lambda: torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8, generator=seeded(1)),
     "audio": lambda: sine(0.25),
     "video": video,
+    "numeric": lambda: torch.tensor([0.5]),  # one standardised number
 }
 
 

@@ -41,6 +41,8 @@ TINY: dict[tuple[str, str], dict] = {
     },
     ("video", "hf"): {"path": TINY_HF},
     ("text", "embedding-bag"): {"vocab_size": 1000, "dim": 8},
+    ("numeric", "mlp"): {"mean": 3.0, "std": 2.0, "dim": 8},
+    ("categorical", "embedding"): {"categories": ["a", "b", "c"], "dim": 8},
     ("text", "hf"): {},  # the real all-MiniLM-L6-v2 from its PyPI package (22M parameters)
 }
 
@@ -70,6 +72,10 @@ def make_input(encoder: Encoder, batch: int = 2):
     spec = encoder.input_spec
     if encoder.modality == "text":
         return encoder.tokenize(["A cat sat on the mat, quietly.", "dogs"][:batch])
+    if encoder.modality == "numeric":
+        return torch.randn(batch, 1)
+    if encoder.modality == "categorical":
+        return torch.randint(0, len(spec.categories) + 1, (batch, 1)).float()
     if encoder.modality == "image":
         return torch.randn(batch, 3, spec.size, spec.size)
     if encoder.modality == "video":
@@ -152,7 +158,7 @@ def test_every_family_has_a_tiny_case():
 
 def test_available_lists_families():
     names = available()
-    assert sorted(names) == ["audio", "image", "text", "video"]
+    assert sorted(names) == ["audio", "categorical", "image", "numeric", "text", "video"]
     assert {"cnn", "resnet18", "resnet34", "hf"} <= set(names["image"])
     assert {"mel-cnn", "mfcc-lstm", "hf"} <= set(names["audio"])
     assert {"r3d", "r2plus1d", "frames", "hf"} <= set(names["video"])
@@ -186,7 +192,10 @@ def test_name_of_another_modality_says_so():
 
 
 def test_unknown_modality_lists_modalities():
-    with pytest.raises(EncoderError, match=r"unknown modality 'smell'.*audio, image, text, video"):
+    with pytest.raises(
+        EncoderError,
+        match=r"unknown modality 'smell'.*audio, categorical, image, numeric, text, video",
+    ):
         build("smell", "cnn")
 
 

@@ -68,8 +68,7 @@ def test_dataframe_with_root_and_declared_roles(tmp_path):
         }
     )
     m = read_manifest(frame, label="y", modalities={"id": "ignore"}, root=tmp_path)
-    assert m.inputs == {"front": "image", "back": "image", "notes": "text"}
-    assert m.roles["score"] == "ignore" and "score" in m.uninferred
+    assert m.inputs == {"front": "image", "back": "image", "notes": "text", "score": "numeric"}
     assert m.roles["id"] == "ignore" and "id" not in m.uninferred  # declared, not a mystery
     assert m.text_files == {"notes"}
     assert m.value(0, "notes") == str(tmp_path.resolve() / "n1.txt")

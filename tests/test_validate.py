@@ -46,7 +46,8 @@ def manifest_dir(tmp_path, media):
         {"image": name("png_rgb"), "audio": name("wav_int16_mono"), "video": name("h264_mp4"), "caption": "a cat", "label": "cat"},
     ]  # fmt: skip
     frame = pd.DataFrame(rows)
-    frame["score"] = range(len(frame))  # numbers: a column whose role cannot be inferred
+    # Paths of two modalities: a column whose role cannot be inferred.
+    frame["mixed"] = ["x.png", "y.wav"] * (len(frame) // 2)
     frame.to_csv(tmp_path / "train.csv", index=False)
     return tmp_path
 
@@ -73,7 +74,7 @@ def test_every_problem_is_listed_with_row_column_and_reason(manifest_dir):
         (8, "label", "warning", "single-sample-class"),
         (8, "audio", "warning", "short-audio"),
         (9, None, "warning", "duplicate-row"),
-        (None, "score", "warning", "unknown-role"),
+        (None, "mixed", "warning", "unknown-role"),
     }
     assert expected <= found, expected - found
     assert not [p for p in problems if p.row in (0, 1, 2)], "good rows must be clean"

@@ -25,6 +25,7 @@ from mmfuse.data.manifest import Manifest, read_manifest
 from mmfuse.device import resolve_device
 from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.embed import embed_rows
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.infer.table import predicted_labels
 from mmfuse.model.config import FusionConfig, ModelConfig
@@ -217,6 +218,25 @@ class MultimodalClassifier(BaseEstimator):
         """Predicted class names; None for rows whose files could not be read."""
         task = task or getattr(self, "task_", None)
         return predicted_labels(self.predict_proba(X, task), self.labels_[task])
+
+    def embed(self, X, level: str = "fused") -> pd.DataFrame:
+        """One row per sample of `X`: the fused vector the heads take (`level="fused"`,
+        columns `fused_<i>`) or each input's vector (`"inputs"`: `<input>_<i>`, zeros where the
+        input is absent, and `<input>_present`). NaN rows could not be read."""
+        self._check_fitted()
+        dataset = self._dataset(X)
+        opt = self._predict_options()
+        table = embed_rows(
+            self.model_,
+            dataset,
+            list(range(len(dataset))),
+            level,
+            batch_size=opt.batch_size,
+            workers=opt.workers,
+            device=opt.device,
+            precision=opt.precision,
+        )
+        return table.drop(columns=["row", "error"])
 
     def evaluate(
         self, X, out_dir: str | os.PathLike | None = None, *, ablation=True, robustness=False

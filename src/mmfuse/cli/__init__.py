@@ -4,6 +4,7 @@
     mmfuse train MANIFEST --val MANIFEST         MultimodalClassifier.fit, then .save(--out)
     mmfuse evaluate MODEL_DIR MANIFEST           MultimodalClassifier.evaluate
     mmfuse predict MODEL_DIR MANIFEST            MultimodalClassifier.predict_proba
+    mmfuse embed MODEL_DIR MANIFEST --out F      MultimodalClassifier.embed (streamed)
     mmfuse detect MODEL_DIR VIDEO                mmfuse.infer.detect.detect_events
     mmfuse serve MODEL_DIR                       mmfuse.serve.run.serve (HTTP API + web page)
     mmfuse export MODEL_DIR --out model.onnx     mmfuse.ship.onnx.export_onnx
@@ -72,13 +73,14 @@ _DATASETS_EXAMPLES = """examples:
 # Command → the module holding its `add_arguments` and `run`, imported when the parser is built.
 # Those modules import FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads neither.
 # Commands that decode media files: they take the --max-* decode budgets.
-READS_MEDIA = ("validate", "train", "evaluate", "predict", "detect", "serve")
+READS_MEDIA = ("validate", "train", "evaluate", "predict", "embed", "detect", "serve")
 
 COMMANDS: dict[str, str | Group] = {
     "validate": "mmfuse.cli.validate",
     "train": "mmfuse.cli.train",
     "evaluate": "mmfuse.cli.evaluate",
     "predict": "mmfuse.cli.predict",
+    "embed": "mmfuse.cli.embed",
     "detect": "mmfuse.cli.detect",
     "serve": "mmfuse.cli.serve",
     "export": "mmfuse.cli.export",

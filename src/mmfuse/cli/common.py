@@ -86,7 +86,10 @@ def add_modality_flag(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="COLUMN=ROLE",
-        help="declare a column's role: image, audio, video, text, label or ignore (repeatable)",
+        help=(
+            "declare a column's role: image, audio, video, text, numeric, categorical, label or "
+            "ignore (repeatable)"
+        ),
     )
 
 

@@ -52,6 +52,7 @@ from mmfuse.data._avdigits_media import (
     speak,
     utterance,
 )
+from mmfuse.data.avdigits_tabular import TABULAR_COLUMNS, tabular_manifests
 from mmfuse.data.cache import SPLITS, manifest_paths, read_marker
 from mmfuse.errors import MmfuseError
 
@@ -69,14 +70,22 @@ def avdigits_path(samples: int = 2000, seed: int = 0) -> Path:
 
 
 def ensure_avdigits(
-    samples: int = 2000, seed: int = 0, root: str | Path | None = None, progress: bool = True
+    samples: int = 2000,
+    seed: int = 0,
+    root: str | Path | None = None,
+    progress: bool = True,
+    *,
+    tabular: bool = False,
 ) -> dict[str, Path]:
     """The split manifests of avdigits under `root` (default `avdigits_path`), generated first
-    unless a complete generation of the same `(samples, seed, version)` is already there."""
+    unless a complete generation of the same `(samples, seed, version)` is already there.
+    `tabular=True`: the `<split>-tabular.csv` manifests, with `weight` and `ink` columns."""
     root = Path(root) if root is not None else avdigits_path(samples, seed)
     if read_marker(root / MARKER) == _marker(samples, seed):
-        return manifest_paths(root)
-    return make_avdigits(root, samples=samples, seed=seed, progress=progress)
+        paths = manifest_paths(root)
+    else:
+        paths = make_avdigits(root, samples=samples, seed=seed, progress=progress)
+    return tabular_manifests(paths, seed) if tabular else paths
 
 
 def make_avdigits(
@@ -87,9 +96,12 @@ def make_avdigits(
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
     workers: int | None = None,
     progress: bool = True,
+    tabular: bool = False,
 ) -> dict[str, Path]:
     """Write `out_dir/{train,val,test}.csv` and the media under `out_dir/media/`; return the
     manifest paths by split. Columns: image, audio, video, text, label (paths relative).
+    `tabular=True` also writes `<split>-tabular.csv` with a numeric `weight` and a categorical
+    `ink` column (`data.avdigits_tabular`) and returns those paths instead.
 
     Classes are balanced and every class is split by `splits`. `workers` processes write the
     files (default: the CPUs this process may use). The marker `avdigits.json` is written
@@ -118,7 +130,7 @@ def make_avdigits(
         frame = pd.DataFrame([rows[i] for i in split_of[split]], columns=list(COLUMNS))
         frame.to_csv(path, index=False)
     (out / MARKER).write_text(json.dumps(_marker(samples, seed)) + "\n")
-    return paths
+    return tabular_manifests(paths, seed) if tabular else paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,6 +280,7 @@ __all__ = [
     "SNR_DB",
     "SPEEDS",
     "SPLITS",
+    "TABULAR_COLUMNS",
     "VERSION",
     "VOICES",
     "WORDS",
@@ -275,4 +288,5 @@ __all__ = [
     "ensure_avdigits",
     "make_avdigits",
     "speak",
+    "tabular_manifests",
 ]

@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from mmfuse.data.modalities import EXTENSIONS, MODALITIES, modality_of_path
+from mmfuse.data.modalities import EXTENSIONS, MODALITIES, TABULAR, modality_of_path
+from mmfuse.data.tabular import category_text, is_number, number_cell, tabular_role
 from mmfuse.errors import ManifestError
 
 ROLES = (*MODALITIES, "label", "ignore")
@@ -80,6 +80,8 @@ class Manifest:
                 note += f" — ignored: {self.uninferred[col]}"
             elif col in self.text_files:
                 note += ", read from .txt files"
+            elif role in TABULAR:
+                note += _tabular_note(role, self.frame[col])
             lines.append(f"  {col:<20} {role}{note}")
         for col in self.labels:
             counts = Counter(v for v in self.frame[col] if not _is_missing(v))
@@ -95,6 +97,16 @@ class Manifest:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _tabular_note(role: str, values: pd.Series) -> str:
+    filled = [v for v in values if v is not None]
+    if role == "categorical":
+        return f", {len(set(filled))} categories"
+    numbers = [v for v in filled if isinstance(v, float) and math.isfinite(v)]
+    if not numbers:
+        return ""
+    return f", {min(numbers):g} to {max(numbers):g}"
 
 
 def read_manifest(
@@ -217,8 +229,11 @@ def _build(
     for col, role in roles.items():
         if role == "ignore":
             continue
-        if role == "label":
-            frame[col] = _map(frame[col], _label_text)
+        if role in ("label", "categorical"):
+            frame[col] = _map(frame[col], category_text)
+            continue
+        if role == "numeric":
+            frame[col] = _map(frame[col], number_cell)
             continue
         frame[col] = _map(frame[col], lambda v: None if v is None else str(v).strip() or None)
         is_file = role != "text" or _mostly(frame[col], lambda v: v.lower().endswith(".txt"))
@@ -269,11 +284,9 @@ def _infer_role(col: str, values: pd.Series) -> tuple[str, str]:
     if sum(n for k, n in kinds.items() if k is not None) >= _ROLE_MAJORITY * len(present):
         mix = ", ".join(f"{k}: {n}" for k, n in kinds.most_common() if k)
         return "ignore", f"paths of several modalities ({mix}); declare it with modalities="
-    if all(_is_number(v) for v in present):
-        return "ignore", "numbers, not media paths or text; declare it if it is an input"
     if col.lower() == "id" or col.lower().endswith("_id"):
         return "ignore", "an identifier column"
-    return "text", ""
+    return tabular_role(present) or "text", ""
 
 
 def _map(values: pd.Series, fn) -> pd.Series:
@@ -295,47 +308,13 @@ def _resolve(value: str, root: Path) -> str:
     return str(p if p.is_absolute() else root / p)
 
 
-# Label text that means "no label": what pandas and str() make of a missing value. ("none" or
-# "NA" may well be real classes, so they stay.)
-_MISSING_LABELS = frozenset({"", "nan", "<na>"})
-# "3.0", "-1.00": an integer written as a float, as a CSV of a float column holds it.
-_INTEGRAL_FLOAT = re.compile(r"([+-]?\d+)\.0*")
-
-
-def _label_text(v) -> str | None:
-    """Labels as text, the same from every source: 3, 3.0, "3" and "3.0" are one class "3";
-    empty cells, NaN and the text "nan" are missing labels."""
-    if _is_missing(v):
-        return None
-    if isinstance(v, (float, np.floating)):
-        if not math.isfinite(v):
-            return None
-        if float(v).is_integer():
-            v = int(v)
-    text = str(v).strip()
-    if text.lower() in _MISSING_LABELS:
-        return None
-    integral = _INTEGRAL_FLOAT.fullmatch(text)
-    if integral:
-        text = str(int(integral[1]))  # exact, however many digits
-    return text
-
-
 def _sorted_classes(names: set[str]) -> list[str]:
     # Numeric class names sort as numbers (2 before 10), others as text.
-    if names and all(_is_number(n) for n in names):
+    if names and all(is_number(n) for n in names):
         return sorted(names, key=float)
     return sorted(
         names, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
     )
-
-
-def _is_number(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def _is_missing(v) -> bool:

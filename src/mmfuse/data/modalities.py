@@ -12,7 +12,10 @@ from pathlib import Path
 
 from mmfuse.errors import MediaError
 
-MODALITIES = ("image", "audio", "video", "text")
+MEDIA = ("image", "audio", "video")
+# Tabular modalities: the cell is the value itself (a number, a category), never a file.
+TABULAR = ("numeric", "categorical")
+MODALITIES = (*MEDIA, "text", *TABULAR)
 
 EXTENSIONS: dict[str, frozenset[str]] = {
     "image": frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}),
@@ -24,6 +27,12 @@ EXTENSIONS: dict[str, frozenset[str]] = {
 # A file larger than this is refused before decoding (override per call); 2 GiB covers long
 # videos while stopping a mislabelled disk image from being read into memory.
 DEFAULT_MAX_BYTES = 2 * 1024**3
+
+
+def reads_file(modality: str, column: str, text_files=frozenset()) -> bool:
+    """Whether a cell of `column` (read as `modality`) names a file, rather than holding the
+    value itself (text typed into the manifest, a number, a category)."""
+    return modality in MEDIA or (modality == "text" and column in text_files)
 
 
 def modality_of_path(value: str) -> str | None:

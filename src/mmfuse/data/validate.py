@@ -22,7 +22,8 @@ from mmfuse.data.audio_scan import audio_stats
 from mmfuse.data.budgets import Budgets, resolve
 from mmfuse.data.image import DECODE_BYTES_PER_PIXEL, image_size, read_image
 from mmfuse.data.manifest import Manifest, read_manifest
-from mmfuse.data.modalities import sniff
+from mmfuse.data.modalities import reads_file, sniff
+from mmfuse.data.tabular import tabular_problems
 from mmfuse.data.text import read_text
 from mmfuse.data.video import frame_size, probe_video, read_video
 from mmfuse.errors import MediaError
@@ -91,7 +92,7 @@ def validate(
     # Each distinct file is checked once, however many rows point at it.
     files: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for col, modality in manifest.inputs.items():
-        if modality == "text" and col not in manifest.text_files:
+        if not reads_file(modality, col, manifest.text_files):
             continue
         for row, value in enumerate(manifest.frame[col]):
             if value is not None:
@@ -111,6 +112,7 @@ def validate(
 def _manifest_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:
     return [
         *_column_problems(m),
+        *_tabular_problems(m),
         *_row_problems(m, classes),
         *_single_sample_classes(m),
         *_duplicate_rows(m),
@@ -124,7 +126,11 @@ def _column_problems(m: Manifest) -> list[Problem]:
     ]
     if not m.inputs:
         problems.append(
-            Problem("error", "no-inputs", "no image, audio, video or text column was found")
+            Problem(
+                "error",
+                "no-inputs",
+                "no image, audio, video, text, numeric or categorical column was found",
+            )
         )
     if not m.labels:
         problems.append(
@@ -135,6 +141,15 @@ def _column_problems(m: Manifest) -> list[Problem]:
             )
         )
     return problems
+
+
+def _tabular_problems(m: Manifest) -> list[Problem]:
+    """Numbers that are not finite or not numbers, categories seen once (see data.tabular)."""
+    return [
+        Problem(severity, reason, message, row, col)
+        for col, role in m.inputs.items()
+        for severity, reason, message, row in tabular_problems(col, role, list(m.frame[col]))
+    ]
 
 
 def _row_problems(m: Manifest, classes: list[str] | None) -> list[Problem]:

@@ -18,6 +18,7 @@ from mmfuse.encoders import (  # noqa: F401  (imported for their registrations)
     image_cnn,
     resnet,
     sound_cnn,
+    tabular,
     text_bag,
     video_3d,
     video_frames,

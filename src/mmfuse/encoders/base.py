@@ -27,7 +27,7 @@ from mmfuse.errors import MmfuseError
 from mmfuse.features.spec import InputSpec
 from mmfuse.registry import Registry
 
-MODALITIES = ("audio", "image", "text", "video")
+MODALITIES = ("audio", "categorical", "image", "numeric", "text", "video")
 
 _REGISTRIES: dict[str, Registry] = {m: Registry(f"{m} encoder") for m in MODALITIES}
 

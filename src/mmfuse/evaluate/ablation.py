@@ -10,11 +10,17 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mmfuse.data.modalities import TABULAR
+
 IGNORE_INDEX = -100
 
 
-def ablation_variants(names: Sequence[str]) -> dict[str, dict[str, bool]]:
-    """`{"all": ..., "without x": ..., "x only": ...}`: which inputs each variant keeps."""
+def ablation_variants(
+    names: Sequence[str], modalities: Mapping[str, str] | None = None
+) -> dict[str, dict[str, bool]]:
+    """`{"all": ..., "without x": ..., "x only": ...}`: which inputs each variant keeps; with
+    `modalities` (input → modality), also "without tabular" and "tabular only" when the model
+    has numeric or categorical inputs beside others."""
     names = list(names)
     variants = {"all": {n: True for n in names}}
     if len(names) > 1:
@@ -22,6 +28,10 @@ def ablation_variants(names: Sequence[str]) -> dict[str, dict[str, bool]]:
             variants[f"without {n}"] = {m: m != n for m in names}
         for n in names:
             variants[f"{n} only"] = {m: m == n for m in names}
+    tabular = {n for n in names if (modalities or {}).get(n) in TABULAR}
+    if tabular and len(tabular) < len(names):
+        variants["without tabular"] = {m: m not in tabular for m in names}
+        variants["tabular only"] = {m: m in tabular for m in names}
     return variants
 
 

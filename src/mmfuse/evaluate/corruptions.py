@@ -7,9 +7,11 @@ degradation the literature treats as its standard one:
   (Hendrycks & Dietterich 2019);
 - audio: white noise mixed at a set signal-to-noise ratio, the channel noise that noisy speech
   and audio-event benchmarks report in dB SNR;
-- video: frames lost in transit and shown black, as a receiver displays dropped frames.
+- video: frames lost in transit and shown black, as a receiver displays dropped frames;
+- numeric: additive Gaussian measurement noise, in units of the column's training standard
+  deviation (it is added to the standardised value, the one place that unit is known).
 
-Text has no corruption here (`corruption_for("text")` is None).
+Text and categories have no corruption here (`corruption_for("text")` is None).
 
 Every corruption acts on the *decoded raw media of one sample*, in the layouts the readers return
 (image `3×H×W` uint8, audio `N` float waveform, video `T×C×H×W` uint8), before the encoder's
@@ -44,6 +46,7 @@ __all__ = [
     "audio_snr",
     "corruption_for",
     "image_noise",
+    "numeric_noise",
     "video_frame_drop",
 ]
 
@@ -56,7 +59,7 @@ class Corruption:
     its input unchanged there). `unit` labels the curve's x axis.
     """
 
-    modality: str  # "image" | "audio" | "video"
+    modality: str  # "image" | "audio" | "video" | "numeric"
     name: str  # e.g. "gaussian noise"
     unit: str  # x-axis label, e.g. "SNR (dB)"
     levels: tuple[float, ...]  # clean first, then worse and worse
@@ -164,6 +167,20 @@ def video_frame_drop(
     return out
 
 
+def numeric_noise(
+    value: torch.Tensor, std: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A standardised number plus Gaussian noise of `std` training standard deviations."""
+    std = float(std)
+    if std < 0:
+        raise ValueError(f"numeric noise std={std} must be >= 0 (0 is clean)")
+    if std == 0:
+        return value.clone()
+    source = generator.device if generator is not None else value.device
+    noise = torch.randn(value.shape, generator=generator, device=source).to(value.device)
+    return value + std * noise
+
+
 CORRUPTIONS: dict[str, Corruption] = {
     "image": Corruption(
         "image",
@@ -181,6 +198,13 @@ CORRUPTIONS: dict[str, Corruption] = {
         "fraction of frames dropped",
         (0.0, 0.25, 0.5, 0.75, 1.0),
         video_frame_drop,
+    ),
+    "numeric": Corruption(
+        "numeric",
+        "gaussian noise",
+        "noise std (training standard deviations)",
+        (0.0, 0.25, 0.5, 1.0, 2.0),
+        numeric_noise,
     ),
 }
 

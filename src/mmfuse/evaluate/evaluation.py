@@ -39,7 +39,8 @@ def evaluate_model(
     """
     names = list(model.names)
     tasks = list(dataset.tasks)
-    keep = ablation_variants(names) if ablation and len(names) > 1 else None
+    modalities = {n: dataset.inputs[n].modality for n in names}
+    keep = ablation_variants(names, modalities) if ablation and len(names) > 1 else None
 
     def run(data, variants=None) -> dict:
         return predict_dataset(model, data, options, variants=variants, dist=dist)
@@ -50,7 +51,6 @@ def evaluate_model(
     if keep is not None:
         result["ablation"] = ablation_scores(predictions, tasks[0])
     if robustness:
-        modalities = {n: dataset.inputs[n].modality for n in names}
 
         def predict(corruptions):
             if not corruptions:

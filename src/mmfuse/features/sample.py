@@ -14,11 +14,13 @@ import torch
 
 from mmfuse.data.audio import read_audio
 from mmfuse.data.image import read_image
+from mmfuse.data.modalities import TABULAR
 from mmfuse.data.text import read_text
 from mmfuse.data.video import read_video
 from mmfuse.features._random import rand
 from mmfuse.features.audio_transform import AudioTransform
 from mmfuse.features.image import image_transform
+from mmfuse.features.tabular import CellError, tabular_transform
 from mmfuse.features.video import video_transform
 
 
@@ -59,11 +61,15 @@ class SampleLoader:
         if modality == "audio":
             masks = 2 if self.augment and self.spec_augment else 0
             return AudioTransform(spec, train=self.augment, freq_masks=masks, time_masks=masks)
+        if modality in TABULAR:
+            return tabular_transform(spec)
         return None  # text is tokenized per batch by its encoder
 
     def placeholder(self, name: str):
         """What an absent input looks like in a batch: zeros of the loaded shape (or "")."""
         spec, modality = self.specs[name], self.modalities[name]
+        if modality in TABULAR:
+            return torch.zeros(1)
         if modality == "image":
             return torch.zeros(3, spec.size, spec.size)
         if modality == "video":
@@ -81,11 +87,22 @@ class SampleLoader:
         raw, _ = read_audio(value, sample_rate=spec.sample_rate, duration=spec.duration, crop=crop)
         return raw
 
+    def _load_tabular(self, name: str, value, generator: torch.Generator | None):
+        try:
+            x = self.transforms[name](value)  # 1 float: standardised number, or category index
+        except ValueError as e:
+            raise CellError(name, str(e)) from None
+        corruption, level = self.corruptions.get(name, (None, None))
+        # Noise on a number is added after standardisation: its level is in training stds.
+        return x if corruption is None else corruption(x, level, generator)
+
     def load(self, name: str, value, generator: torch.Generator | None = None):
         """Read and preprocess one cell of input `name`; raises MediaError for a bad file."""
         spec, modality = self.specs[name], self.modalities[name]
         if modality == "text":
             return read_text(value) if name in self.text_files else str(value)
+        if modality in TABULAR:
+            return self._load_tabular(name, value, generator)
         if modality == "image":
             side = spec.resize or math.ceil(spec.size * 8 / 7)
             raw = read_image(value, draft_size=(side, side))

@@ -85,11 +85,30 @@ class TextSpec(InputSpec):
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class NumericSpec(InputSpec):
+    """A number, standardised with the training split's statistics (saved with the model)."""
+
+    modality = "numeric"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class CategoricalSpec(InputSpec):
+    """A category, looked up among the training split's; any other is index 0, "unknown"."""
+
+    modality = "categorical"
+    categories: tuple[str, ...] = ()  # category k has index k + 1
+
+
 SPEC_TYPES: dict[str, type[InputSpec]] = {
     "image": ImageSpec,
     "audio": AudioSpec,
     "video": VideoSpec,
     "text": TextSpec,
+    "numeric": NumericSpec,
+    "categorical": CategoricalSpec,
 }
 
 

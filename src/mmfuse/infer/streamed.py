@@ -98,6 +98,32 @@ def predict_manifest(
     per class.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
+
+    def table_of(data, rows):
+        return _predict_chunk(predictor, data, rows, batch_size, workers, proba)
+
+    options = {"shard": shard, "resume": resume, "chunk_rows": chunk_rows, "progress": progress}
+    return stream_tables(predictor, source, out, table_of, {"proba": proba}, **options, log=log)
+
+
+def stream_tables(
+    predictor: Predictor,
+    source,
+    out: str | os.PathLike,
+    table_of: Callable[[MultimodalDataset, list[int]], pd.DataFrame],
+    job: dict,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    what: str = "prediction",
+) -> dict:
+    """The streaming behind `predict_manifest` and `infer.embed.embed_manifest`: the rows of
+    `source` in `shard`, chunk by chunk, `table_of(dataset, rows)` written as a part file each,
+    then concatenated into `out`. `job` (JSON-safe) is what else makes a resumed run the same
+    job. A table has `row` and `error` (None where the row is fine) columns."""
     out = Path(out)
     if out.suffix.lower() not in (".parquet", ".csv"):
         raise MmfuseError(f"--out {out}: use a .parquet or .csv file name")
@@ -107,7 +133,7 @@ def predict_manifest(
     start, stop = shard_bounds(len(manifest), *shard)
     parts = out.with_name(out.name + ".parts")
     _remove_leftovers(out, parts)
-    reused = _prepare_parts(parts, _job(predictor, manifest, shard, chunk_rows, proba), resume)
+    reused = _prepare_parts(parts, {**_job(predictor, manifest, shard, chunk_rows), **job}, resume)
     chunks = [(first, min(first + chunk_rows, stop)) for first in range(start, stop, chunk_rows)]
     dataset = predictor.dataset(manifest)
     bar = _progress_bar(progress, chunks, reused, start, stop)
@@ -115,8 +141,7 @@ def predict_manifest(
         if k in reused:
             continue
         rows = list(range(first, last))
-        table = _predict_chunk(predictor, dataset, rows, batch_size, workers, proba)
-        _write_part(parts / PART.format(k), table)
+        _write_part(parts / PART.format(k), table_of(dataset, rows))
         _pause_at("part")
         if bar is not None:
             bar.update(len(rows))
@@ -125,12 +150,12 @@ def predict_manifest(
     total, failed_total = _combine(parts, chunks, out)
     _pause_at("rename")
     _remove_parts(parts)
-    missing = f" ({failed_total} without a prediction: the `error` column says why)"
+    missing = f" ({failed_total} without a {what}: the `error` column says why)"
     log(f"wrote {total} rows to {out}" + missing * bool(failed_total))
     return {"out": out, "rows": total, "failed": failed_total, "parts_reused": len(reused)}
 
 
-def _job(predictor: Predictor, manifest: Manifest, shard, chunk_rows: int, proba: bool) -> dict:
+def _job(predictor: Predictor, manifest: Manifest, shard, chunk_rows: int) -> dict:
     """What `job.json` records: a resumed run must be the same job."""
     return {
         "model": str(predictor.model_dir.resolve()),
@@ -138,7 +163,6 @@ def _job(predictor: Predictor, manifest: Manifest, shard, chunk_rows: int, proba
         "rows": len(manifest),
         "shard": list(shard),
         "chunk_rows": chunk_rows,
-        "proba": proba,
     }
 
 
@@ -290,7 +314,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _write_part(path: Path, table: pd.DataFrame) -> None:
-    data = pa.Table.from_pandas(table, schema=_schema(table.columns), preserve_index=False)
+    data = pa.Table.from_pandas(table, schema=_schema(table), preserve_index=False)
     _write_atomic(path, lambda tmp: pq.write_table(data, tmp))
 
 
@@ -355,14 +379,16 @@ def _combine_csv(parts: Path, chunks, tmp: Path, counts: list[int]) -> None:
 
 def _count(counts: list[int], table: pa.Table) -> None:
     counts[0] += table.num_rows
-    counts[1] += table.column("prediction").null_count
+    counts[1] += table.num_rows - table.column("error").null_count
 
 
-def _schema(columns) -> pa.Schema:
+def _schema(table: pd.DataFrame) -> pa.Schema:
     # Fixed types, so a chunk whose `error` (or a text column) is all empty still matches the rest.
     def kind(c: str):
         if c == "row":
             return pa.int64()
-        return pa.float32() if c.startswith("proba_") else pa.string()
+        if pd.api.types.is_bool_dtype(table[c]):
+            return pa.bool_()
+        return pa.float32() if pd.api.types.is_float_dtype(table[c]) else pa.string()
 
-    return pa.schema([(c, kind(c)) for c in columns])
+    return pa.schema([(c, kind(c)) for c in table.columns])

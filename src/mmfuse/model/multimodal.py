@@ -88,13 +88,16 @@ class MultimodalModel(nn.Module):
         inputs: Batch,
         mask: Tensor,
         features: Mapping[str, Tensor] | None = None,
+        *,
+        vectors: bool = False,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Per input: B×D features (zeros where absent); with token fusion also tokens/masks."""
+        """Per input: B×D features (zeros where absent); with token fusion also tokens/masks.
+        `vectors=True` gives every input's B×D vector even when the fusion takes tokens."""
         features = features or {}
         feats: dict[str, Tensor] = {}
         tokens: dict[str, Tensor] = {}
         token_mask: dict[str, Tensor] = {}
-        want_tokens = getattr(self.fusion, "uses_tokens", False)
+        want_tokens = getattr(self.fusion, "uses_tokens", False) and not vectors
         batch = mask.shape[0]
         for j, name in enumerate(self.names):
             encoder = self.encoders[name]
@@ -125,15 +128,27 @@ class MultimodalModel(nn.Module):
         return_weights: bool = False,
     ):
         """Fuse per-input features under `mask` and apply every head → `{task: B×C}`."""
-        kwargs = {}
-        if tokens:
-            kwargs = {"tokens": tokens, "token_mask": token_mask}
-        fused = self.fusion(feats, mask, return_weights=return_weights, **kwargs)
+        fused = self.fuse(feats, mask, tokens, token_mask, return_weights)
         weights = None
         if return_weights:
             fused, weights = fused
         logits = {task: head(fused) for task, head in self.heads.items()}
         return (logits, weights) if return_weights else logits
+
+    def fuse(
+        self,
+        feats: Mapping[str, Tensor],
+        mask: Tensor,
+        tokens: Mapping[str, Tensor] | None = None,
+        token_mask: Mapping[str, Tensor] | None = None,
+        return_weights: bool = False,
+    ):
+        """The fused B×F features the heads take (`mmfuse embed`'s vectors), from `encode`'s
+        output; with `return_weights`, also the B×M fusion weights."""
+        kwargs = {}
+        if tokens:
+            kwargs = {"tokens": tokens, "token_mask": token_mask}
+        return self.fusion(feats, mask, return_weights=return_weights, **kwargs)
 
     def forward(
         self,

@@ -23,6 +23,7 @@ ERRORS = (
     (422, "unknown-field", "a field the model does not take (the message lists those it does)"),
     (422, "missing-input", "no input at all (field null), or a batch index with none"),
     (422, "not-a-file", "a plain form value where a file upload is expected"),
+    (422, "bad-value", "a numeric input's value is not a finite number"),
     (422, "zero-length", "an empty file"),
     (422, "unreadable", "a file that cannot be decoded (also truncated, too-short)"),
     (422, "too-many-samples", f"a batch of more than {MAX_BATCH_SAMPLES} samples"),
@@ -68,8 +69,13 @@ def form_body(modalities: dict[str, str], prefixes: list[str]) -> dict:
     properties = {}
     for prefix in prefixes:
         for name, modality in modalities.items():
-            if modality == "text":
-                properties[prefix + name] = {"type": "string", "description": f"{name} (text)"}
+            if modality in ("text", "categorical"):
+                properties[prefix + name] = {
+                    "type": "string",
+                    "description": f"{name} ({modality})",
+                }
+            elif modality == "numeric":
+                properties[prefix + name] = {"type": "number", "description": f"{name} (a number)"}
             else:
                 properties[prefix + name] = {
                     "type": "string",

@@ -128,6 +128,10 @@ async function loadModel() {
     let input;
     if (spec.modality === "text") {
       input = element("textarea", { id, name, placeholder: "Type the " + name + " text" });
+    } else if (spec.modality === "numeric") {
+      input = element("input", { id, name, type: "number", step: "any" });
+    } else if (spec.modality === "categorical") {
+      input = element("input", { id, name, type: "text", placeholder: "a " + name + " category" });
     } else {
       input = element("input", { id, name, type: "file", accept: ACCEPT[spec.modality] || "" });
     }

@@ -22,7 +22,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from torch import Tensor
 
+from mmfuse.data.modalities import TABULAR
 from mmfuse.errors import MediaError
+from mmfuse.features.tabular import CellError
 from mmfuse.infer.predictor import InputError, Prediction, Predictor
 from mmfuse.serve.batcher import DynamicBatcher
 from mmfuse.serve.errors import RequestError
@@ -31,6 +33,8 @@ from mmfuse.serve.uploads import MAX_BATCH_SAMPLES, MAX_TEXT_BYTES, Part, Upload
 # MediaError reasons whose status is not 422.
 _MEDIA_STATUS = {"wrong-modality": 415, "too-large": 413}
 _BATCH_FIELD = re.compile(r"(\d+)\.(.+)")
+# Inputs sent as form values, not files: text, numbers and categories.
+VALUE_MODALITIES = ("text", *TABULAR)
 
 
 @dataclass
@@ -143,7 +147,7 @@ class Service:
         sample = Sample(where)
         for part in parts:
             name = part.key[1] if isinstance(part.key, tuple) else part.key
-            if self.modalities[name] == "text":
+            if self.modalities[name] in VALUE_MODALITIES:
                 text = self._text_of(part)
                 if text != "":  # an empty text box is an absent input, as in a manifest
                     sample.texts[name] = text
@@ -265,6 +269,9 @@ class Service:
             raise self._media_error(e, sample) from None
         except InputError as e:
             raise RequestError(422, "unknown-field", str(e)) from None
+        except CellError as e:
+            field_name = sample.where + e.input
+            raise RequestError(422, "bad-value", f"{e.message}", field_name) from None
         finally:
             for part in written:
                 part.path.unlink(missing_ok=True)

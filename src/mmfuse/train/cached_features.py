@@ -16,6 +16,7 @@ import torch
 
 from mmfuse import distributed
 from mmfuse.data.cache import default_cache_dir
+from mmfuse.data.modalities import reads_file
 from mmfuse.distributed import DistInfo
 from mmfuse.infer.batch import batches_of, row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
@@ -97,7 +98,7 @@ def fill_feature_cache(
     """Features of input `name` for every row (N×D, zeros where absent or failed) and the
     rows that failed to load, computing only what the cache lacks."""
     manifest, spec = dataset.manifest, dataset.inputs[name]
-    is_path = spec.modality != "text" or spec.column in manifest.text_files
+    is_path = reads_file(spec.modality, spec.column, manifest.text_files)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     description = {"input": name, "modality": spec.modality, "encoder": spec.encoder}
     cache = FeatureCache(root / "features", encoder_fingerprint(encoder), description=description)

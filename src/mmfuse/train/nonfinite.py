@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mmfuse.data.modalities import reads_file
 from mmfuse.errors import MmfuseError
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.train.config import TrainConfig
@@ -49,7 +50,7 @@ def blame(batch: dict, dataset: MultimodalDataset, why: str) -> tuple[list[Skipp
 def _record(dataset: MultimodalDataset, row: int, name: str, reason: str, message: str):
     spec = dataset.inputs[name]
     value = dataset.manifest.value(row, spec.column)
-    is_file = spec.modality != "text" or spec.column in dataset.manifest.text_files
+    is_file = reads_file(spec.modality, spec.column, dataset.manifest.text_files)
     path = str(value) if is_file and value is not None else None
     return Skipped(row, spec.column, path, "train", reason, message)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from mmfuse.data.modalities import reads_file
 from mmfuse.errors import MmfuseError
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 
@@ -47,8 +48,8 @@ def _missing_files(dataset: MultimodalDataset) -> dict[int, Skipped]:
     manifest = dataset.manifest
     found: dict[int, Skipped] = {}
     for spec in dataset.inputs.values():
-        if spec.modality == "text" and spec.column not in manifest.text_files:
-            continue  # the cell is the text itself
+        if not reads_file(spec.modality, spec.column, manifest.text_files):
+            continue  # the cell is the value itself (text, a number, a category)
         # The column as a list: a million `manifest.value` lookups would take seconds.
         for row, value in enumerate(manifest.frame[spec.column].tolist()):
             if row in found or value is None or Path(str(value)).exists():

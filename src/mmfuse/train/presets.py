@@ -27,6 +27,9 @@ FAST_ENCODERS: dict[str, tuple[str, dict]] = {
     "audio": ("mel-cnn", {"width": 32, "stages": 4}),
     "video": ("frames", {"image": "cnn", "image_options": {"width": 32, "image_size": 64}}),
     "text": ("embedding-bag", {"dim": 64}),
+    # No pretrained weights exist for a column of numbers or categories: every preset uses these.
+    "numeric": ("mlp", {"dim": 32}),
+    "categorical": ("embedding", {"dim": 32}),
 }
 
 # Pretrained encoders whose weights ship inside a package: modality → (encoder, options, the
@@ -103,7 +106,7 @@ def resolve_preset(
     chosen = name or DEFAULT_PRESET
     preset = Preset(chosen)
     for modality in modalities:
-        if chosen == "fast":
+        if chosen == "fast" or modality not in PRETRAINED_ENCODERS:
             preset.encoders[modality] = _fast(modality)
         elif installed(modality):
             preset.encoders[modality] = _pretrained(modality, chosen, epochs or TRAINED_EPOCHS)

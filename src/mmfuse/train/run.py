@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mmfuse.data.manifest import Manifest
+from mmfuse.data.modalities import TABULAR
 from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConfig, ModelConfig
@@ -23,6 +24,7 @@ from mmfuse.train import checkpoint as ckpt
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.preflight import check_loadable
 from mmfuse.train.presets import FAST_ENCODERS, Preset
+from mmfuse.train.tabular_stats import fitted_options
 from mmfuse.train.trainer import FitResult, Trainer
 
 # The `fast` preset's encoders: what a column gets when neither a preset nor the user says.
@@ -42,6 +44,8 @@ def model_config_for(
     `encoders` maps a column (or a modality, for every column of it) to an encoder name, a dict
     of InputConfig fields (`{"encoder": "resnet18", "mode": "freeze"}`) or an InputConfig; a
     column it does not name gets its modality's encoder from `preset` (default: `fast`'s).
+    A numeric or categorical input's statistics (mean and std; categories) are fitted on
+    `manifest`, which must therefore be the training split, unless its options give them.
     """
     encoders = dict(encoders or {})
     unknown = sorted(set(encoders) - set(manifest.inputs) - set(DEFAULT_ENCODERS))
@@ -55,6 +59,9 @@ def model_config_for(
         choice = encoders.get(column, encoders.get(modality))
         default = (preset.encoders if preset else {}).get(modality) or _fast_entry(modality)
         inputs[column] = _input_config(column, modality, choice, default)
+        if modality in TABULAR:
+            spec = inputs[column]
+            spec.options = {**fitted_options(manifest, column, modality), **spec.options}
     labels = labels or manifest.labels
     if not labels:
         raise ConfigError(f"{manifest.source} has no label column; name one with label=...")
