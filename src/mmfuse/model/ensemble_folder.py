@@ -39,30 +39,33 @@ def build_ensemble(
     """The ensemble of `models` (in their order) and the ModelConfig it presents."""
     inputs, routes = ensemble_inputs(configs, models)
     config = ensemble_config(configs, inputs)
-    return EnsembleModel(models, weights, routes), config
+    model = EnsembleModel(models, weights, routes)
+    # What `save_ensemble` writes beside each member (its TrainConfig as a dict: the caller's).
+    model.member_configs = dict(configs)
+    model.member_train = {}
+    return model, config
 
 
 def save_ensemble(
     path: str | os.PathLike,
     model: EnsembleModel,
-    configs: Mapping[str, ModelConfig],
     config: ModelConfig,
     *,
     train_config: dict | None = None,
-    member_train: Mapping[str, dict] | None = None,
+    spec: dict | None = None,
     report_dir: str | os.PathLike | None = None,
 ) -> Path:
-    """Write the ensemble folder (members of weight > 0 under `members/`)."""
+    """Write the ensemble folder: members of weight > 0 under `members/`, and no folder for
+    a member of weight 0 (one its training left there is removed)."""
     path = Path(path)
-    member_train = member_train or {}
     active = model.active()
-    for name in active:
-        save_model(
-            path / MEMBERS / name,
-            model.members[name],
-            configs[name],
-            train_config=member_train.get(name, train_config),
-        )
+    for name in model.members:
+        folder = path / MEMBERS / name
+        if name in active:
+            own = model.member_train.get(name, train_config)
+            save_model(folder, model.members[name], model.member_configs[name], train_config=own)
+        elif folder.is_dir():
+            shutil.rmtree(folder)
     saved = {
         "format": FORMAT,
         "mmfuse_version": __version__,
@@ -70,6 +73,7 @@ def save_ensemble(
             "members": active,
             "weights": {n: model.weights[n] for n in active},
             "temperature": model.temperatures(),
+            "spec": spec,
         },
         "model": config.to_dict(),
         "train": train_config,
@@ -95,7 +99,7 @@ def load_ensemble(path: Path, saved: dict, device: str | torch.device = "cpu"):
             "has an 'ensemble' entry without members; the folder is damaged: restore it or "
             "retrain with --ensemble",
         )
-    models, configs = {}, {}
+    models, configs, train = {}, {}, {}
     for name in block["members"]:
         folder = path / MEMBERS / name
         if not (folder / CONFIG).is_file():
@@ -104,7 +108,8 @@ def load_ensemble(path: Path, saved: dict, device: str | torch.device = "cpu"):
                 f"is missing: {CONFIG} lists member {name!r} but its folder is gone; copy the "
                 "whole model folder again, or retrain",
             )
-        models[name], configs[name], _ = load_model(folder, device)
+        models[name], configs[name], train[name] = load_model(folder, device)
     model, config = build_ensemble(models, configs, block.get("weights", {}))
+    model.member_train = {n: t for n, t in train.items() if t is not None}
     model.set_temperatures(block.get("temperature", {}))
     return model.to(device).eval(), config, saved.get("train")

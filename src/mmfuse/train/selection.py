@@ -44,7 +44,10 @@ def greedy_weights(
     rounds: int = ROUNDS,
 ) -> dict[str, float]:
     """`{member: weight}` (summing to 1) from validation `probas[member][task]` (N×C) and
-    `labels[task]` (N, negative: no label, left out). Ties go to the member listed first."""
+    `labels[task]` (N, negative: no label, left out). Ties go to the member listed first.
+
+    The weights are those of the best step, not the last: the first step picks the best single
+    member, so the ensemble never scores worse on validation than its best member."""
     keep = {t: np.asarray(y) >= 0 for t, y in labels.items()}
     y = {t: np.asarray(v)[keep[t]] for t, v in labels.items() if keep[t].any()}
     p = {
@@ -53,6 +56,7 @@ def greedy_weights(
     names = list(p)
     counts = dict.fromkeys(names, 0)
     total = {t: np.zeros_like(p[names[0]][t]) for t in y}
+    best_counts, best_score = dict(counts), np.inf
     for step in range(1, rounds + 1):
         best, best_loss = None, np.inf
         for m in names:
@@ -62,4 +66,7 @@ def greedy_weights(
                 best, best_loss = m, loss
         counts[best] += 1
         total = {t: total[t] + p[best][t] for t in y}
-    return {m: counts[m] / rounds for m in names}
+        if best_loss < best_score - 1e-12:
+            best_counts, best_score = dict(counts), best_loss
+    used = sum(best_counts.values())
+    return {m: best_counts[m] / used for m in names}
