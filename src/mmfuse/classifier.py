@@ -28,9 +28,9 @@ from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.infer.table import predicted_labels
 from mmfuse.model.config import FusionConfig, ModelConfig
-from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import save_ensemble
+from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import load_model, read_saved_config, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.ensemble import Member, train_ensemble

@@ -13,6 +13,7 @@ from mmfuse.evaluate.report import write_report
 from mmfuse.evaluate.robustness import robustness_curves
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.model.ensemble import variant_base
 from mmfuse.model.multimodal import MultimodalModel
 
 
@@ -41,7 +42,14 @@ def evaluate_model(
     """
     names = list(model.names)
     tasks = list(dataset.tasks)
-    keep = ablation_variants(names) if ablation and len(names) > 1 else None
+    # An ensemble's `image@<member>` is the image read for that member: ablated with `image`.
+    bases = sorted({variant_base(n) for n in names})
+    keep = None
+    if ablation and len(bases) > 1:
+        keep = {
+            v: {n: kept[variant_base(n)] for n in names}
+            for v, kept in ablation_variants(bases).items()
+        }
 
     def run(data, variants=None) -> dict:
         return predict_dataset(model, data, options, variants=variants, dist=dist)

@@ -170,23 +170,34 @@ class EnsembleModel(nn.Module):
         return_weights: bool = False,
     ):
         """The weighted mean of the active members' probabilities, as tempered log-probabilities
-        `{task: B×C}`."""
+        `{task: B×C}`. A row a member has no input for is left to the others (their weights
+        renormalised), as a model with one input missing still predicts from the rest."""
         mixed: dict[str, Tensor] = {}
+        total = mask.new_zeros(mask.shape[0], dtype=torch.float32)  # B: weight of present members
         for member in self.active():
-            prefix = f"{member}/"
-
-            def own(d, prefix=prefix):
-                return {k[len(prefix) :]: v for k, v in (d or {}).items() if k.startswith(prefix)}
-
-            model = self.members[member]
-            logits = model.classify(
-                own(feats), self._member_mask(member, mask), own(tokens), own(token_mask)
+            own_mask = self._member_mask(member, mask)
+            has = own_mask.any(dim=1)  # B
+            rows = None
+            # Traced (ONNX), every row goes through each member and absent ones weigh 0.
+            if not torch.jit.is_tracing():
+                if not bool(has.any()):
+                    continue
+                rows = None if bool(has.all()) else has.nonzero().flatten()
+            part = _member_part(member, rows, feats, tokens, token_mask)
+            logits = self.members[member].classify(
+                part[0], own_mask if rows is None else own_mask[rows], part[1], part[2]
             )
+            weight = self.weights[member] * has.float()  # B
+            total = total + weight
             for task, lg in logits.items():
-                p = self.weights[member] * lg.float().softmax(-1)  # B×C
+                p = lg.float().softmax(-1)  # b×C
+                if rows is not None:
+                    p = p.new_zeros(mask.shape[0], p.shape[1]).index_copy(0, rows, p)
+                p = p * weight[:, None]
                 mixed[task] = p if task not in mixed else mixed[task] + p
         out = {
-            t: mixed[t].clamp_min(_TINY).log() / self.temperature[i]
+            t: (mixed[t] / total.clamp_min(_TINY)[:, None]).clamp_min(_TINY).log()
+            / self.temperature[i]
             for i, t in enumerate(self.tasks)
         }
         return (out, None) if return_weights else out
@@ -200,6 +211,17 @@ class EnsembleModel(nn.Module):
     ):
         feats, tokens, token_mask = self.encode(inputs, mask, features)
         return self.classify(feats, mask, tokens, token_mask, return_weights)
+
+
+def _member_part(member: str, rows: Tensor | None, *parts: Mapping | None) -> list[dict]:
+    """The `<member>/` entries of each dict, keyed by the member's own input names, at `rows`
+    (None: every row)."""
+    prefix = f"{member}/"
+    out = []
+    for d in parts:
+        own = {k[len(prefix) :]: v for k, v in (d or {}).items() if k.startswith(prefix)}
+        out.append(own if rows is None else {k: v[rows] for k, v in own.items()})
+    return out
 
 
 def _encode(model: MultimodalModel, inputs: Mapping, mask: Tensor):
