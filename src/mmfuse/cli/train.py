@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
     _add_model_flags(p)
     _add_loop_flags(p)
+    _add_ensemble_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
       mmfuse train data/train.csv --config train.json --lr 3e-4 --out runs/lr3e-4
       mmfuse train data/train.csv --out runs/lr3e-4 --resume
       mmfuse train lists/train.csv --val lists/val.csv --root /data/media
+      mmfuse train data/train.csv --val data/val.csv --ensemble fusion=attention,gated,late
+      mmfuse train data/train.csv --val data/val.csv --ensemble seeds=3 --monitor accuracy
     """
     from mmfuse.classifier import MultimodalClassifier
 
@@ -145,6 +148,29 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ensemble_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ensemble",
+        action="append",
+        default=[],
+        metavar="KEY=VALUES",
+        help="train an ensemble: fusion=attention,gated,late | preset=fast,medium | seeds=3 "
+        "(repeatable; members are every combination), weighted on --val by greedy selection",
+    )
+    p.add_argument(
+        "--monitor",
+        metavar="METRIC",
+        help="validation metric that picks the best epoch and the ensemble weights: log_loss, "
+        "accuracy, balanced_accuracy or f1_macro (default: accuracy for epochs, log_loss for "
+        "ensemble weights)",
+    )
+    p.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the raw probabilities (default: temperature scaling fitted on --val)",
+    )
+
+
 def _add_loop_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epochs", type=int, metavar="N", help="passes over the training data (default: 10)"
@@ -168,7 +194,8 @@ def _run_folder(args: argparse.Namespace) -> Path:
     from mmfuse.train.checkpoint import latest_checkpoint
 
     out = Path(args.out) if args.out else Path("runs") / stem(args.manifest)
-    if not args.resume and latest_checkpoint(out, verify=False) is not None:
+    ensemble_run = (out / "members").is_dir()
+    if not args.resume and (ensemble_run or latest_checkpoint(out, verify=False) is not None):
         raise UsageError(
             f"--out {out} already holds a training run; add --resume to continue it, or give "
             "another --out"
@@ -205,10 +232,30 @@ def _save_and_report(clf, out: Path) -> None:
     if clf.evaluation_ is not None:
         print()
         print(format_table(clf.evaluation_["metrics"]))
+        if "members" in clf.evaluation_:
+            print()
+            print(_members_table(clf.evaluation_))
         print(f"\nreport: {model_dir / 'report.md'}")
     else:
         print(f"\nno --val given, so no evaluation; run: mmfuse evaluate {model_dir} MANIFEST")
     print(f"model folder: {model_dir}")
+
+
+def _members_table(evaluation: dict) -> str:
+    """An ensemble's members beside it: weight, accuracy, log loss (first task)."""
+
+    def first(m: dict) -> dict:
+        return m if "accuracy" in m else next(iter(m.values()))
+
+    rows = [
+        (n, evaluation["weights"].get(n, 0.0), first(m)) for n, m in evaluation["members"].items()
+    ]
+    rows.append(("ensemble", 1.0, first(evaluation["metrics"])))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'model':<{width}}  weight  accuracy  log loss"]
+    for name, weight, m in rows:
+        lines.append(f"{name:<{width}}  {weight:6.3f}  {m['accuracy']:8.4f}  {m['log_loss']:8.4f}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -232,7 +279,33 @@ def _train_params(args: argparse.Namespace) -> dict:
         params["encoders"] = encoders
     _check_fusion(params.get("fusion", "attention"), params.get("fusion_options") or {})
     resolve_device(params.get("device"), default="auto")
+    _apply_ensemble_flags(params, args)
     return params
+
+
+def _apply_ensemble_flags(params: dict, args: argparse.Namespace) -> None:
+    """--ensemble, --monitor and --no-calibrate, checked before any data loads."""
+    from mmfuse.model.config import ConfigError
+    from mmfuse.train.ensemble_spec import parse_ensemble, selection_metric
+
+    options = dict(params.get("train_options") or {})
+    if args.monitor:
+        name = args.monitor.removeprefix("val_")
+        options["monitor"] = "val_loss" if name in ("loss", "log_loss") else f"val_{name}"
+    if args.no_calibrate:
+        options["calibrate"] = False
+    if options:
+        params["train_options"] = options
+    if args.ensemble:
+        params["ensemble"] = list(args.ensemble)
+    if params.get("ensemble") is None:
+        return
+    try:
+        spec = parse_ensemble(params["ensemble"])
+        spec.members(params.get("fusion", "attention"), params.get("preset"), 0)
+        selection_metric(options.get("monitor"))
+    except ConfigError as e:
+        raise UsageError(f"--ensemble: {e}") from None
 
 
 def _config_encoders(choices: dict) -> dict[str, dict]:

@@ -42,14 +42,7 @@ def evaluate_model(
     """
     names = list(model.names)
     tasks = list(dataset.tasks)
-    # An ensemble's `image@<member>` is the image read for that member: ablated with `image`.
-    bases = sorted({variant_base(n) for n in names})
-    keep = None
-    if ablation and len(bases) > 1:
-        keep = {
-            v: {n: kept[variant_base(n)] for n in names}
-            for v, kept in ablation_variants(bases).items()
-        }
+    keep = _ablation_keep(names) if ablation else None
 
     def run(data, variants=None) -> dict:
         return predict_dataset(model, data, options, variants=variants, dist=dist)
@@ -84,6 +77,17 @@ def evaluate_model(
     if out_dir is not None:
         _write(out_dir, result, history=history, title=title, extra=extra)
     return result
+
+
+def _ablation_keep(names: list[str]) -> dict | None:
+    """`ablation_variants` of the inputs; an ensemble's `image@<member>` (the image read for
+    that member) is kept or dropped with `image`."""
+    bases = sorted({variant_base(n) for n in names})
+    if len(bases) < 2:
+        return None
+    return {
+        v: {n: kept[variant_base(n)] for n in names} for v, kept in ablation_variants(bases).items()
+    }
 
 
 def _write(out_dir, result: dict, **kwargs) -> None:
