@@ -22,6 +22,7 @@ from mmfuse.cli.common import (
     resolve_device,
     stem,
 )
+from mmfuse.cli.ensemble_options import add_ensemble_flags, apply_ensemble_flags, members_table
 from mmfuse.train.presets import PRESETS
 
 
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
     _add_model_flags(p)
     _add_loop_flags(p)
-    _add_ensemble_flags(p)
+    add_ensemble_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,29 +149,6 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_ensemble_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ensemble",
-        action="append",
-        default=[],
-        metavar="KEY=VALUES",
-        help="train an ensemble: fusion=attention,gated,late | preset=fast,medium | seeds=3 "
-        "(repeatable; members are every combination), weighted on --val by greedy selection",
-    )
-    p.add_argument(
-        "--monitor",
-        metavar="METRIC",
-        help="validation metric that picks the best epoch and the ensemble weights: log_loss, "
-        "accuracy, balanced_accuracy or f1_macro (default: accuracy for epochs, log_loss for "
-        "ensemble weights)",
-    )
-    p.add_argument(
-        "--no-calibrate",
-        action="store_true",
-        help="keep the raw probabilities (default: temperature scaling fitted on --val)",
-    )
-
-
 def _add_loop_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--epochs", type=int, metavar="N", help="passes over the training data (default: 10)"
@@ -234,28 +212,11 @@ def _save_and_report(clf, out: Path) -> None:
         print(format_table(clf.evaluation_["metrics"]))
         if "members" in clf.evaluation_:
             print()
-            print(_members_table(clf.evaluation_))
+            print(members_table(clf.evaluation_))
         print(f"\nreport: {model_dir / 'report.md'}")
     else:
         print(f"\nno --val given, so no evaluation; run: mmfuse evaluate {model_dir} MANIFEST")
     print(f"model folder: {model_dir}")
-
-
-def _members_table(evaluation: dict) -> str:
-    """An ensemble's members beside it: weight, accuracy, log loss (first task)."""
-
-    def first(m: dict) -> dict:
-        return m if "accuracy" in m else next(iter(m.values()))
-
-    rows = [
-        (n, evaluation["weights"].get(n, 0.0), first(m)) for n, m in evaluation["members"].items()
-    ]
-    rows.append(("ensemble", 1.0, first(evaluation["metrics"])))
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'model':<{width}}  weight  accuracy  log loss"]
-    for name, weight, m in rows:
-        lines.append(f"{name:<{width}}  {weight:6.3f}  {m['accuracy']:8.4f}  {m['log_loss']:8.4f}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -279,33 +240,8 @@ def _train_params(args: argparse.Namespace) -> dict:
         params["encoders"] = encoders
     _check_fusion(params.get("fusion", "attention"), params.get("fusion_options") or {})
     resolve_device(params.get("device"), default="auto")
-    _apply_ensemble_flags(params, args)
+    apply_ensemble_flags(params, args)
     return params
-
-
-def _apply_ensemble_flags(params: dict, args: argparse.Namespace) -> None:
-    """--ensemble, --monitor and --no-calibrate, checked before any data loads."""
-    from mmfuse.model.config import ConfigError
-    from mmfuse.train.ensemble_spec import parse_ensemble, selection_metric
-
-    options = dict(params.get("train_options") or {})
-    if args.monitor:
-        name = args.monitor.removeprefix("val_")
-        options["monitor"] = "val_loss" if name in ("loss", "log_loss") else f"val_{name}"
-    if args.no_calibrate:
-        options["calibrate"] = False
-    if options:
-        params["train_options"] = options
-    if args.ensemble:
-        params["ensemble"] = list(args.ensemble)
-    if params.get("ensemble") is None:
-        return
-    try:
-        spec = parse_ensemble(params["ensemble"])
-        spec.members(params.get("fusion", "attention"), params.get("preset"), 0)
-        selection_metric(options.get("monitor"))
-    except ConfigError as e:
-        raise UsageError(f"--ensemble: {e}") from None
 
 
 def _config_encoders(choices: dict) -> dict[str, dict]:
