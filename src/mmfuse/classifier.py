@@ -29,9 +29,13 @@ from mmfuse.infer.embed import embed_rows
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.infer.table import predicted_labels
 from mmfuse.model.config import FusionConfig, ModelConfig
+from mmfuse.model.ensemble import EnsembleModel
+from mmfuse.model.ensemble_folder import save_ensemble
 from mmfuse.model.multimodal import MultimodalModel
-from mmfuse.model.saved import load_model, save_model
+from mmfuse.model.saved import load_model, read_saved_config, save_model
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.ensemble import Member, train_ensemble
+from mmfuse.train.ensemble_spec import parse_ensemble, selection_metric
 from mmfuse.train.presets import Preset, default_epochs, resolve_preset
 from mmfuse.train.run import model_config_for, train_model
 
@@ -59,6 +63,10 @@ class MultimodalClassifier(BaseEstimator):
         train_options: any other `TrainConfig` fields, e.g. `{"precision": "bf16"}`.
         out_dir: the run folder (checkpoints, report); default: a new temporary folder.
         verbose: print progress and per-epoch lines.
+        ensemble: train several members and average their probabilities with weights chosen
+            on `val`: parts such as `["fusion=attention,gated,late", "seeds=3"]` or a dict
+            `{"fusion": [...], "preset": [...], "seeds": 3}` (see `train.ensemble_spec`). The
+            weights optimise log loss, or `train_options["monitor"]` when given.
     """
 
     def __init__(
@@ -78,6 +86,7 @@ class MultimodalClassifier(BaseEstimator):
         train_options: Mapping | None = None,
         out_dir: str | os.PathLike | None = None,
         verbose: bool = True,
+        ensemble: str | list[str] | Mapping | None = None,
     ):
         self.fusion = fusion
         self.preset = preset
@@ -94,6 +103,7 @@ class MultimodalClassifier(BaseEstimator):
         self.train_options = train_options
         self.out_dir = out_dir
         self.verbose = verbose
+        self.ensemble = ensemble
 
     # ------------------------------------------------------------------ fitting
     def _train_config(self, preset: Preset, epochs: int) -> TrainConfig:
@@ -133,13 +143,13 @@ class MultimodalClassifier(BaseEstimator):
         val_manifest = (
             None if val is None else _as_manifest(val, train.labels, modalities, root=root)
         )
-        fusion = FusionConfig(
-            name=self.fusion,
-            dim=self.fusion_dim,
-            options=dict(self.fusion_options or {}),
-            modality_dropout=self.modality_dropout,
-        )
+        fusion = self._fusion_config(self.fusion)
         log = print if self.verbose else _quiet
+        run_dir = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="mmfuse-"))
+        if self.ensemble is not None:
+            return self._fit_ensemble(
+                train, val_manifest, run_dir, resume=resume, robustness=robustness, log=log
+            )
         preset = resolve_preset(
             self.preset, self._preset_modalities(train), lr=self.lr, epochs=self.epochs
         )
@@ -147,7 +157,6 @@ class MultimodalClassifier(BaseEstimator):
             log(f"preset {preset.name}: {note}")
         config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
         train_config = self._train_config(preset, self.epochs or default_epochs(config))
-        run_dir = Path(self.out_dir) if self.out_dir else Path(tempfile.mkdtemp(prefix="mmfuse-"))
         run = train_model(
             train,
             config,
@@ -163,6 +172,50 @@ class MultimodalClassifier(BaseEstimator):
         self.run_dir_ = run_dir
         self.history_ = run.fit.history
         self.skipped_ = run.fit.skipped
+        self.evaluation_ = run.evaluation
+        return self
+
+    def _fusion_config(self, name: str) -> FusionConfig:
+        return FusionConfig(
+            name=name,
+            dim=self.fusion_dim,
+            options=dict(self.fusion_options or {}),
+            modality_dropout=self.modality_dropout,
+        )
+
+    def _fit_ensemble(
+        self, train: Manifest, val, run_dir: Path, *, resume: bool, robustness: bool, log
+    ):
+        """`fit` of an ensemble: one member per combination of the spec, trained in turn."""
+        spec = parse_ensemble(self.ensemble)
+        members = []
+        for plan in spec.members(self.fusion, self.preset, self.seed):
+            preset = resolve_preset(
+                plan.preset, self._preset_modalities(train), lr=self.lr, epochs=self.epochs
+            )
+            fusion = self._fusion_config(plan.fusion)
+            config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
+            train_config = self._train_config(preset, self.epochs or default_epochs(config))
+            train_config.seed = plan.seed
+            members.append(Member(plan.name, config, train_config))
+        metric = selection_metric((self.train_options or {}).get("monitor"))
+        run = train_ensemble(
+            train,
+            members,
+            run_dir,
+            val=val,
+            metric=metric,
+            resume=resume,
+            robustness=robustness,
+            log=log,
+        )
+        run.model.member_train = {m.name: m.train_config.to_dict() for m in members}
+        self._set_fitted(run.model, run.config, members[0].train_config)
+        self.ensemble_spec_ = spec.to_dict()
+        self.weights_ = dict(run.model.weights)
+        self.run_dir_ = run_dir
+        self.history_ = run.histories
+        self.skipped_ = []
         self.evaluation_ = run.evaluation
         return self
 
@@ -273,6 +326,15 @@ class MultimodalClassifier(BaseEstimator):
         self._check_fitted()
         report = getattr(self, "run_dir_", None)
         has_report = report is not None and (Path(report) / "report.md").is_file()
+        if isinstance(self.model_, EnsembleModel):
+            return save_ensemble(
+                path,
+                self.model_,
+                self.model_config_,
+                train_config=self.train_config_.to_dict(),
+                spec=getattr(self, "ensemble_spec_", None),
+                report_dir=report if has_report else None,
+            )
         return save_model(
             path,
             self.model_,
@@ -286,8 +348,12 @@ class MultimodalClassifier(BaseEstimator):
         model, config, train = load_model(path, device)
         train_config = TrainConfig.from_dict(train) if train else TrainConfig(device=device)
         train_config.device = device
+        ensemble = read_saved_config(path).get("ensemble")
+        fusion = config.fusion.name
+        if ensemble:  # the members' fusion methods are in the spec; the first stands in
+            fusion = next(iter(model.member_configs.values())).fusion.name
         clf = cls(
-            fusion=config.fusion.name,
+            fusion=fusion,
             epochs=train_config.epochs,
             batch_size=train_config.batch_size,
             lr=train_config.lr,
@@ -298,8 +364,12 @@ class MultimodalClassifier(BaseEstimator):
             fusion_options=config.fusion.options or None,
             modality_dropout=config.fusion.modality_dropout,
             verbose=False,
+            ensemble=(ensemble or {}).get("spec"),
         )
         clf._set_fitted(model, config, train_config)
+        if ensemble:
+            clf.ensemble_spec_ = ensemble.get("spec")
+            clf.weights_ = dict(model.weights)
         return clf
 
 

@@ -2,9 +2,10 @@
 
 Trains five small models from scratch on the same generated splits and scores them on the test
 split: image only, audio only, video frames only, the frames plus the audio track of the same
-video file, and all four columns fused with attention. Every run folder is a model folder (the
-best checkpoint's weights, its config, its report), so `mmfuse serve`, `predict` and `evaluate`
-take any of them.
+video file, and all four columns fused with attention; then an ensemble of three fused models
+(attention, gated and late fusion) weighted on the validation split. Every run folder is a model
+folder (the best checkpoint's weights, its config, its report), so `mmfuse serve`, `predict` and
+`evaluate` take any of them.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 from mmfuse.data.avdigits import ensure_avdigits
 from mmfuse.data.manifest import read_manifest
 from mmfuse.model.config import FusionConfig, HeadConfig, InputConfig, ModelConfig
+from mmfuse.model.ensemble_folder import save_ensemble
 from mmfuse.model.saved import save_model
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.ensemble import Member, train_ensemble
 from mmfuse.train.run import train_model
 
 DEMO_SAMPLES = 1500
@@ -52,6 +55,10 @@ RUNS: dict[str, dict[str, InputConfig]] = {
         "text": _input("text", "text", TEXT),
     },
 }
+
+
+ENSEMBLE = "ensemble of 3 fused (attention, gated, late)"
+ENSEMBLE_FUSIONS = ("attention", "gated", "late")
 
 
 def demo_train_config(epochs: int = 6) -> TrainConfig:
@@ -91,39 +98,19 @@ def run_demo(
     train, val, test = (read_manifest(paths[s]) for s in ("train", "val", "test"))
     heads = [HeadConfig("label", train.classes["label"])]
     results: dict[str, dict] = {}
-    for name in runs or list(RUNS):
-        inputs = RUNS[name]
-        config = ModelConfig(inputs=inputs, heads=heads, fusion=FusionConfig("attention", 64))
+    for name in runs or [*RUNS, ENSEMBLE]:
         log(f"training: {name}")
         run_dir = out_dir / _slug(name)
         shutil.rmtree(run_dir, ignore_errors=True)  # a demo run always starts fresh
         t0 = time.perf_counter()
-        train_config = demo_train_config(epochs)
-        run = train_model(
-            train,
-            config,
-            train_config,
-            run_dir,
-            val=val,
-            test=test,
-            ablation=len(inputs) > 1,
-            robustness=False,
-            log=lambda message: None,
-        )
-        # train_model leaves the best checkpoint's weights in run.model.
-        save_model(
-            run_dir, run.model, config, train_config=train_config.to_dict(), report_dir=run_dir
-        )
-        metrics = run.evaluation["metrics"]
-        results[name] = {
-            "accuracy": metrics["accuracy"],
-            "f1_macro": metrics["f1_macro"],
-            "train_time": time.perf_counter() - t0,
-            "epochs": len(run.fit.history),
-            "report": str(run.report),
-            "model": str(run_dir),
-        }
-        log(f"  test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['f1_macro']:.3f}")
+        splits = (train, val, test)
+        if name == ENSEMBLE:
+            results[name] = _ensemble_run(splits, heads, run_dir, demo_train_config(epochs))
+        else:
+            results[name] = _single_run(splits, RUNS[name], heads, run_dir, epochs)
+        results[name]["train_time"] = time.perf_counter() - t0
+        r = results[name]
+        log(f"  test accuracy {r['accuracy']:.3f}, macro-F1 {r['f1_macro']:.3f}")
         log(f"  model folder: {run_dir} (try: mmfuse serve {run_dir})")
     log("")
     log(format_results(results))
@@ -131,6 +118,57 @@ def run_demo(
         f"\ntotal {time.perf_counter() - started:.0f} s; model folders and reports under {out_dir}/"
     )
     return results
+
+
+def _single_run(splits, inputs: dict, heads, run_dir: Path, epochs: int) -> dict:
+    train, val, test = splits
+    config = ModelConfig(inputs=inputs, heads=heads, fusion=FusionConfig("attention", 64))
+    train_config = demo_train_config(epochs)
+    run = train_model(
+        train,
+        config,
+        train_config,
+        run_dir,
+        val=val,
+        test=test,
+        ablation=len(inputs) > 1,
+        robustness=False,
+        log=lambda message: None,
+    )
+    # train_model leaves the best checkpoint's weights in run.model.
+    save_model(run_dir, run.model, config, train_config=train_config.to_dict(), report_dir=run_dir)
+    return _scores(run.evaluation["metrics"], len(run.fit.history), run.report, run_dir)
+
+
+def _ensemble_run(splits, heads, run_dir: Path, train_config: TrainConfig) -> dict:
+    """Three fused members, one per fusion method, weighted on the validation split."""
+    train, val, test = splits
+    inputs = RUNS["fused (image+audio+video+text)"]
+    members = [
+        Member(
+            f"{f}-seed0",
+            ModelConfig(inputs=inputs, heads=heads, fusion=FusionConfig(f, 64)),
+            train_config,
+        )
+        for f in ENSEMBLE_FUSIONS
+    ]
+    run = train_ensemble(
+        train, members, run_dir, val=val, test=test, ablation=False, log=lambda message: None
+    )
+    train_dict = train_config.to_dict()
+    save_ensemble(run_dir, run.model, run.config, train_config=train_dict, report_dir=run_dir)
+    epochs = max(len(h) for h in run.histories.values())
+    return _scores(run.evaluation["metrics"], epochs, run.report, run_dir)
+
+
+def _scores(metrics: dict, epochs: int, report, run_dir: Path) -> dict:
+    return {
+        "accuracy": metrics["accuracy"],
+        "f1_macro": metrics["f1_macro"],
+        "epochs": epochs,
+        "report": str(report),
+        "model": str(run_dir),
+    }
 
 
 def format_results(results: dict[str, dict]) -> str:

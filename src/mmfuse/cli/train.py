@@ -22,6 +22,7 @@ from mmfuse.cli.common import (
     resolve_device,
     stem,
 )
+from mmfuse.cli.ensemble_options import add_ensemble_flags, apply_ensemble_flags, members_table
 from mmfuse.train.presets import PRESETS
 
 
@@ -29,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_flags(p)
     _add_model_flags(p)
     _add_loop_flags(p)
+    add_ensemble_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
       mmfuse train data/train.csv --config train.json --lr 3e-4 --out runs/lr3e-4
       mmfuse train data/train.csv --out runs/lr3e-4 --resume
       mmfuse train lists/train.csv --val lists/val.csv --root /data/media
+      mmfuse train data/train.csv --val data/val.csv --ensemble fusion=attention,gated,late
+      mmfuse train data/train.csv --val data/val.csv --ensemble seeds=3 --monitor accuracy
     """
     from mmfuse.classifier import MultimodalClassifier
 
@@ -178,7 +182,8 @@ def _run_folder(args: argparse.Namespace) -> Path:
     from mmfuse.train.checkpoint import latest_checkpoint
 
     out = Path(args.out) if args.out else Path("runs") / stem(args.manifest)
-    if not args.resume and latest_checkpoint(out, verify=False) is not None:
+    ensemble_run = (out / "members").is_dir()
+    if not args.resume and (ensemble_run or latest_checkpoint(out, verify=False) is not None):
         raise UsageError(
             f"--out {out} already holds a training run; add --resume to continue it, or give "
             "another --out"
@@ -215,6 +220,9 @@ def _save_and_report(clf, out: Path) -> None:
     if clf.evaluation_ is not None:
         print()
         print(format_table(clf.evaluation_["metrics"]))
+        if "members" in clf.evaluation_:
+            print()
+            print(members_table(clf.evaluation_))
         print(f"\nreport: {model_dir / 'report.md'}")
     else:
         print(f"\nno --val given, so no evaluation; run: mmfuse evaluate {model_dir} MANIFEST")
@@ -242,6 +250,7 @@ def _train_params(args: argparse.Namespace) -> dict:
         params["encoders"] = encoders
     _check_fusion(params.get("fusion", "attention"), params.get("fusion_options") or {})
     resolve_device(params.get("device"), default="auto")
+    apply_ensemble_flags(params, args)
     return params
 
 

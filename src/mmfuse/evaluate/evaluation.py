@@ -7,11 +7,13 @@ from pathlib import Path
 
 from mmfuse.distributed import DistInfo
 from mmfuse.evaluate.ablation import ablation_scores, ablation_variants
+from mmfuse.evaluate.calibration import expected_calibration_error, reliability_bins, untempered
 from mmfuse.evaluate.metrics import classification_metrics
 from mmfuse.evaluate.report import write_report
 from mmfuse.evaluate.robustness import robustness_curves
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.model.ensemble import variant_base
 from mmfuse.model.multimodal import MultimodalModel
 
 
@@ -32,22 +34,31 @@ def evaluate_model(
     """Score `model` on `dataset` (a `MultimodalDataset` in eval mode), predicting through
     `infer.engine.predict_dataset` with `options` (and across ranks under torchrun: `dist`).
 
-    Returns `{"metrics", "ablation"?, "robustness"?, "skipped"}`, with metrics per task
-    (`{task: classification_metrics}` when there are several tasks, else that dict). Ablation
-    and robustness are for the first task. With `out_dir`, also writes report.md, metrics.json
-    and the PNGs there.
+    Returns `{"metrics", "calibration", "ablation"?, "robustness"?, "members"?, "weights"?,
+    "skipped"}`, with metrics per task (`{task: classification_metrics}` when there are several
+    tasks, else that dict) with `ece` and `ece_uncalibrated` (before the model's temperature);
+    an ensemble adds its members' metrics on the same rows and the weights. Ablation and
+    robustness are for the first task. With `out_dir`, also writes the report there.
     """
     names = list(model.names)
     tasks = list(dataset.tasks)
     modalities = {n: dataset.inputs[n].modality for n in names}
-    keep = ablation_variants(names, modalities) if ablation and len(names) > 1 else None
+    keep = _ablation_keep(names, modalities) if ablation else None
 
     def run(data, variants=None) -> dict:
         return predict_dataset(model, data, options, variants=variants, dist=dist)
 
     predictions = run(dataset, keep)
-    metrics = _task_metrics(predictions, dataset.tasks)
-    result: dict = {"metrics": metrics, "skipped": [s.to_dict() for s in predictions["skipped"]]}
+    temperatures = model.temperatures()
+    metrics = _task_metrics(predictions, dataset.tasks, temperatures)
+    result: dict = {
+        "metrics": metrics,
+        "calibration": calibration_curves(predictions, dataset.tasks, temperatures),
+        "skipped": [s.to_dict() for s in predictions["skipped"]],
+    }
+    if hasattr(model, "members"):  # an ensemble: each member scored on the same rows
+        result["members"] = _member_metrics(model, dataset, options, dist)
+        result["weights"] = dict(model.weights)
     if keep is not None:
         result["ablation"] = ablation_scores(predictions, tasks[0])
     if robustness:
@@ -64,28 +75,76 @@ def evaluate_model(
         if curves:
             result["robustness"] = curves
     if out_dir is not None:
-        extra = {**(extra or {}), "skipped rows": len(result["skipped"])}
-        write_report(
-            out_dir,
-            metrics,
-            history=history,
-            title=title,
-            extra=extra,
-            **{k: result.get(k) for k in ("ablation", "robustness")},
-        )
+        _write(out_dir, result, history=history, title=title, extra=extra)
     return result
 
 
-def _task_metrics(predictions: Mapping, tasks: Mapping[str, Sequence[str]]) -> dict:
-    """`classification_metrics` of the first variant, per task (the bare dict for one task)."""
-    first = next(iter(predictions["proba"]))
-    per_task = {
-        task: classification_metrics(
-            predictions["labels"][task], proba=predictions["proba"][first][task], labels=classes
-        )
-        for task, classes in tasks.items()
+def _ablation_keep(names: list[str], modalities: dict[str, str]) -> dict | None:
+    """`ablation_variants` of the inputs; an ensemble's `image@<member>` (the image read for
+    that member) is kept or dropped with `image`."""
+    bases = sorted({variant_base(n) for n in names})
+    if len(bases) < 2:
+        return None
+    base_modalities = {variant_base(n): m for n, m in modalities.items()}
+    return {
+        v: {n: kept[variant_base(n)] for n in names}
+        for v, kept in ablation_variants(bases, base_modalities).items()
     }
+
+
+def _write(out_dir, result: dict, **kwargs) -> None:
+    """The report of `evaluate_model`'s result."""
+    kwargs["extra"] = {**(kwargs["extra"] or {}), "skipped rows": len(result["skipped"])}
+    ensemble = {k: result[k] for k in ("members", "weights")} if "members" in result else None
+    parts = {k: result.get(k) for k in ("ablation", "robustness", "calibration")}
+    write_report(out_dir, result["metrics"], **kwargs, **parts, ensemble=ensemble)
+
+
+def _member_metrics(model, dataset, options, dist) -> dict:
+    return {
+        name: _task_metrics(
+            predict_dataset(model.only(name), dataset, options, dist=dist),
+            dataset.tasks,
+            member.temperatures(),
+        )
+        for name, member in model.members.items()
+    }
+
+
+def _task_metrics(
+    predictions: Mapping, tasks: Mapping[str, Sequence[str]], temperatures: Mapping[str, float]
+) -> dict:
+    """`classification_metrics` of the first variant with `ece` and `ece_uncalibrated`, per
+    task (the bare dict for one task)."""
+    first = next(iter(predictions["proba"]))
+    per_task = {}
+    for task, classes in tasks.items():
+        y, proba = predictions["labels"][task], predictions["proba"][first][task]
+        m = classification_metrics(y, proba=proba, labels=classes)
+        m["ece"] = expected_calibration_error(y, proba)
+        before = untempered(proba, temperatures.get(task, 1.0))
+        m["ece_uncalibrated"] = expected_calibration_error(y, before)
+        m["temperature"] = temperatures.get(task, 1.0)
+        per_task[task] = m
     return next(iter(per_task.values())) if len(per_task) == 1 else per_task
+
+
+def calibration_curves(
+    predictions: Mapping, tasks: Mapping[str, Sequence[str]], temperatures: Mapping[str, float]
+) -> dict:
+    """`{task: {"temperature", "before", "after"}}`: reliability bins before and after the
+    model's temperature, for the report's reliability diagram."""
+    first = next(iter(predictions["proba"]))
+    out = {}
+    for task in tasks:
+        y, proba = predictions["labels"][task], predictions["proba"][first][task]
+        t = temperatures.get(task, 1.0)
+        out[task] = {
+            "temperature": t,
+            "before": reliability_bins(y, untempered(proba, t)),
+            "after": reliability_bins(y, proba),
+        }
+    return out
 
 
 def corrupted(dataset, corruptions: Mapping[str, tuple]):

@@ -272,6 +272,10 @@ def headline_rows(metrics: Mapping) -> list[tuple[str, float | None]]:
         rows.append((key.replace("_", "-") + " accuracy", value))
     if "log_loss" in metrics:
         rows.append(("log loss", metrics["log_loss"]))
+    # Set by `evaluate_model` (evaluate.calibration), not by classification_metrics.
+    for key in ("ece", "ece_uncalibrated"):
+        if key in metrics:
+            rows.append((key.replace("_", " "), metrics[key]))
     return rows
 
 

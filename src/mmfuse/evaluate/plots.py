@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_ablation", "plot_confusion", "plot_curves", "plot_robustness"]
+__all__ = ["plot_ablation", "plot_confusion", "plot_curves", "plot_reliability", "plot_robustness"]
 
 _DPI = 110
 # Beyond this many classes the cell numbers become unreadable noise; colour alone is clearer.
@@ -195,6 +195,40 @@ def plot_robustness(
         ax.grid(alpha=0.3)
         if in_unit_range:
             ax.set_ylim(0.0, 1.05)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    curves: Mapping[str, Mapping],
+    path: str | Path,
+    *,
+    title: str = "Reliability diagram",
+) -> Path:
+    """Accuracy against mean confidence per confidence bin, one line per curve.
+
+    Args:
+        curves: ``{label: bins}`` with bins as `evaluate.calibration.reliability_bins` returns
+            (``confidence``, ``accuracy`` and ``count`` per bin; empty bins hold None), e.g.
+            ``{"before (T=1)": ..., "after (T=1.8)": ...}``. A calibrated model follows the
+            diagonal.
+    """
+    fig = _new_figure(5.2, 4.6)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect")
+    for label, bins in curves.items():
+        points = [
+            (c, a) for c, a, n in zip(bins["confidence"], bins["accuracy"], bins["count"]) if n
+        ]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (bin mean)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 

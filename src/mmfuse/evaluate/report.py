@@ -40,8 +40,20 @@ trainer's per-epoch history):
     Any JSON-safe context worth keeping with the numbers (checkpoint, config name, dataset,
     git commit): shown as a key/value table and stored in ``metrics.json``.
 
+``calibration``
+    Per task, the temperature and the reliability bins before and after it
+    (:func:`mmfuse.evaluate.calibration.reliability_bins`)::
+
+        {"label": {"temperature": 1.8, "before": {bins}, "after": {bins}}}
+
+``ensemble``
+    An ensemble's members scored on the same rows and their weights::
+
+        {"members": {"attention-seed0": {metrics}, ...}, "weights": {"attention-seed0": 0.6}}
+
 ``metrics.json`` holds ``{"title", "metrics", "history"?, "ablation"?, "robustness"?,
-"extra"?}`` with only the keys that were given; NaN and infinity become ``null``.
+"calibration"?, "members"?, "weights"?, "extra"?}`` with only the keys that were given; NaN
+and infinity become ``null``.
 """
 
 from __future__ import annotations
@@ -55,7 +67,13 @@ from pathlib import Path
 import numpy as np
 
 from mmfuse.evaluate.metrics import headline_rows
-from mmfuse.evaluate.plots import plot_ablation, plot_confusion, plot_curves, plot_robustness
+from mmfuse.evaluate.plots import (
+    plot_ablation,
+    plot_confusion,
+    plot_curves,
+    plot_reliability,
+    plot_robustness,
+)
 
 __all__ = ["write_report"]
 
@@ -68,6 +86,8 @@ def write_report(
     robustness: Mapping[str, Mapping] | None = None,
     title: str = "mmfuse report",
     extra: Mapping | None = None,
+    calibration: Mapping[str, Mapping] | None = None,
+    ensemble: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Write ``metrics.json``, ``report.md`` and PNG figures into ``out_dir``.
 
@@ -81,7 +101,8 @@ def write_report(
         ablation = _check_ablation(ablation)
     if robustness is not None:
         robustness = _check_robustness(robustness)
-    given = {"history": history, "ablation": ablation, "robustness": robustness, "extra": extra}
+    given = {"history": history, "ablation": ablation, "robustness": robustness}
+    given |= {"calibration": calibration, **dict(ensemble or {}), "extra": extra}
     payload = {"title": title, "metrics": metrics}
     payload |= {key: value for key, value in given.items() if value is not None}
     _write_json(out_dir / "metrics.json", payload)
@@ -91,6 +112,10 @@ def write_report(
         md += _extra_section(extra)
     for task, task_metrics in tasks.items():
         md += _results_section(task, task_metrics, out_dir)
+    if ensemble:
+        md += _ensemble_section(ensemble, metrics)
+    if calibration:
+        md += _calibration_section(calibration, out_dir)
     if history:
         md += _history_section(history, out_dir)
     if ablation:
@@ -153,6 +178,51 @@ def _results_section(task: str | None, metrics: Mapping, out_dir: Path) -> list[
         title="Confusion matrix" if task is None else f"Confusion matrix: {task}",
     )
     return [*lines, "", f"![Confusion matrix]({image})", ""]
+
+
+def _first_task(metrics: Mapping) -> Mapping:
+    return next(iter(_split_tasks(metrics).values()))
+
+
+def _ensemble_section(ensemble: Mapping[str, Mapping], metrics: Mapping) -> list[str]:
+    """Each member's score (first task) and weight, then the ensemble's, on the same rows."""
+    lines = [
+        "## Ensemble",
+        "",
+        "Weights chosen on the validation split by greedy ensemble selection with replacement "
+        "(Caruana et al. 2004); members of weight 0 are not saved.",
+        "",
+        "| model | weight | accuracy | log loss | ECE |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    weights = ensemble.get("weights", {})
+    rows = [(name, weights.get(name, 0.0), m) for name, m in ensemble["members"].items()]
+    for name, weight, m in [*rows, ("**ensemble**", sum(weights.values()), metrics)]:
+        m = _first_task(m)
+        lines.append(
+            f"| {_cell(name)} | {weight:.3f} | {_num(m.get('accuracy'))} | "
+            f"{_num(m.get('log_loss'))} | {_num(m.get('ece'))} |"
+        )
+    return [*lines, ""]
+
+
+def _calibration_section(calibration: Mapping[str, Mapping], out_dir: Path) -> list[str]:
+    """Per task: the temperature, ECE before and after, and the reliability diagram."""
+    from mmfuse.evaluate.calibration import ECE_BINS
+
+    lines = [
+        "## Calibration",
+        "",
+        f"Temperature scaling fitted on the validation split; ECE over {ECE_BINS} bins.",
+        "",
+    ]
+    for task, entry in calibration.items():
+        t = entry["temperature"]
+        image = f"reliability_{_slug(task)}.png" if len(calibration) > 1 else "reliability.png"
+        curves = {"before (T=1)": entry["before"], f"after (T={t:.2f})": entry["after"]}
+        plot_reliability(curves, out_dir / image, title=f"Reliability: {task}")
+        lines += [f"**{_cell(task)}**: temperature {t:.3f}", "", f"![Reliability]({image})", ""]
+    return lines
 
 
 def _history_section(history: Sequence[Mapping], out_dir: Path) -> list[str]:

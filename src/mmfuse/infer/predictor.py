@@ -23,6 +23,7 @@ from mmfuse.features.sample import SampleLoader
 from mmfuse.infer.batch import collate, sample_item
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import Output, forward
+from mmfuse.model.ensemble import variant_base
 from mmfuse.model.saved import load_model, read_saved_config
 
 
@@ -73,8 +74,14 @@ class Predictor:
         # A modality names an input only where it is unambiguous.
         by_modality: dict[str, list[str]] = {}
         for name, modality in self.modalities.items():
-            by_modality.setdefault(modality, []).append(name)
+            if variant_base(name) == name:
+                by_modality.setdefault(modality, []).append(name)
         self.aliases = {m: names[0] for m, names in by_modality.items() if len(names) == 1}
+        # An ensemble may preprocess one field twice, for members whose encoders differ
+        # (`image`, `image@<member>`): a field given once feeds both.
+        self.readers = {
+            n: [m for m in self.names if m == n or variant_base(m) == n] for n in self.names
+        }
 
     def describe(self) -> dict:
         """Labels, inputs, encoders, fusion and the saved metrics, for `GET /model`."""
@@ -124,7 +131,8 @@ class Predictor:
         for key, value in sample.items():
             if value is None:
                 continue
-            out[self.resolve(key)] = self.loader.load(self.resolve(key), value)
+            for name in self.readers[self.resolve(key)]:
+                out[name] = self.loader.load(name, value)
         if not out:
             raise InputError(f"nothing to predict from: give at least one of {self.names}")
         return out

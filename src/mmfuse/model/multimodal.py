@@ -41,6 +41,9 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict({n: encoders[n] for n in self.names})
         self.fusion = fusion
         self.heads = nn.ModuleDict(dict(heads))
+        # One temperature per task (in head order), fitted after training; a buffer, so the
+        # safetensors file and the ONNX graph carry it. 1 leaves the logits as trained.
+        self.register_buffer("temperature", torch.ones(len(self.heads)))
         if getattr(fusion, "modalities", None) not in (None, tuple(self.names)):
             raise ConfigError(
                 f"fusion was built for {list(fusion.modalities)} but the encoders are "
@@ -82,6 +85,15 @@ class MultimodalModel(nn.Module):
     @property
     def tasks(self) -> list[str]:
         return list(self.heads)
+
+    def temperatures(self) -> dict[str, float]:
+        """`{task: T}`: each task's logits are divided by T (1: uncalibrated)."""
+        return dict(zip(self.tasks, self.temperature.tolist()))
+
+    def set_temperatures(self, temperatures: Mapping[str, float]) -> None:
+        for i, task in enumerate(self.tasks):
+            if task in temperatures:
+                self.temperature[i] = float(temperatures[task])
 
     def encode(
         self,
@@ -132,7 +144,10 @@ class MultimodalModel(nn.Module):
         weights = None
         if return_weights:
             fused, weights = fused
-        logits = {task: head(fused) for task, head in self.heads.items()}
+        logits = {
+            task: head(fused) / self.temperature[i]
+            for i, (task, head) in enumerate(self.heads.items())
+        }
         return (logits, weights) if return_weights else logits
 
     def fuse(

@@ -29,7 +29,9 @@ from mmfuse.errors import CheckpointError, MmfuseError
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 
-FORMAT = 1
+# 2: every model carries a per-task `temperature` (format 1 folders load with T = 1), and a
+# folder may hold an ensemble (`members/`, see `model.ensemble_folder`).
+FORMAT = 2
 CONFIG, LABELS, WEIGHTS = "config.json", "labels.json", "model.safetensors"
 REPORT_FILES = ("metrics.json", "report.md")
 
@@ -133,9 +135,14 @@ def read_saved_config(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """`(model, ModelConfig, train config dict or None)` from a model folder."""
+    """`(model, ModelConfig, train config dict or None)` from a model folder; an ensemble
+    folder gives an `EnsembleModel` and the ModelConfig it presents."""
     path = Path(path)
     saved = read_saved_config(path)
+    if "ensemble" in saved:
+        from mmfuse.model.ensemble_folder import load_ensemble
+
+        return load_ensemble(path, saved, device)
     model, config = _build(path, saved)
     try:
         state = load_file(path / WEIGHTS, device=str(device))
@@ -146,6 +153,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
             "again, or retrain",
         ) from None
     own = model.state_dict()
+    if saved["format"] < 2:  # written before calibration existed: uncalibrated, T = 1
+        state.setdefault("temperature", own["temperature"])
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

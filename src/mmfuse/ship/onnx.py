@@ -25,6 +25,12 @@ The exporter is torch's TorchScript-based one (`torch.onnx.export(..., dynamo=Fa
 `dynamic_axes`: the dynamo exporter needs `onnxscript` (not a dependency) and a `torch.export`
 graph, and would have to prove the batch-size guards of every encoder; tracing these feed-forward
 models records the same ops, and `dynamic_axes` frees the batch and text-length axes.
+
+An ensemble folder exports as ONE graph that runs every member of weight > 0
+and returns the weighted mean of their calibrated probabilities (tempered by the ensemble's T):
+the service, the sidecar and the runtime then need nothing new, each input is preprocessed and
+fed once, and ONNX Runtime schedules the members in one call; one graph per member would make
+every consumer re-implement the weighting.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.multimodal import MultimodalModel, token_validity
 from mmfuse.ship.quantize import check_mode, quantize_onnx
 from mmfuse.ship.sidecar import FORMAT, MASK, ExportError, OnnxInput, write_sidecar
@@ -89,7 +96,12 @@ class FullBatchModel(nn.Module):
                 batch[spec.input] = value
             else:
                 batch.setdefault(spec.input, {})[spec.key] = value
-        feats, tokens, token_mask = encode_all(self.model, batch, mask)
+        if isinstance(self.model, EnsembleModel):
+            # One graph for the whole ensemble: each member encodes, the weighted mean follows.
+            encoded = self.model.encode(batch, mask, encode_fn=encode_all)
+        else:
+            encoded = encode_all(self.model, batch, mask)
+        feats, tokens, token_mask = encoded
         logits = self.model.classify(feats, mask, tokens, token_mask)
         return tuple(logits[t].float().softmax(-1) for t in self.model.tasks)
 

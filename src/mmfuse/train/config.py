@@ -57,6 +57,9 @@ class TrainConfig(JsonConfig):
     spec_augment: bool = True  # SpecAugment masks on log-mel/MFCC inputs (when augmenting)
     mixup_alpha: float = 0.0  # > 0: mixup of the float inputs and labels, Beta(alpha, alpha)
     fgsm_epsilon: float = 0.0  # > 0: FGSM adversarial examples on the float inputs
+    # Temperature scaling per task, fitted on the validation split after training (no
+    # validation split: no calibration); accuracy is unchanged, probabilities become honest.
+    calibrate: bool = True
     # Logging.
     progress: bool = True
     tensorboard: bool = True  # log there too when the tensorboard package is installed

@@ -21,6 +21,7 @@ from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.model.config import ConfigError, FusionConfig, HeadConfig, InputConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train import checkpoint as ckpt
+from mmfuse.train.calibrate import calibrate_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.preflight import check_loadable
 from mmfuse.train.presets import FAST_ENCODERS, Preset
@@ -162,6 +163,8 @@ def train_model(
     main = trainer.dist.is_main
     if fit.best_checkpoint is not None:
         ckpt.load_checkpoint(fit.best_checkpoint, model, restore_rng=False)
+    if val_set is not None and train_config.calibrate:
+        calibrate_model(model, trainer.predict, val_set, log if main else None)
     evaluation, report = None, None
     target = test if test is not None else val
     if evaluate and target is not None:

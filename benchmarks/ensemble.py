@@ -1,0 +1,194 @@
+"""Ensembles and calibration: members against their weighted ensemble, and the serving cost.
+
+    .venv/bin/python benchmarks/ensemble.py --data avdigits                  # 1,500 samples
+    .venv/bin/python benchmarks/ensemble.py --data digits,speech-kind --preset medium
+    .venv/bin/python benchmarks/ensemble.py --latency [--requests 200]       # HTTP p50, 1 vs 3
+
+Scores (`--data`): per dataset, `MultimodalClassifier(ensemble={"fusion": [...]})` trains one
+member per `--fusion` method in turn on the training split; the validation split picks each
+member's best epoch, fits its temperature, weighs the members (greedy selection, log loss) and
+fits the ensemble's temperature. The test split then scores each member and the ensemble:
+accuracy, log loss, ECE (15 bins) after and before temperature scaling. `avdigits` is
+`ensure_avdigits(--samples)`, with the demo's small encoders; any other name is a real-media
+task (`mmfuse.data.real.REAL_TASKS`, `--size`), with `--preset`'s encoders.
+
+Latency (`--latency`): an ensemble of 3 fused members (attention, gated, late; the demo's
+encoders, 1 epoch on 60 avdigits samples: accuracy is irrelevant here) is saved with equal
+weights; `mmfuse serve` of the ensemble folder and of one member's folder (`members/<name>/`,
+itself a model folder) each answer `--requests` sequential `POST /predict` of one sample with
+its 4 inputs (image, audio, video, text) after 5 warm-ups. Printed: p50/p90 ms of each, and
+the ratio of the p50s (the target: under 3). The load average is printed at start and end: on
+a shared machine a high one inflates both, the ratio less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+FUSIONS = "attention,gated,late"
+
+
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def splits(name: str, args) -> tuple[dict, dict | None]:
+    """The manifests by split, and the encoders to use (None: the preset's)."""
+    if name == "avdigits":
+        from mmfuse.data.avdigits import ensure_avdigits
+        from mmfuse.demo import AUDIO, IMAGE, TEXT, VIDEO
+
+        encoders = {
+            m: {"encoder": e, "options": dict(o)}
+            for m, (e, o) in {"image": IMAGE, "audio": AUDIO, "video": VIDEO, "text": TEXT}.items()
+        }
+        return ensure_avdigits(samples=args.samples, seed=0), encoders
+    from mmfuse.data.real import ensure_real_task
+
+    return ensure_real_task(name, size=args.size), None
+
+
+def score_dataset(name: str, args) -> list[tuple]:
+    """`[(model, weight, accuracy, log loss, ECE, ECE before)]`, members first."""
+    from mmfuse.classifier import MultimodalClassifier
+
+    paths, encoders = splits(name, args)
+    clf = MultimodalClassifier(
+        preset=None if encoders else args.preset,
+        encoders=encoders,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=32,
+        device="cpu",
+        verbose=False,
+        fusion_dim=64,
+        ensemble={"fusion": args.fusion.split(",")},
+        train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
+        out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
+    )
+    started = time.perf_counter()
+    clf.fit(paths["train"], val=paths["val"])
+    took = time.perf_counter() - started
+    metrics = clf.evaluate(paths["test"], ablation=False)
+    members = clf.last_evaluation_["members"]
+    rows = [
+        (n, clf.weights_[n], m["accuracy"], m["log_loss"], m["ece"], m["ece_uncalibrated"])
+        for n, m in members.items()
+    ]
+    e = metrics
+    rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
+    print(f"\n## {name} (test split; training {took:.0f} s, load {loadavg()})\n")
+    print("| model | weight | accuracy | log loss | ECE | ECE before T |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.4f} | {r[5]:.4f} |")
+    best = max(rows[:-1], key=lambda r: r[2])
+    print(
+        f"\nensemble accuracy {'>=' if rows[-1][2] >= best[2] else '<'} best member's "
+        f"({best[0]}); log loss {'lower' if rows[-1][3] < min(r[3] for r in rows[:-1]) else 'NOT lower'} "
+        "than every member's"
+    )
+    return rows
+
+
+# ---------------------------------------------------------------------------------- latency
+def latency_models(root: Path) -> tuple[Path, Path, dict]:
+    """`(ensemble folder, one member's folder, httpx files of one 4-input sample)`."""
+    import pandas as pd
+
+    from mmfuse.classifier import MultimodalClassifier
+    from mmfuse.data.avdigits import ensure_avdigits
+    from mmfuse.demo import AUDIO, IMAGE, TEXT, VIDEO
+
+    paths = ensure_avdigits(samples=60, seed=0)
+    encoders = {
+        m: {"encoder": e, "options": dict(o)}
+        for m, (e, o) in {"image": IMAGE, "audio": AUDIO, "video": VIDEO, "text": TEXT}.items()
+    }
+    clf = MultimodalClassifier(
+        encoders=encoders,
+        epochs=1,
+        fusion_dim=64,
+        device="cpu",
+        verbose=False,
+        ensemble={"fusion": FUSIONS.split(",")},
+        train_options={"tensorboard": False, "augment": False},
+        out_dir=root / "run",
+    )
+    clf.fit(paths["train"], val=paths["val"])
+    clf.model_.weights = dict.fromkeys(clf.model_.members, 1 / 3)  # all three run
+    folder = clf.save(root / "model")
+    row = pd.read_csv(paths["test"]).iloc[0]
+    base = Path(paths["test"]).parent
+    files = {
+        m: (Path(row[m]).name, (base / row[m]).read_bytes()) for m in ("image", "audio", "video")
+    }
+    files["text"] = (None, str(row["text"]))
+    return folder, folder / "members" / "attention-seed0", files
+
+
+def p50_of(model: Path, files: dict, n: int, root: Path) -> list[float]:
+    from serve_load import free_port, sequential, start_server
+
+    port = free_port()
+    args = argparse.Namespace(header_timeout=10, body_timeout=30, clients=1, slow_clients=0,
+                              torch_threads=None)  # fmt: skip
+    server = start_server(model, port, 64 * 2**20, args, root / f"{model.name}.log")
+    try:
+        return sequential(f"http://127.0.0.1:{port}", files, n)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def latency(args) -> None:
+    print(f"load average at start: {loadavg()}")
+    with tempfile.TemporaryDirectory(prefix="mmfuse-ensemble-latency-") as tmp:
+        root = Path(tmp)
+        ensemble, single, files = latency_models(root)
+        times = {}
+        for name, folder in (("single", single), ("ensemble of 3", ensemble)):
+            times[name] = p50_of(folder, files, args.requests, root)
+    print("\n| model | p50 ms | p90 ms |\n|---|---:|---:|")
+    for name, t in times.items():
+        print(f"| {name} | {np.percentile(t, 50):.1f} | {np.percentile(t, 90):.1f} |")
+    ratio = np.percentile(times["ensemble of 3"], 50) / np.percentile(times["single"], 50)
+    print(f"\nensemble p50 / single p50 = {ratio:.2f} (target < 3)")
+    print(f"load average at end: {loadavg()}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--data", default="avdigits", help="avdigits and/or real task names, comma-separated"
+    )
+    p.add_argument("--samples", type=int, default=1500, help="avdigits size")
+    p.add_argument("--size", default="small", help="real task size: small or large")
+    p.add_argument("--preset", default="medium", help="real tasks' encoders (fast, medium, best)")
+    p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--latency", action="store_true", help="measure serving p50, 1 model vs 3")
+    p.add_argument("--requests", type=int, default=100)
+    args = p.parse_args()
+    if args.latency:
+        latency(args)
+        return 0
+    print(f"load average at start: {loadavg()}")
+    for name in args.data.split(","):
+        score_dataset(name.strip(), args)
+    print(f"\nload average at end: {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Train an ensemble: members one after another, weights on validation, one evaluation.
+
+Each member is an ordinary run of `train_model` in `out_dir/members/<name>/` (checkpoints,
+calibration on the validation split, its model folder written when it is done), so a killed
+ensemble resumed with `resume=True` loads the finished members, goes on with the member it was
+training from its last checkpoint, and trains the rest. Then each member predicts the
+validation split, greedy selection (`train.selection`) weighs them, the ensemble's own
+temperature is fitted on the weighted mean, and the ensemble is evaluated on `test` (else
+`val`) with each member's scores beside its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfuse.data.manifest import Manifest
+from mmfuse.errors import MmfuseError
+from mmfuse.evaluate.calibration import fit_temperature
+from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.model.config import ModelConfig
+from mmfuse.model.ensemble import EnsembleModel
+from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
+from mmfuse.model.saved import CONFIG, load_model, save_model
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.run import train_model
+from mmfuse.train.selection import greedy_weights
+
+
+@dataclass
+class Member:
+    """A member to train: its name, model and training configs."""
+
+    name: str
+    model_config: ModelConfig
+    train_config: TrainConfig
+
+
+@dataclass
+class EnsembleRun:
+    model: EnsembleModel
+    config: ModelConfig  # the ensemble's inputs and heads
+    member_configs: dict[str, ModelConfig]
+    histories: dict[str, list[dict]]
+    validation: dict  # {"metric", "members": {name: score}, "ensemble": score}
+    evaluation: dict | None
+    report: Path | None
+
+
+def train_members(
+    train: Manifest,
+    val: Manifest | None,
+    members: Sequence[Member],
+    out_dir: Path,
+    *,
+    resume: bool,
+    log: Callable[[str], None],
+) -> tuple[dict, dict]:
+    """`({name: trained model}, {name: history})`, each member trained (or, resuming, loaded
+    when its folder is complete) in `out_dir/members/<name>/`."""
+    models, histories = {}, {}
+    for i, m in enumerate(members, start=1):
+        folder = out_dir / MEMBERS / m.name
+        if resume and (folder / CONFIG).is_file():
+            log(f"member {i}/{len(members)} {m.name}: done before, loaded from {folder}")
+            models[m.name], _, _ = load_model(folder, "cpu")
+            histories[m.name] = []
+            continue
+        log(f"member {i}/{len(members)} {m.name}: training")
+        run = train_model(
+            train,
+            m.model_config,
+            m.train_config,
+            folder,
+            val=val,
+            resume=resume,
+            evaluate=False,
+            log=log,
+        )
+        # Written last: a member folder with config.json is a finished member.
+        save_model(folder, run.model, m.model_config, train_config=m.train_config.to_dict())
+        models[m.name] = run.model.cpu()
+        histories[m.name] = run.fit.history
+    return models, histories
+
+
+def ensemble_dataset(manifest: Manifest, model: EnsembleModel, config: ModelConfig, seed: int):
+    """`manifest` as the ensemble's evaluation samples (each input preprocessed once)."""
+    return MultimodalDataset(
+        manifest,
+        config.inputs,
+        {n: e.input_spec for n, e in model.encoders.items()},
+        {h.task: h.classes for h in config.heads},
+        train=False,
+        seed=seed,
+    )
+
+
+def choose_weights(
+    model: EnsembleModel,
+    val_set: MultimodalDataset,
+    options: PredictOptions,
+    metric: str,
+    *,
+    calibrate: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Set `model`'s weights by greedy selection on `val_set` (and its temperature when
+    `calibrate`); returns the validation scores `{"metric", "members", "ensemble"}`."""
+    from mmfuse.train.selection import score
+
+    probas, labels = {}, None
+    for name in model.members:
+        out = predict_dataset(model.only(name), val_set, options)
+        probas[name], labels = out["proba"]["all"], out["labels"]
+    weights = greedy_weights(probas, labels, metric)
+    model.weights = weights
+    task = model.tasks[0]
+    y = labels[task]
+    keep = y >= 0
+    mix = {t: sum(w * probas[n][t] for n, w in weights.items()) for t in model.tasks}
+    if calibrate:
+        model.set_temperatures({t: fit_temperature(labels[t], mix[t]) for t in model.tasks})
+    scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
+    ens = score(metric, y[keep], mix[task][keep])
+    shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
+    log(f"ensemble weights ({metric} on validation): {shown}")
+    return {"metric": metric, "members": scores, "ensemble": ens}
+
+
+def train_ensemble(
+    train: Manifest,
+    members: Sequence[Member],
+    out_dir: str | Path,
+    *,
+    val: Manifest | None = None,
+    test: Manifest | None = None,
+    metric: str = "log_loss",
+    resume: bool = False,
+    evaluate: bool = True,
+    ablation: bool = True,
+    robustness: bool = False,
+    log: Callable[[str], None] = print,
+) -> EnsembleRun:
+    """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
+    writing the report into `out_dir`. Without `val` the members weigh the same."""
+    out_dir = Path(out_dir)
+    names = [m.name for m in members]
+    if len(set(names)) != len(names):
+        raise MmfuseError(f"ensemble member names {names} repeat; name each member once")
+    models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
+    configs = {m.name: m.model_config for m in members}
+    uniform = dict.fromkeys(names, 1 / len(names))
+    model, config = build_ensemble(models, configs, uniform)
+    first = members[0].train_config
+    options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
+    validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
+    if val is not None:
+        val_set = ensemble_dataset(val, model, config, first.seed)
+        validation = choose_weights(
+            model, val_set, options, metric, calibrate=first.calibrate, log=log
+        )
+    evaluation, report = None, None
+    target = test if test is not None else val
+    if evaluate and target is not None:
+        evaluation = evaluate_model(
+            model,
+            ensemble_dataset(target, model, config, first.seed),
+            out_dir,
+            options=options,
+            ablation=ablation,
+            robustness=robustness,
+            title=f"mmfuse ensemble: {target.source}",
+            extra={"members": len(names), "selection": _validation_text(validation)},
+            log=log,
+        )
+        report = out_dir / "report.md"
+    return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
+
+
+def _validation_text(validation: Mapping) -> str:
+    if "members" not in validation:
+        return str(validation.get("weights"))
+    members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
+    return f"{validation['metric']} on validation: members {members}; ensemble " + (
+        f"{validation['ensemble']:.4f}"
+    )
+
+
+__all__ = ["EnsembleRun", "Member", "train_ensemble"]

@@ -1,0 +1,127 @@
+"""What an ensemble is made of: `--ensemble fusion=attention,gated,late --ensemble seeds=3`.
+
+Each part sets one axis; the members are every combination of the axes given (fusion method ×
+encoder preset × seed), the classifier's own setting standing in for an axis not given.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mmfuse.model.config import ConfigError
+
+KEYS = ("fusion", "preset", "seeds")
+EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
+# Metrics greedy selection can optimise: log loss is minimised, the others maximised.
+SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """One member to train: its name (its folder under `members/`), fusion, preset and seed."""
+
+    name: str
+    fusion: str
+    preset: str | None
+    seed: int
+
+
+@dataclass
+class EnsembleSpec:
+    """The axes of an ensemble; None: the classifier's own value."""
+
+    fusion: list[str] | None = None
+    preset: list[str] | None = None
+    seeds: int = 1
+
+    def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
+        """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
+        presets = self.preset or [preset]
+        plans = []
+        for p, f, s in itertools.product(
+            presets, self.fusion or [fusion], range(seed, seed + self.seeds)
+        ):
+            name = f"{f}-seed{s}" if not self.preset else f"{p}-{f}-seed{s}"
+            plans.append(MemberPlan(name, f, p, s))
+        if len(plans) < 2:
+            raise ConfigError(
+                f"the ensemble {self.to_dict()} has one member; give at least two, e.g. {EXAMPLE}"
+            )
+        return plans
+
+    def to_dict(self) -> dict:
+        out: dict = {"seeds": self.seeds}
+        out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
+        return out
+
+
+def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
+    """`"fusion=a,b"`, a list of such parts, or `{"fusion": [...], "seeds": 3}` → EnsembleSpec;
+    None → None (no ensemble). A bad part is a ConfigError naming the allowed keys."""
+    if spec is None or isinstance(spec, EnsembleSpec):
+        return spec
+    if isinstance(spec, str):
+        spec = [spec]
+    if not isinstance(spec, Mapping):
+        spec = dict(_part(p) for p in spec)
+    unknown = sorted(set(spec) - set(KEYS))
+    if unknown:
+        raise ConfigError(
+            f"ensemble key(s) {unknown} unknown; allowed keys: {', '.join(KEYS)} (e.g. {EXAMPLE})"
+        )
+    out = EnsembleSpec()
+    for key in ("fusion", "preset"):
+        if spec.get(key):
+            values = spec[key]
+            values = values.split(",") if isinstance(values, str) else list(values)
+            setattr(out, key, [v.strip() for v in values if v.strip()])
+    seeds = spec.get("seeds", 1)
+    try:
+        out.seeds = int(seeds)
+    except (TypeError, ValueError):
+        out.seeds = 0
+    if out.seeds < 1 or isinstance(seeds, bool):
+        raise ConfigError(f"ensemble seeds={seeds!r}: give a number of seeds >= 1, e.g. seeds=3")
+    _check_values(out)
+    return out
+
+
+def _part(text: str) -> tuple[str, str]:
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ConfigError(
+            f"ensemble part {text!r} is not KEY=VALUES; allowed keys: {', '.join(KEYS)} "
+            f"(e.g. {EXAMPLE})"
+        )
+    return key.strip(), value.strip()
+
+
+def _check_values(spec: EnsembleSpec) -> None:
+    from mmfuse import fusion
+    from mmfuse.train.presets import PRESETS
+
+    for key, given, valid in (
+        ("fusion", spec.fusion, fusion.available()),
+        ("preset", spec.preset, PRESETS),
+    ):
+        bad = sorted(set(given or []) - set(valid))
+        if bad:
+            raise ConfigError(f"ensemble {key} {bad} unknown; valid: {', '.join(valid)}")
+        if given and len(set(given)) != len(given):
+            raise ConfigError(f"ensemble {key} {given} repeats a value; name each once")
+
+
+def selection_metric(monitor: str | None) -> str:
+    """The metric a `--monitor` value names for greedy selection (None: log loss)."""
+    if monitor is None:
+        return "log_loss"
+    name = monitor.removeprefix("val_")
+    name = {"loss": "log_loss", "macro_f1": "f1_macro", "f1": "f1_macro"}.get(name, name)
+    if name not in SELECTION_METRICS:
+        raise ConfigError(
+            f"--monitor {monitor!r} cannot choose ensemble weights; use one of "
+            f"{', '.join(SELECTION_METRICS)}"
+        )
+    return name
