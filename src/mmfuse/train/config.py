@@ -38,7 +38,9 @@ class TrainConfig(JsonConfig):
     patience: int | None = None  # stop after this many epochs without improvement
     checkpoint_every: int | None = None  # also checkpoint every N optimiser steps (mid-epoch)
     # Data loading.
-    workers: int = 0
+    # Loader processes; "auto": the cores left after this one (none for small datasets), kept
+    # alive from epoch to epoch, so that decoding overlaps the model's compute.
+    workers: int | str = "auto"
     on_bad_sample: str = "skip"  # "skip" (count, report, go on) | "error" (stop at the first)
     # Stop before training when more than this share of a split's samples cannot be loaded
     # (every sample failing always stops): such a run would learn from next to nothing.
@@ -49,6 +51,9 @@ class TrainConfig(JsonConfig):
     decode_timeout: float | None = 60.0  # seconds one sample may take to decode
     cache_features: bool = True  # cache frozen encoders' features on disk
     cache_dir: str | None = None  # default: the user's cache folder
+    # Keep each training file decoded (before random augmentation) on disk: epochs 2+ read it.
+    decoded_cache: bool = True
+    decoded_cache_max_gb: float = 20.0  # per input; over it that input decodes every epoch
     # Speed.
     precision: str = "fp32"  # "fp32" | "bf16" (autocast)
     channels_last: bool = False
@@ -59,6 +64,7 @@ class TrainConfig(JsonConfig):
     fgsm_epsilon: float = 0.0  # > 0: FGSM adversarial examples on the float inputs
     # Logging.
     progress: bool = True
+    profile: bool = False  # log each epoch's time per stage and the model's busy share
     tensorboard: bool = True  # log there too when the tensorboard package is installed
     extra: dict = field(default_factory=dict)
 
@@ -75,8 +81,18 @@ class TrainConfig(JsonConfig):
             raise ConfigError(f"class_weights={self.class_weights!r}; use None or 'balanced'")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (0: load in this process), got {self.workers}")
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0
+        ):
+            raise ConfigError(
+                f"workers must be 'auto' or an int >= 0 (0: load in this process), got "
+                f"{self.workers!r}"
+            )
+        if not self.decoded_cache_max_gb > 0:
+            raise ConfigError(
+                f"decoded_cache_max_gb must be > 0 (decoded_cache=False turns the cache off), "
+                f"got {self.decoded_cache_max_gb!r}"
+            )
         if self.patience is not None:
             _positive_int("patience", self.patience)
         if self.checkpoint_every is not None:
