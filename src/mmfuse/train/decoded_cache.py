@@ -153,7 +153,11 @@ def _fits(dataset, name: str, store: DecodedStore, config: TrainConfig, log) -> 
     limit = config.decoded_cache_max_gb * 1024**3
     if need <= min(free, limit):
         return True
-    over = "the free space" if free < limit else f"decoded_cache_max_gb={config.decoded_cache_max_gb:g}"
+    over = (
+        "the free space"
+        if free < limit
+        else f"decoded_cache_max_gb={config.decoded_cache_max_gb:g}"
+    )
     log(
         f"decoded-sample cache off for column {column!r}: its {rows} files would take about "
         f"{need / 1024**3:.1f} GB in {store.dir}, over {over}, so every epoch decodes them "

@@ -25,7 +25,6 @@ from mmfuse.infer.engine import autocast, to_device
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.profile import StageClock
 from mmfuse.train.losses import (
     balanced_class_weights,
     mix,
@@ -33,6 +32,7 @@ from mmfuse.train.losses import (
     mixup_pairs,
     multitask_loss,
 )
+from mmfuse.train.profile import StageClock
 
 
 @dataclass

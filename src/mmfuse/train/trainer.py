@@ -183,7 +183,9 @@ class Trainer:
         loader = row_loader(
             train, sampler, workers=workers, seed=cfg.seed, device=self.device, persistent=True
         )
-        return _Fit(optimizer, scheduler, state, step, checkpoints, logger, loader, sampler, workers)
+        return _Fit(
+            optimizer, scheduler, state, step, checkpoints, logger, loader, sampler, workers
+        )
 
     def _unfreeze_due(self, epoch: int) -> None:
         """Start fine-tuning the encoders whose frozen warm-up ends at this epoch."""
