@@ -76,8 +76,10 @@ class SampleLoader:
             return torch.zeros(spec.frames, 3, spec.size, spec.size)
         if modality == "audio":
             length = round(spec.duration * spec.sample_rate)
+            # A transform of its own: `.eval()` on the shared one would turn the training
+            # crops and SpecAugment off for good.
             with torch.no_grad():
-                return self.transforms[name].eval()(torch.zeros(length))
+                return AudioTransform(spec)(torch.zeros(length))
         return ""
 
     def decode(self, name: str, value):

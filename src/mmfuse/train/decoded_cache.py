@@ -160,7 +160,11 @@ def _fits(dataset, name: str, store: DecodedStore, config: TrainConfig, log) -> 
     )
     log(
         f"decoded-sample cache off for column {column!r}: its {rows} files would take about "
-        f"{need / 1024**3:.1f} GB in {store.dir}, over {over}, so every epoch decodes them "
+        f"{_size(need)} in {store.dir}, over {over}, so every epoch decodes them "
         "again; free disk space, set cache_dir to a larger disk or raise decoded_cache_max_gb"
     )
     return False
+
+
+def _size(n: float) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.1f} MB"
