@@ -180,3 +180,16 @@ def test_frames_larger_than_the_encoder_wants_are_scaled_in_the_decoder():
     assert sample_module.decode_size(480, 640, 55) == (55, 73)
     assert sample_module.decode_size(640, 480, 55) == (73, 55)
     assert sample_module.decode_size(48, 48, 55) is None
+
+
+def test_auto_precision_is_bf16_with_channels_last_only_where_the_device_has_bf16(monkeypatch):
+    from mmfuse.train import config as config_module
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(config_module, "bf16_supported", lambda device: True)
+    fast = TrainConfig(precision="auto").for_device(cpu)
+    assert (fast.precision, fast.channels_last) == ("bf16", True)
+    monkeypatch.setattr(config_module, "bf16_supported", lambda device: False)
+    plain = TrainConfig(precision="auto").for_device(cpu)
+    assert (plain.precision, plain.channels_last) == ("fp32", False)
+    assert TrainConfig(precision="fp32").for_device(cpu).precision == "fp32"

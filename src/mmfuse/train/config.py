@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
+
+from mmfuse.device import bf16_supported
 from mmfuse.model.config import ConfigError, JsonConfig
 
 BAD_SAMPLE_POLICIES = ("skip", "error")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -55,7 +58,8 @@ class TrainConfig(JsonConfig):
     decoded_cache: bool = True
     decoded_cache_max_gb: float = 20.0  # per input; over it that input decodes every epoch
     # Speed.
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    # "auto": bf16 autocast with channels-last where the device has bf16 units, else fp32.
+    precision: str = "fp32"  # "auto" | "fp32" | "bf16" (autocast)
     channels_last: bool = False
     # Robustness training.
     augment: bool = True  # random crops/flips/jitter for images and video, random audio crops
@@ -107,6 +111,15 @@ class TrainConfig(JsonConfig):
             )
         if self.mixup_alpha < 0 or self.fgsm_epsilon < 0:
             raise ConfigError("mixup_alpha and fgsm_epsilon must be >= 0 (0 turns them off)")
+
+    def for_device(self, device: torch.device) -> TrainConfig:
+        """This config with `precision="auto"` settled for `device` (bf16 and channels-last
+        where it has bf16 units: bf16 alone is slower than fp32 for convolutions on CPUs)."""
+        if self.precision != "auto":
+            return self
+        if bf16_supported(device):
+            return replace(self, precision="bf16", channels_last=True)
+        return replace(self, precision="fp32")
 
     @property
     def monitor_mode(self) -> str:

@@ -113,6 +113,7 @@ class Trainer:
         self.dist = distributed.from_env()
         self.log = log if self.dist.is_main else quiet
         self.device = distributed.setup(self.dist, resolve_device(config.device))
+        self.config = config.for_device(self.device)
         # `batch_size` is the global batch: each of the `world` ranks takes its share, so the
         # averaged gradient is that of one batch of batch_size, however many processes run.
         self.batch_size = max(1, config.batch_size // self.dist.world)
