@@ -128,6 +128,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.feature_errors = {k: dict(v) for k, v in (feature_errors or {}).items()}
         self.decoded: dict[str, object] = {}
         self.profile = False
+        self._timing: dict | None = None
         missing = [c.column for c in self.inputs.values() if c.column not in manifest.frame]
         if missing:
             raise ManifestError(
@@ -179,7 +180,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
         row = int(row)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
         item = {"row": row, "inputs": {}, "present": {}, "labels": {}}
-        timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
+        # `load` adds to it: one sample at a time per process, workers included.
+        self._timing = timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
         for name in self.names:
             column = self.inputs[name].column
             value = self.manifest.value(row, column)
@@ -194,7 +196,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 continue
             try:
                 with time_limit(self.decode_timeout):
-                    item["inputs"][name] = self._load_timed(name, value, generator, timing)
+                    item["inputs"][name] = self.load(name, value, generator)
             except DecodeTimeout as e:
                 return Skipped(row, column, _path_of(value), "timeout", "timeout", str(e))
             except MediaError as e:
@@ -209,8 +211,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
             item["timing"] = timing
         return item
 
-    def _load_timed(self, name: str, value, generator: torch.Generator, timing: dict | None):
-        """`load`, through the decoded-sample store when there is one, timing both halves."""
+    def load(self, name: str, value, generator: torch.Generator | None = None):
+        """Read and preprocess one cell of input `name` (`SampleLoader.decode`, through the
+        decoded-sample store when there is one, then `SampleLoader.finish`)."""
         start = time.perf_counter()
         store = self.decoded.get(name)
         if store is None:
@@ -219,14 +222,10 @@ class MultimodalDataset(torch.utils.data.Dataset):
             raw = store.fetch(value, lambda: self.loader.decode(name, value))
         decoded = time.perf_counter()
         out = self.loader.finish(name, raw, generator)
-        if timing is not None:
-            timing["read"] += decoded - start
-            timing["preprocess"] += time.perf_counter() - decoded
+        if self._timing is not None:
+            self._timing["read"] += decoded - start
+            self._timing["preprocess"] += time.perf_counter() - decoded
         return out
-
-    def load(self, name: str, value, generator: torch.Generator | None = None):
-        """Read and preprocess one cell of input `name` (see `SampleLoader.load`)."""
-        return self.loader.load(name, value, generator)
 
 
 def _label_text(value) -> str:
