@@ -17,7 +17,9 @@ Settings, run in one process and taking turns per input:
 
 - before: workers=0, no decoded-sample cache, fp32, the old video encoder (8 frames of 64 px);
 - after: today's defaults (workers="auto", the decoded-sample cache, today's precision and
-  video encoder).
+  video encoder);
+- after-bf16 (with `--settings before,after,after-bf16`): today's defaults with bf16 autocast
+  and channels-last, the ceiling where the hardware has bf16 units.
 
 Each fit starts from an empty cache folder. Printed with the load average before and after:
 figures taken on a busy machine say little.
@@ -46,13 +48,14 @@ from mmfuse.train.step import StepContext, train_step
 from mmfuse.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from default_run import OLD_VIDEO  # noqa: E402
+from default_run import OLD_VIDEO
 
 CASES = {"image": ["image"], "audio": ["audio"], "video": ["video"]}
 CASES["all four"] = ["image", "audio", "video", "text"]
 SETTINGS = {
     "before": {"workers": 0, "decoded_cache": False, "precision": "fp32", "channels_last": False},
     "after": {},
+    "after-bf16": {"precision": "bf16", "channels_last": True},
 }
 
 
@@ -76,7 +79,7 @@ def model_config(manifest, setting: str):
 
 
 def train_config(setting: str, args, cache_dir: Path) -> TrainConfig:
-    options = {"workers": args.workers} if setting == "after" and args.workers else {}
+    options = {"workers": args.workers} if setting != "before" and args.workers else {}
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -142,6 +145,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="ceiling: timed rounds")
     parser.add_argument("--workers", type=int, default=None, help="after: instead of auto")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--settings", default="before,after", help="of " + ",".join(SETTINGS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="64 rows, 2 epochs, 1 worker")
     args = parser.parse_args()
@@ -150,7 +154,9 @@ def main() -> None:
         args.batch_size, args.workers = 16, args.workers or 1
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the pipeline is measured from epoch 2 on")
-    cases = args.cases.split(",")
+    cases, settings = args.cases.split(","), args.settings.split(",")
+    if not set(settings) <= set(SETTINGS) or not set(cases) <= set(CASES):
+        parser.error(f"--settings are among {list(SETTINGS)}, --cases among {list(CASES)}")
     splits = ensure_avdigits(args.samples, progress=False)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
@@ -162,26 +168,27 @@ def main() -> None:
         tmp = Path(tmp)
         for case in cases:
             manifest = case_manifest(CASES[case], splits, args.rows, tmp)
-            for setting in SETTINGS:
+            for setting in settings:
                 rate = pipeline(manifest, setting, args, tmp)
                 out[case, setting] = (rate, ceiling(manifest, setting, args, tmp))
-                print(f"  {case}, {setting}: pipeline {rate:.1f}, ceiling {out[case, setting][1]:.1f}")
+                print(
+                    f"  {case}, {setting}: pipeline {rate:.1f}, ceiling {out[case, setting][1]:.1f}"
+                )
     print(f"load average after: {_load()}\n")
-    print_table(out, cases)
+    print_table(out, cases, settings)
 
 
-def print_table(out: dict, cases: list[str]) -> None:
-    print(
-        "| input | before: pipeline / ceiling | share | after: pipeline / ceiling | share | "
-        "pipeline after / before |"
-    )
-    print("|---|---:|---:|---:|---:|---:|")
+def print_table(out: dict, cases: list[str], settings: list[str]) -> None:
+    """Pipeline / ceiling and share per setting; the last setting's pipeline over the first's."""
+    head = " | ".join(f"{s}: pipeline / ceiling | share" for s in settings)
+    print(f"| input | {head} | pipeline {settings[-1]} / {settings[0]} |")
+    print("|---|" + "---:|---:|" * len(settings) + "---:|")
     for case in cases:
         cells = []
-        for setting in SETTINGS:
+        for setting in settings:
             rate, top = out[case, setting]
             cells += [f"{rate:.0f} / {top:.0f}", f"{rate / top:.0%}"]
-        speedup = out[case, "after"][0] / out[case, "before"][0]
+        speedup = out[case, settings[-1]][0] / out[case, settings[0]][0]
         print(f"| {case} | {' | '.join(cells)} | {speedup:.2f}x |")
     print("(samples/s; share target: >= 90% from epoch 2 on with workers='auto')")
 
