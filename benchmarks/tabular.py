@@ -1,12 +1,12 @@
 """Does fusing numbers and categories with an image beat each alone? avdigits with its tabular
 columns (`weight`, numeric; `ink`, categorical), test accuracy side by side.
 
-Trains `MultimodalClassifier(preset="fast")` on the same avdigits split with the image alone,
+Trains `MultimodalClassifier(preset=--preset)` (default: the classifier's default) on the same avdigits split with the image alone,
 the two table columns alone, and image + weight + ink fused (the other columns ignored), then
 prints test accuracy, fit time and, for the fused model, the ablation on the test split.
 
-    python benchmarks/tabular.py                               # avdigits 1500, 10 epochs
-    python benchmarks/tabular.py --train-rows 500 --epochs 8    # a few minutes on 2 cores
+    python benchmarks/tabular.py                               # avdigits 1500, default preset
+    python benchmarks/tabular.py --preset fast --train-rows 500 --epochs 8
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def run(name: str, keep: tuple[str, ...], paths: dict, args) -> dict:
     roles = {c: ROLES.get(c, c) if c in keep else "ignore" for c in COLUMNS}
     with tempfile.TemporaryDirectory() as out:
         clf = MultimodalClassifier(
-            preset="fast",
+            preset=args.preset,
             fusion=args.fusion,
             epochs=args.epochs,
             seed=args.seed,
@@ -65,7 +65,8 @@ def run(name: str, keep: tuple[str, ...], paths: dict, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1500)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, help="default: the preset's default epochs")
+    parser.add_argument("--preset", choices=("fast", "medium", "best"), help="default: medium")
     parser.add_argument("--fusion", default="attention")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)

@@ -79,7 +79,7 @@ class MultimodalClassifier(BaseEstimator):
         lr: float = 1e-3,
         seed: int = 0,
         device: str = "auto",
-        workers: int = 0,
+        workers: int | str = "auto",
         fusion_dim: int = 256,
         fusion_options: Mapping | None = None,
         modality_dropout: float = 0.0,

@@ -20,6 +20,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether `device` runs bf16 matrix maths natively: a CUDA GPU that says so, or a CPU
+    with AVX512-BF16 or AMX (oneDNN's own check); elsewhere bf16 is emulated and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
 def set_threads(n: int | None) -> int:
     """Set torch's intra-op threads (None or 0 leaves them); returns the previous count."""
     previous = torch.get_num_threads()

@@ -102,3 +102,15 @@ def rank_slice(order: list[int], info: DistInfo, *, pad: bool) -> list[int]:
         extra = info.world - len(order) % info.world
         order = list(order) + list(order[:extra])
     return list(order[info.rank :: info.world])
+
+
+def wrap(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """`model` in DistributedDataParallel under torchrun; itself otherwise."""
+    if not info.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # An input absent from every row of a batch is not encoded, so its encoder has no gradient
+    # that step: DDP must be told to expect unused parameters.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)

@@ -170,7 +170,17 @@ def _add_loop_flags(p: argparse.ArgumentParser) -> None:
     )
     add_device_flag(p, "auto")
     p.add_argument(
-        "--workers", type=int, metavar="N", help="data-loading processes (default: 0, in-process)"
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="data-loading processes, or auto: the cores left after this one, none below 256 "
+        "rows (default: auto)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each epoch's time in read/decode, preprocessing, host→device, forward, "
+        "backward and optimiser, and the share of it the model was busy",
     )
     p.add_argument("--out", metavar="DIR", help="run and model folder (default: runs/<stem>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -244,6 +254,8 @@ def _train_params(args: argparse.Namespace) -> dict:
         "workers": args.workers,
     }
     params.update({k: v for k, v in flags.items() if v is not None})
+    if args.profile:
+        params["train_options"] = {**params.get("train_options", {}), "profile": True}
     encoders = _config_encoders(params.get("encoders") or {})
     _apply_encoder_flags(encoders, args)
     if encoders:
@@ -281,6 +293,18 @@ def _apply_encoder_flags(encoders: dict[str, dict], args: argparse.Namespace) ->
         entry["options"] = {**entry.get("options", {}), **_json_object(key, text)}
     for key in args.freeze:
         encoders.setdefault(key, {})["mode"] = "freeze"
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {text!r}")
+    return value
 
 
 def _json_object(key: str, text: str) -> dict:

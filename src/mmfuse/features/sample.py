@@ -16,12 +16,18 @@ from mmfuse.data.audio import read_audio
 from mmfuse.data.image import read_image
 from mmfuse.data.modalities import TABULAR
 from mmfuse.data.text import read_text
-from mmfuse.data.video import read_video
+from mmfuse.data.video import probe_video, read_video
 from mmfuse.features._random import rand
-from mmfuse.features.audio_transform import AudioTransform
-from mmfuse.features.image import image_transform
+from mmfuse.features.audio_transform import AudioTransform, fix_length
+from mmfuse.features.image import image_transform, resize
 from mmfuse.features.tabular import CellError, tabular_transform
-from mmfuse.features.video import video_transform
+from mmfuse.features.video import frame_indices, video_transform
+
+# When augmenting, a video decodes up to this many times its model's frames (its every frame
+# when it has fewer) and an audio file up to this many clip lengths, so that the epoch's random
+# frames and crop come from arrays the decoded-sample cache can keep.
+VIDEO_POOL = 4
+AUDIO_POOL = 2.0
 
 
 class SampleLoader:
@@ -76,18 +82,72 @@ class SampleLoader:
             return torch.zeros(spec.frames, 3, spec.size, spec.size)
         if modality == "audio":
             length = round(spec.duration * spec.sample_rate)
+            # A transform of its own: `.eval()` on the shared one would turn the training
+            # crops and SpecAugment off for good.
             with torch.no_grad():
-                return self.transforms[name].eval()(torch.zeros(length))
+                return AudioTransform(spec)(torch.zeros(length))
         return ""
 
-    def _read_audio_clip(self, spec, value, generator: torch.Generator | None) -> torch.Tensor:
-        """Decode only the clip the transform keeps: the centre (a random place when training)
-        of a longer file, `spec.duration` seconds, so hours of audio cost one clip."""
-        crop = float(rand((1,), generator, torch.device("cpu"))) if self.augment else 0.5
-        raw, _ = read_audio(value, sample_rate=spec.sample_rate, duration=spec.duration, crop=crop)
-        return raw
+    def decode(self, name: str, value):
+        """The part of `load` that depends on the file alone: a uint8 `3×H×W` image or `T×3×H×W`
+        clip, or a float waveform, scaled down to what the transform keeps. It draws nothing
+        at random, so the decoded-sample cache can store it; raises MediaError for a bad file.
+
+        When augmenting, a video decodes a pool of up to `VIDEO_POOL × frames` evenly spaced
+        frames and an audio file up to `AUDIO_POOL ×` the clip around its centre; `finish` then
+        picks the epoch's frames and crop from the pool."""
+        spec, modality = self.specs[name], self.modalities[name]
+        if modality == "text":
+            return read_text(value) if name in self.text_files else str(value)
+        if modality in TABULAR:
+            return value  # a cell, parsed and standardised by `finish`
+        if modality == "image":
+            side = spec.resize or math.ceil(spec.size * 8 / 7)
+            raw = read_image(value, draft_size=(side, side))
+            return shrink_shorter(raw, _resize_to(spec))
+        if modality == "audio":
+            if self.augment:
+                seconds = spec.duration * AUDIO_POOL
+                return read_audio(
+                    value, sample_rate=spec.sample_rate, duration=seconds, crop=0.5, pad=False
+                )[0]
+            raw, _ = read_audio(
+                value, sample_rate=spec.sample_rate, duration=spec.duration, crop=0.5
+            )
+            return raw
+        return self._decode_video(spec, value)
+
+    def _decode_video(self, spec, value) -> torch.Tensor:
+        info = probe_video(value)
+        frames = min(spec.frames * VIDEO_POOL, info.decodable_frames) if self.augment else None
+        size = decode_size(info.height, info.width, _resize_to(spec))
+        clip = read_video(value, frames or spec.frames, mode="uniform", size=size)
+        return clip.frames  # T×C×H×W
+
+    def finish(self, name: str, raw, generator: torch.Generator | None = None):
+        """`decode`'s output → the encoder's tensor: the random crops, frames, flips, noise and
+        SpecAugment of this draw (from `generator`), corruptions, then the transform."""
+        modality = self.modalities[name]
+        if modality == "text":
+            return raw
+        if modality in TABULAR:
+            return self._load_tabular(name, raw, generator)
+        if modality == "audio" and self.augment:
+            raw = _random_clip(raw, self.specs[name], generator)
+        indices = None
+        if modality == "video":
+            indices = frame_indices(raw.shape[0], self.specs[name].frames, self.augment, generator)
+        corruption, level = self.corruptions.get(name, (None, None))
+        if corruption is not None:
+            raw = corruption(raw, level, generator)
+        transform = self.transforms[name]
+        with torch.no_grad():
+            if modality == "video":
+                return transform(raw, generator, indices=indices)
+            return transform(raw, generator)
 
     def _load_tabular(self, name: str, value, generator: torch.Generator | None):
+        """A numeric or categorical cell → a 1-element float tensor (CellError if unparsable)."""
         try:
             x = self.transforms[name](value)  # 1 float: standardised number, or category index
         except ValueError as e:
@@ -98,24 +158,33 @@ class SampleLoader:
 
     def load(self, name: str, value, generator: torch.Generator | None = None):
         """Read and preprocess one cell of input `name`; raises MediaError for a bad file."""
-        spec, modality = self.specs[name], self.modalities[name]
-        if modality == "text":
-            return read_text(value) if name in self.text_files else str(value)
-        if modality in TABULAR:
-            return self._load_tabular(name, value, generator)
-        if modality == "image":
-            side = spec.resize or math.ceil(spec.size * 8 / 7)
-            raw = read_image(value, draft_size=(side, side))
-        elif modality == "audio":
-            raw = self._read_audio_clip(spec, value, generator)
-        else:
-            mode = "random" if self.augment else "uniform"
-            raw = read_video(value, spec.frames, mode=mode, generator=generator).frames  # T×C×H×W
-        corruption, level = self.corruptions.get(name, (None, None))
-        if corruption is not None:
-            raw = corruption(raw, level, generator)
-        transform = self.transforms[name]
-        with torch.no_grad():
-            if modality == "video":
-                return transform(raw, generator, indices=torch.arange(raw.shape[0]))
-            return transform(raw, generator)
+        return self.finish(name, self.decode(name, value), generator)
+
+
+def _resize_to(spec) -> int:
+    """The shorter side the transform resizes to before cropping."""
+    return spec.resize or round(spec.size * 8 / 7)
+
+
+def decode_size(height: int, width: int, short: int) -> tuple[int, int] | None:
+    """(height, width) with the shorter side scaled down to `short`, the longer as
+    `ResizeShorter` computes it (so the transform's resize is then the identity); None when
+    the picture is no larger than that."""
+    if min(height, width) <= short:
+        return None
+    long = int(short * max(height, width) / min(height, width))
+    return (short, long) if height <= width else (long, short)
+
+
+def shrink_shorter(image: torch.Tensor, short: int) -> torch.Tensor:
+    """`…×H×W` uint8 with the shorter side scaled down to `short` (unchanged if no larger)."""
+    size = decode_size(*image.shape[-2:], short)
+    return image if size is None else resize(image, size)
+
+
+def _random_clip(wave: torch.Tensor, spec, generator: torch.Generator | None) -> torch.Tensor:
+    """`spec.duration` seconds at a random place in a decoded pool (zero-padded if shorter)."""
+    length = round(spec.duration * spec.sample_rate)
+    place = float(rand((1,), generator, torch.device("cpu")))
+    start = int(place * max(wave.shape[-1] - length, 0))
+    return fix_length(wave[..., start : start + length], length)

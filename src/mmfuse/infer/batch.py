@@ -8,12 +8,18 @@ record (a row that could not be read) rides along in `batch["skipped"]`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmfuse.infer.dataset import Skipped
+
+# `workers="auto"` loads in this process below this many rows.
+AUTO_MIN_ROWS = 256
+# Batches each worker prepares ahead: enough to ride out one slow file (a long video).
+PREFETCH = 4
 
 
 def sample_item(
@@ -50,6 +56,8 @@ def collate(items: list) -> dict:
     batch["labels"] = {
         t: torch.tensor([i["labels"][t] for i in items], dtype=torch.long) for t in tasks
     }
+    if "timing" in items[0]:  # a profiled dataset: seconds per stage, summed over the batch
+        batch["timing"] = {k: sum(i["timing"][k] for i in items) for k in items[0]["timing"]}
     return batch
 
 
@@ -59,21 +67,57 @@ def batches_of(rows: Sequence[int], size: int) -> list[list[int]]:
     return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
+class EpochBatches:
+    """A batch sampler whose batches are set per epoch (`set`), so that one DataLoader, and its
+    persistent workers, serve every epoch of a fit."""
+
+    def __init__(self, batches: list[list] | None = None):
+        self.batches = list(batches or [])
+
+    def set(self, batches: list[list]) -> None:
+        self.batches = list(batches)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def auto_workers(rows: int, cores: int | None = None) -> int:
+    """The loader processes `workers="auto"` means for `rows` rows: the cores left after this
+    process, none for fewer than `AUTO_MIN_ROWS` rows (reading those takes about as long as
+    starting a worker process)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if rows < AUTO_MIN_ROWS else max(0, (cores or 1) - 1)
+
+
+def resolve_workers(workers: int | str, rows: int) -> int:
+    """`workers` as a number of processes (`"auto"`: see `auto_workers`)."""
+    return auto_workers(rows) if workers == "auto" else int(workers)
+
+
 def row_loader(
     dataset: Dataset,
-    batches: list[list[int]],
+    batches: list[list[int]] | EpochBatches,
     *,
-    workers: int = 0,
+    workers: int | str = 0,
     seed: int | None = None,
     device: torch.device | None = None,
+    persistent: bool = False,
 ) -> DataLoader:
     """A DataLoader over fixed batches of rows, stacked by `collate`.
 
     It has a generator of its own (seeded with `seed` when given): making an iterator must not
     draw from the global RNG that dropout uses, or a resumed run would diverge from an
-    uninterrupted one. Memory is pinned when the batches go to a CUDA device.
+    uninterrupted one. Memory is pinned when the batches go to a CUDA device. `workers="auto"`
+    picks the number from the rows (`auto_workers`); with `persistent` (and `EpochBatches`) the
+    workers live on from one epoch to the next instead of starting again.
     """
     generator = torch.Generator() if seed is None else torch.Generator().manual_seed(seed)
+    workers = resolve_workers(workers, len(dataset))
+    extra = {"persistent_workers": persistent, "prefetch_factor": PREFETCH} if workers else {}
     return DataLoader(
         dataset,
         batch_sampler=batches,
@@ -81,4 +125,5 @@ def row_loader(
         collate_fn=collate,
         generator=generator,
         pin_memory=device is not None and device.type == "cuda",
+        **extra,
     )

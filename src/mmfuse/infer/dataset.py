@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -90,7 +91,10 @@ class MultimodalDataset(torch.utils.data.Dataset):
     `specs[name]` is the encoder's `input_spec`; `train` turns augmentation on. `corruptions`
     maps an input name to `(corruption, level)` applied to the raw media (robustness curves).
     `features[name]` (N×D, from the feature cache) replaces loading that input; rows listed in
-    `feature_errors[name]` failed when the cache was filled and are skipped.
+    `feature_errors[name]` failed when the cache was filled and are skipped. `decoded[name]`
+    (a decoded-sample store: `fetch(value, decode)` returns the stored array or stores what
+    `decode()` returns) keeps that input's decoded files, so later epochs skip decoding. With
+    `profile` set, each item also carries `"timing"`: seconds spent reading and preprocessing.
     """
 
     def __init__(
@@ -122,6 +126,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.corruptions = dict(corruptions or {})
         self.features = dict(features or {})
         self.feature_errors = {k: dict(v) for k, v in (feature_errors or {}).items()}
+        self.decoded: dict[str, object] = {}
+        self.profile = False
+        self._timing: dict | None = None
         missing = [c.column for c in self.inputs.values() if c.column not in manifest.frame]
         if missing:
             raise ManifestError(
@@ -173,6 +180,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
         row = int(row)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
         item = {"row": row, "inputs": {}, "present": {}, "labels": {}}
+        # `load` adds to it: one sample at a time per process, workers included.
+        self._timing = timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
         for name in self.names:
             column = self.inputs[name].column
             value = self.manifest.value(row, column)
@@ -198,11 +207,25 @@ class MultimodalDataset(torch.utils.data.Dataset):
         if not any(item["present"].values()):
             return Skipped(row, None, None, "no-input", "empty", "every input cell is empty")
         item["labels"] = {t: int(v[row]) for t, v in self.labels.items()}
+        if timing is not None:
+            item["timing"] = timing
         return item
 
     def load(self, name: str, value, generator: torch.Generator | None = None):
-        """Read and preprocess one cell of input `name` (see `SampleLoader.load`)."""
-        return self.loader.load(name, value, generator)
+        """Read and preprocess one cell of input `name` (`SampleLoader.decode`, through the
+        decoded-sample store when there is one, then `SampleLoader.finish`)."""
+        start = time.perf_counter()
+        store = self.decoded.get(name)
+        if store is None:
+            raw = self.loader.decode(name, value)
+        else:
+            raw = store.fetch(value, lambda: self.loader.decode(name, value))
+        decoded = time.perf_counter()
+        out = self.loader.finish(name, raw, generator)
+        if self._timing is not None:
+            self._timing["read"] += decoded - start
+            self._timing["preprocess"] += time.perf_counter() - decoded
+        return out
 
 
 def _label_text(value) -> str:

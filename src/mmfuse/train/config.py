@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import torch
+
+from mmfuse.device import bf16_supported
 from mmfuse.model.config import ConfigError, JsonConfig
 
 BAD_SAMPLE_POLICIES = ("skip", "error")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -38,7 +41,9 @@ class TrainConfig(JsonConfig):
     patience: int | None = None  # stop after this many epochs without improvement
     checkpoint_every: int | None = None  # also checkpoint every N optimiser steps (mid-epoch)
     # Data loading.
-    workers: int = 0
+    # Loader processes; "auto": the cores left after this one (none for small datasets), kept
+    # alive from epoch to epoch, so that decoding overlaps the model's compute.
+    workers: int | str = "auto"
     on_bad_sample: str = "skip"  # "skip" (count, report, go on) | "error" (stop at the first)
     # Stop before training when more than this share of a split's samples cannot be loaded
     # (every sample failing always stops): such a run would learn from next to nothing.
@@ -49,8 +54,12 @@ class TrainConfig(JsonConfig):
     decode_timeout: float | None = 60.0  # seconds one sample may take to decode
     cache_features: bool = True  # cache frozen encoders' features on disk
     cache_dir: str | None = None  # default: the user's cache folder
+    # Keep each training file decoded (before random augmentation) on disk: epochs 2+ read it.
+    decoded_cache: bool = True
+    decoded_cache_max_gb: float = 20.0  # per input; over it that input decodes every epoch
     # Speed.
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast)
+    # "auto": bf16 autocast with channels-last where the device has bf16 units, else fp32.
+    precision: str = "fp32"  # "auto" | "fp32" | "bf16" (autocast)
     channels_last: bool = False
     # Robustness training.
     augment: bool = True  # random crops/flips/jitter for images and video, random audio crops
@@ -62,6 +71,7 @@ class TrainConfig(JsonConfig):
     calibrate: bool = True
     # Logging.
     progress: bool = True
+    profile: bool = False  # log each epoch's time per stage and the model's busy share
     tensorboard: bool = True  # log there too when the tensorboard package is installed
     extra: dict = field(default_factory=dict)
 
@@ -78,8 +88,18 @@ class TrainConfig(JsonConfig):
             raise ConfigError(f"class_weights={self.class_weights!r}; use None or 'balanced'")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (0: load in this process), got {self.workers}")
+        if self.workers != "auto" and (
+            isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0
+        ):
+            raise ConfigError(
+                f"workers must be 'auto' or an int >= 0 (0: load in this process), got "
+                f"{self.workers!r}"
+            )
+        if not self.decoded_cache_max_gb > 0:
+            raise ConfigError(
+                f"decoded_cache_max_gb must be > 0 (decoded_cache=False turns the cache off), "
+                f"got {self.decoded_cache_max_gb!r}"
+            )
         if self.patience is not None:
             _positive_int("patience", self.patience)
         if self.checkpoint_every is not None:
@@ -94,6 +114,15 @@ class TrainConfig(JsonConfig):
             )
         if self.mixup_alpha < 0 or self.fgsm_epsilon < 0:
             raise ConfigError("mixup_alpha and fgsm_epsilon must be >= 0 (0 turns them off)")
+
+    def for_device(self, device: torch.device) -> TrainConfig:
+        """This config with `precision="auto"` settled for `device` (bf16 and channels-last
+        where it has bf16 units: bf16 alone is slower than fp32 for convolutions on CPUs)."""
+        if self.precision != "auto":
+            return self
+        if bf16_supported(device):
+            return replace(self, precision="bf16", channels_last=True)
+        return replace(self, precision="fp32")
 
     @property
     def monitor_mode(self) -> str:

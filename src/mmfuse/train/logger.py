@@ -68,3 +68,16 @@ def epoch_line(record: dict, epochs: int) -> str:
             continue
         parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
     return "  ".join(parts)
+
+
+def quiet(message: str) -> None:
+    """A log that drops its lines (the other ranks under torchrun)."""
+
+
+def progress(loader, enabled: bool, desc: str, total: int, initial: int):
+    """`loader` wrapped in a tqdm bar when `enabled`."""
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, total=total, initial=initial, leave=False, unit="batch")

@@ -13,7 +13,7 @@ back. The caller learns why from `StepResult` and decides what to report.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -32,6 +32,7 @@ from mmfuse.train.losses import (
     mixup_pairs,
     multitask_loss,
 )
+from mmfuse.train.profile import StageClock
 
 
 @dataclass
@@ -48,6 +49,7 @@ class StepContext:
     task_weights: dict[str, float] | None = None
     class_weights: dict[str, Tensor] | None = None
     dist: DistInfo | None = None  # under DDP, every rank must agree to skip a step
+    clock: StageClock = field(default_factory=StageClock)  # the profile (off: times nothing)
 
     @classmethod
     def for_fit(
@@ -98,15 +100,17 @@ class StepResult:
 
 def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> StepResult:
     """Train on one batch, unless its loss or gradient norm is not finite."""
-    cfg = ctx.config
-    inputs, features, mask, labels = _batch_to_device(ctx, batch)
+    cfg, clock = ctx.config, ctx.clock
+    with clock.stage("to_device"):
+        inputs, features, mask, labels = _batch_to_device(ctx, batch)
     buffers = [b.detach().clone() for b in ctx.model.buffers()]
     if ctx.modality_dropout > 0:
         mask = drop_modalities(mask, ctx.modality_dropout, ctx.rng)
-    if cfg.mixup_alpha > 0 and len(mask) > 1:
-        loss = _mixup_loss(ctx, inputs, features, mask, labels)
-    else:
-        loss = _clean_loss(ctx, inputs, features, mask, labels)
+    with clock.stage("forward"):
+        if cfg.mixup_alpha > 0 and len(mask) > 1:
+            loss = _mixup_loss(ctx, inputs, features, mask, labels)
+        else:
+            loss = _clean_loss(ctx, inputs, features, mask, labels)
     value = float(loss.detach())
     # Checked before backward: under DDP a rank that skipped backward alone would leave the
     # others waiting in its gradient all-reduce forever.
@@ -116,10 +120,17 @@ def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> StepResul
             return StepResult(value, False, "the loss on another process is not finite", True)
         return StepResult(value, False, f"the loss is {_describe(value)}")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with clock.stage("backward"):
+        loss.backward()
+    with clock.stage("optimizer"):
+        return _optimizer_step(ctx, value, buffers, optimizer, scheduler)
+
+
+def _optimizer_step(ctx: StepContext, value: float, buffers, optimizer, scheduler) -> StepResult:
+    """Clip, then step, unless the gradient norm is not finite."""
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if cfg.grad_clip:
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if ctx.config.grad_clip:
+        norm = torch.nn.utils.clip_grad_norm_(params, ctx.config.grad_clip)
     else:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     # Gradients are already averaged across ranks here, so every rank sees the same norm.

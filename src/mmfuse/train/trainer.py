@@ -35,7 +35,7 @@ import torch
 from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.infer.batch import row_loader
+from mmfuse.infer.batch import EpochBatches, resolve_workers, row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
@@ -44,11 +44,13 @@ from mmfuse.train._ckpt_io import no_space_is_an_error
 from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.logger import MetricsLogger, NoLogger, epoch_line
+from mmfuse.train.decoded_cache import attach_decoded_stores
+from mmfuse.train.logger import MetricsLogger, NoLogger, epoch_line, progress, quiet
 from mmfuse.train.losses import multitask_loss
 from mmfuse.train.nonfinite import NonFiniteLossError, skip_nonfinite, stop_error
 from mmfuse.train.optim import head_lr, optimizer_for, scheduler_for
 from mmfuse.train.preflight import check_loadable
+from mmfuse.train.profile import StageClock, profile_line
 from mmfuse.train.skipped import BadSampleError, gather_skipped, note_skipped, write_skipped
 from mmfuse.train.state import LoopState, RunCheckpoints
 from mmfuse.train.step import StepContext, StepResult, task_weights, train_step
@@ -85,6 +87,10 @@ class _Fit:
     step: StepContext
     checkpoints: RunCheckpoints
     logger: MetricsLogger | NoLogger
+    # One loader for every epoch, so its workers start once; `sampler` holds the epoch's batches.
+    loader: torch.utils.data.DataLoader | None
+    sampler: EpochBatches
+    workers: int
 
 
 class Trainer:
@@ -105,8 +111,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         # Under torchrun: this process's rank; only rank 0 logs and writes files.
         self.dist = distributed.from_env()
-        self.log = log if self.dist.is_main else _quiet
+        self.log = log if self.dist.is_main else quiet
         self.device = distributed.setup(self.dist, resolve_device(config.device))
+        self.config = config.for_device(self.device)
         # `batch_size` is the global batch: each of the `world` ranks takes its share, so the
         # averaged gradient is that of one batch of batch_size, however many processes run.
         self.batch_size = max(1, config.batch_size // self.dist.world)
@@ -148,6 +155,8 @@ class Trainer:
         started = time.perf_counter()
         self.prepare_cache(train, val)
         self.cache_time = time.perf_counter() - started
+        attach_decoded_stores((train, val), cfg, self.log)
+        train.profile = cfg.profile
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -171,7 +180,13 @@ class Trainer:
         if self.dist.is_main:
             logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
             logger.rewrite(state.history)
-        return _Fit(optimizer, scheduler, state, step, checkpoints, logger)
+        sampler, workers = EpochBatches(), resolve_workers(cfg.workers, len(train))
+        loader = row_loader(
+            train, sampler, workers=workers, seed=cfg.seed, device=self.device, persistent=True
+        )
+        return _Fit(
+            optimizer, scheduler, state, step, checkpoints, logger, loader, sampler, workers
+        )
 
     def _unfreeze_due(self, epoch: int) -> None:
         """Start fine-tuning the encoders whose frozen warm-up ends at this epoch."""
@@ -182,21 +197,6 @@ class Trainer:
             if spec.mode == "finetune" and 0 < spec.finetune_after <= epoch and encoder.frozen:
                 encoder.unfreeze()
                 self.log(f"epoch {epoch + 1}: fine-tuning the {name!r} encoder from now on")
-
-    def _wrap(self, model):
-        if not self.dist.enabled:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # An input absent from every row of a batch is not encoded, so its encoder has no
-        # gradient that step: DDP must be told to expect unused parameters.
-        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
-
-    def _loader(self, dataset, batches: list[list], shuffle_seed: int):
-        return row_loader(
-            dataset, batches, workers=self.config.workers, seed=shuffle_seed, device=self.device
-        )
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -225,7 +225,8 @@ class Trainer:
         """Train, validate and checkpoint epoch after epoch; True when stopped early."""
         for epoch in range(run.state.epoch, self.config.epochs):
             self._unfreeze_due(epoch)
-            run.step.net = self._wrap(self.model)  # each epoch: unfreezing changes what DDP syncs
+            # Each epoch: unfreezing changes what DDP syncs.
+            run.step.net = distributed.wrap(self.model, self.dist, self.device)
             record = self._train_epoch(run, train, epoch)
             if val is not None:
                 record.update(self.validate(val))
@@ -247,15 +248,16 @@ class Trainer:
         )
         size = self.batch_size
         batches = [[(epoch, r) for r in order[i : i + size]] for i in range(0, len(order), size)]
-        loader = self._loader(train, batches[first:], cfg.seed + epoch)
+        run.sampler.set(batches[first:])
+        clock = run.step.clock = StageClock(cfg.profile, self.device)
         self.model.train()
         # A resumed epoch goes on from the sums its mid-epoch checkpoint saved.
         total, count, seen = (state.epoch_loss, state.epoch_rows, 0) if first else (0.0, 0, 0)
         start = time.perf_counter()
-        bar = _progress(
-            loader, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first
+        bar = progress(
+            run.loader, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first
         )
-        for b, batch in enumerate(bar, start=first):
+        for b, batch in enumerate(clock.batches(bar), start=first):
             note_skipped(self.skipped, batch["skipped"], cfg.on_bad_sample)
             if "inputs" in batch:
                 out = train_step(run.step, batch, run.optimizer, run.scheduler)
@@ -265,7 +267,7 @@ class Trainer:
                     total, count, seen = total + out.loss * n, count + n, seen + n
                 else:
                     self._skip_batch(run, train, batch, f"epoch {epoch + 1}, batch {b + 1}", out)
-                if bar is not loader:
+                if bar is not run.loader:
                     took = time.perf_counter() - start
                     bar.set_postfix(
                         loss=f"{total / max(count, 1):.4f}", samples_s=f"{seen / took:.0f}"
@@ -278,7 +280,7 @@ class Trainer:
                 self._save(run)
         took = time.perf_counter() - start
         total, count = distributed.sum_across(self.dist, total, count)
-        return {
+        record = {
             "epoch": epoch + 1,
             "step": state.step,
             "train_loss": total / count if count else float("nan"),
@@ -286,6 +288,10 @@ class Trainer:
             "train_time": took,
             "samples_per_s": seen / took if took else None,
         }
+        if cfg.profile:
+            record.update(clock.record(took))
+            self.log(profile_line(record, run.workers))
+        return record
 
     def _end_epoch(self, run: _Fit, epoch: int, record: dict) -> bool:
         """Log the record, checkpoint, mark the best; True when early stopping is due."""
@@ -326,6 +332,7 @@ class Trainer:
         # Let the last epoch's DDP wrapper go while every rank is still in the process group,
         # rather than whenever `run` happens to be collected.
         run.step.net = self.model
+        run.loader = None  # its workers end here, not whenever the loader is collected
         self._write_skipped()
         distributed.barrier(self.dist)
         return FitResult(
@@ -377,15 +384,3 @@ class Trainer:
         record = validation_record(out, self.tasks, dataset.tasks)
         self.model.train()
         return record
-
-
-def _quiet(message: str) -> None:
-    pass
-
-
-def _progress(loader, enabled: bool, desc: str, total: int, initial: int):
-    if not enabled:
-        return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(loader, desc=desc, total=total, initial=initial, leave=False, unit="batch")

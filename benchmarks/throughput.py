@@ -1,0 +1,201 @@
+"""Does the data path keep the model busy? Pipeline vs compute ceiling per input, before and after.
+
+    .venv/bin/python benchmarks/throughput.py                 # 280 avdigits rows, 3 epochs
+    .venv/bin/python benchmarks/throughput.py --quick         # smoke test, a few minutes
+
+For each input of avdigits alone (image, audio, video, with the encoder `mmfuse train` gives it
+under the `fast` preset) and for all four together, and for each setting:
+
+- pipeline: samples/s of `Trainer.fit` from epoch 2 on (the median of epochs 2+), the whole
+  data path included: reading, decoding, preprocessing, collating, the step;
+- ceiling: samples/s of the same model's training step (`train.step.train_step`: forward,
+  loss, backward, clipping, AdamW) repeated on one real batch already in memory;
+- share: pipeline / ceiling, the share of its compute speed the data path lets the model reach
+  (target: >= 90% from epoch 2 on).
+
+Settings, run in one process and taking turns per input:
+
+- before: workers=0, no decoded-sample cache, fp32, the old video encoder (8 frames of 64 px);
+- after: today's defaults (workers="auto", the decoded-sample cache, today's precision and
+  video encoder);
+- after-bf16 (with `--settings before,after,after-bf16`): today's defaults with bf16 autocast
+  and channels-last, the ceiling where the hardware has bf16 units.
+
+Each fit starts from an empty cache folder. Printed with the load average before and after:
+figures taken on a busy machine say little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mmfuse.data.avdigits import ensure_avdigits
+from mmfuse.data.manifest import read_manifest
+from mmfuse.infer.batch import row_loader
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.optim import optimizer_for, scheduler_for
+from mmfuse.train.run import build_model, dataset_for, model_config_for
+from mmfuse.train.step import StepContext, train_step
+from mmfuse.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from default_run import OLD_VIDEO
+
+CASES = {"image": ["image"], "audio": ["audio"], "video": ["video"]}
+CASES["all four"] = ["image", "audio", "video", "text"]
+SETTINGS = {
+    "before": {"workers": 0, "decoded_cache": False, "precision": "fp32", "channels_last": False},
+    "after": {},
+    "after-bf16": {"precision": "bf16", "channels_last": True},
+}
+
+
+def case_manifest(columns: list[str], splits: dict, rows: int, tmp: Path):
+    """The first `rows` training rows with `columns` and the label, paths made absolute."""
+    source = Path(splits["train"])
+    frame = pd.read_csv(source).iloc[:rows]
+    for column in columns:
+        if column != "text":
+            frame[column] = [str(source.parent / p) for p in frame[column]]
+    path = tmp / f"{'-'.join(columns)}.csv"
+    frame[[*columns, "label"]].to_csv(path, index=False)
+    return read_manifest(path)
+
+
+def model_config(manifest, setting: str):
+    encoders = {}
+    if setting == "before" and "video" in manifest.inputs:
+        encoders["video"] = {"encoder": "frames", "options": dict(OLD_VIDEO)}
+    return model_config_for(manifest, encoders=encoders)
+
+
+def train_config(setting: str, args, cache_dir: Path) -> TrainConfig:
+    options = {"workers": args.workers} if setting != "before" and args.workers else {}
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=False,
+        tensorboard=False,
+        cache_dir=str(cache_dir),
+        **{**SETTINGS[setting], **options},
+    )
+
+
+def pipeline(manifest, setting: str, args, tmp: Path) -> float:
+    """Median samples/s of epochs 2+ of a fit."""
+    config = model_config(manifest, setting)
+    cfg = train_config(setting, args, tmp / f"cache-{time.monotonic_ns()}")
+    model = build_model(config, 0)
+    dataset = dataset_for(manifest, model, config, cfg, train=True)
+    run_dir = tmp / f"run-{time.monotonic_ns()}"
+    result = Trainer(model, cfg, run_dir, model_config=config, log=lambda line: None).fit(dataset)
+    return statistics.median(h["samples_per_s"] for h in result.history[1:])
+
+
+def ceiling(manifest, setting: str, args, tmp: Path) -> float:
+    """Samples/s of the training step on one batch held in memory."""
+    config = model_config(manifest, setting)
+    cfg = train_config(setting, args, tmp / "unused")
+    model = build_model(config, 0)
+    dataset = dataset_for(manifest, model, config, cfg, train=True)
+    batch = next(iter(row_loader(dataset, [[(1, r) for r in range(args.batch_size)]])))
+    device = torch.device(args.device)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = optimizer_for(model, config, cfg)
+    scheduler = scheduler_for(optimizer, cfg, args.steps * 10)
+    ctx = StepContext.for_fit(model, config, cfg, dataset, device, torch.Generator())
+    model.train()
+    for _ in range(2):  # warm-up: allocator, oneDNN kernel choice
+        train_step(ctx, batch, optimizer, scheduler)
+    rates = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step(ctx, batch, optimizer, scheduler)
+        _sync(device)
+        rates.append(args.steps * len(batch["rows"]) / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1500, help="avdigits size (all splits)")
+    parser.add_argument("--rows", type=int, default=280, help="training rows per fit")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (>= 2)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="ceiling: steps per timed round")
+    parser.add_argument("--repeats", type=int, default=3, help="ceiling: timed rounds")
+    parser.add_argument("--workers", type=int, default=None, help="after: instead of auto")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--settings", default="before,after", help="of " + ",".join(SETTINGS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="64 rows, 2 epochs, 1 worker")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.epochs, args.steps, args.repeats = 64, 2, 2, 1
+        args.batch_size, args.workers = 16, args.workers or 1
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2: the pipeline is measured from epoch 2 on")
+    cases, settings = args.cases.split(","), args.settings.split(",")
+    if not set(settings) <= set(SETTINGS) or not set(cases) <= set(CASES):
+        parser.error(f"--settings are among {list(SETTINGS)}, --cases among {list(CASES)}")
+    splits = ensure_avdigits(args.samples, progress=False)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"device {args.device}; {args.rows} avdigits rows, batch {args.batch_size}, "
+        f"{args.epochs} epochs; load average before: {_load()}"
+    )
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for case in cases:
+            manifest = case_manifest(CASES[case], splits, args.rows, tmp)
+            for setting in settings:
+                rate = pipeline(manifest, setting, args, tmp)
+                out[case, setting] = (rate, ceiling(manifest, setting, args, tmp))
+                print(
+                    f"  {case}, {setting}: pipeline {rate:.1f}, ceiling {out[case, setting][1]:.1f}"
+                )
+    print(f"load average after: {_load()}\n")
+    print_table(out, cases, settings)
+
+
+def print_table(out: dict, cases: list[str], settings: list[str]) -> None:
+    """Pipeline / ceiling and share per setting; the last setting's pipeline over the first's."""
+    head = " | ".join(f"{s}: pipeline / ceiling | share" for s in settings)
+    print(f"| input | {head} | pipeline {settings[-1]} / {settings[0]} |")
+    print("|---|" + "---:|---:|" * len(settings) + "---:|")
+    for case in cases:
+        cells = []
+        for setting in settings:
+            rate, top = out[case, setting]
+            cells += [f"{rate:.0f} / {top:.0f}", f"{rate / top:.0%}"]
+        speedup = out[case, settings[-1]][0] / out[case, settings[0]][0]
+        print(f"| {case} | {' | '.join(cells)} | {speedup:.2f}x |")
+    print("(samples/s; share target: >= 90% from epoch 2 on with workers='auto')")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Decode once: every training file's decoded arrays on disk, so epochs 2+ read, not decode.
+
+What is stored is `SampleLoader.decode`'s output: the uint8 image or frames (scaled down to the
+side the transform resizes to) and the float32 waveform, before any random choice. The random
+crops, frames, flips, jitter, noise and SpecAugment of each epoch are drawn afterwards from the
+sample's own generator, exactly as without the store, so a fit gives the same weights with the
+store and without it.
+
+Keys, as in the feature cache: one folder per decoding (the input's modality, its encoder's
+input spec and whether the pools for augmentation are decoded), one `.npy` file per file content
+hash in it. An entry is written by whichever process first decodes the file (a loader worker,
+usually, during epoch 1) to a temporary name and renamed into place, so a reader sees a complete
+file or none; later reads map the file (`np.load(mmap_mode="r")`) instead of decoding.
+
+Layout::
+
+    <cache>/decoded/<fingerprint[:32]>/decoding.json   what was decoded (for humans)
+    <cache>/decoded/<fingerprint[:32]>/3f/3f9a…c1.npy  one array per file
+
+Deleting the folder is always safe: entries are decoded again when next needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmfuse.data.cache import default_cache_dir
+from mmfuse.features.sample import AUDIO_POOL, VIDEO_POOL
+from mmfuse.infer.dataset import MultimodalDataset
+from mmfuse.train.config import TrainConfig
+from mmfuse.train.feature_cache import content_hash
+
+STORE_FORMAT = 1
+DECODED_MODALITIES = ("image", "audio", "video")
+# The store leaves at least this much of its disk free.
+FREE_MARGIN = 1024**3
+
+
+class DecodedStore:
+    """Decoded arrays of one input's files under `root/<fingerprint[:32]>`, keyed by content."""
+
+    def __init__(self, root: str | os.PathLike, fingerprint: str, description: dict):
+        self.dir = Path(root) / fingerprint[:32]
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"DecodedStore({str(self.dir)!r})"
+
+    def fetch(self, value, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The stored array of file `value`, or `decode()`'s result, stored first."""
+        key = content_hash(value, is_path=True)
+        path = self.dir / key[:2] / f"{key}.npy"
+        try:
+            # Copied out of the mapping: the transforms write into their input.
+            return torch.from_numpy(np.array(np.load(path, mmap_mode="r", allow_pickle=False)))
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, EOFError):
+            path.unlink(missing_ok=True)  # damaged (a copy cut short): decode it again
+        raw = decode()
+        if isinstance(raw, torch.Tensor):
+            self._put(path, raw.numpy())
+        return raw
+
+    def _put(self, path: Path, array: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        about = self.dir / "decoding.json"
+        if not about.exists():
+            _write_atomic(about, lambda f: f.write(json.dumps(self.description).encode()))
+        _write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+def _write_atomic(path: Path, write) -> None:
+    # No fsync: after a power cut an entry may be cut short, which `fetch` treats as missing.
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def store_for(root: Path, dataset: MultimodalDataset, name: str) -> DecodedStore:
+    """The store of input `name` as `dataset` decodes it."""
+    spec = dataset.specs[name]
+    description = {
+        "store_format": STORE_FORMAT,
+        "modality": dataset.inputs[name].modality,
+        "input_spec": spec.to_dict(),
+        "augment_pools": [VIDEO_POOL, AUDIO_POOL] if dataset.augment else None,
+    }
+    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+    return DecodedStore(root, digest, description)
+
+
+def bytes_per_sample(dataset: MultimodalDataset, name: str) -> float:
+    """About how many bytes one decoded file of input `name` takes (wide 16:9 pictures)."""
+    spec, modality = dataset.specs[name], dataset.inputs[name].modality
+    if modality == "audio":
+        pool = AUDIO_POOL if dataset.augment else 1.0
+        return 4 * spec.sample_rate * spec.duration * pool
+    side = spec.resize or round(spec.size * 8 / 7)
+    picture = 3 * side * side * 16 / 9
+    if modality == "image":
+        return picture
+    return picture * spec.frames * (VIDEO_POOL if dataset.augment else 1)
+
+
+def attach_decoded_stores(
+    datasets: Iterable[MultimodalDataset | None],
+    config: TrainConfig,
+    log: Callable[[str], None],
+) -> None:
+    """Give each dataset a store per image, audio and video input it decodes (not those served
+    from the feature cache), unless the stores would not fit on disk or under the limit."""
+    root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    root = root / "decoded"
+    for dataset in datasets:
+        if dataset is None:
+            continue
+        dataset.decoded = {}
+        if not config.decoded_cache:
+            continue
+        for name in dataset.names:
+            spec = dataset.inputs[name]
+            if spec.modality not in DECODED_MODALITIES or name in dataset.features:
+                continue
+            store = store_for(root, dataset, name)
+            if _fits(dataset, name, store, config, log):
+                dataset.decoded[name] = store
+
+
+def _fits(dataset, name: str, store: DecodedStore, config: TrainConfig, log) -> bool:
+    column = dataset.inputs[name].column
+    rows = int(dataset.manifest.frame[column].notna().sum())
+    need = rows * bytes_per_sample(dataset, name)
+    store.dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(store.dir).free - FREE_MARGIN
+    limit = config.decoded_cache_max_gb * 1024**3
+    if need <= min(free, limit):
+        return True
+    over = (
+        "the free space"
+        if free < limit
+        else f"decoded_cache_max_gb={config.decoded_cache_max_gb:g}"
+    )
+    log(
+        f"decoded-sample cache off for column {column!r}: its {rows} files would take about "
+        f"{_size(need)} in {store.dir}, over {over}, so every epoch decodes them "
+        "again; free disk space, set cache_dir to a larger disk or raise decoded_cache_max_gb"
+    )
+    return False
+
+
+def _size(n: float) -> str:
+    return f"{n / 1024**3:.1f} GB" if n >= 1024**3 else f"{n / 1024**2:.1f} MB"
