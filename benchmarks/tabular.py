@@ -77,8 +77,8 @@ def main() -> None:
     paths = ensure_avdigits(args.samples, args.seed, progress=False, tabular=True)
     rows = [run(name, keep, paths, args) for name, keep in RUNS.items()]
     print(
-        f"\navdigits-{args.samples} (seed {args.seed}), preset fast, fusion {args.fusion}, "
-        f"{args.epochs} epochs; test split"
+        f"\navdigits-{args.samples} (seed {args.seed}), preset {args.preset or 'default'}, "
+        f"fusion {args.fusion}, {args.epochs or 'default'} epochs; test split"
     )
     print(f"{'inputs':<16}{'accuracy':>10}{'fit s':>8}")
     for r in rows:
