@@ -179,3 +179,11 @@ def apply_budget_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"{e} (a --max-* flag)") from None
     for field, value in given.items():
         os.environ[ENV[field]] = str(value)
+
+
+def check_some_rows(result: dict, out, got: str) -> None:
+    """A streamed job whose every row failed is a data problem (exit 1), not a success."""
+    if result["rows"] and result["failed"] == result["rows"]:
+        raise MmfuseError(
+            f"none of the {result['rows']} rows got {got}; the `error` column of {out} says why"
+        )

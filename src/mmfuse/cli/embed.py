@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmfuse.cli.common import EXIT_OK, UsageError, add_device_flag, add_model_dir, load_predictor
-from mmfuse.errors import MmfuseError
+from mmfuse.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_device_flag,
+    add_model_dir,
+    check_some_rows,
+    load_predictor,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,9 +70,5 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         log=lambda message: print(message, file=sys.stderr),
     )
-    if result["rows"] and result["failed"] == result["rows"]:
-        raise MmfuseError(
-            f"none of the {result['rows']} rows got an embedding; the `error` column of "
-            f"{args.out} says why"
-        )
+    check_some_rows(result, args.out, "an embedding")
     return EXIT_OK

@@ -11,6 +11,7 @@ from mmfuse.cli.common import (
     UsageError,
     add_device_flag,
     add_model_dir,
+    check_some_rows,
     input_columns,
     load_predictor,
     manifest_for,
@@ -126,11 +127,7 @@ def _predict_streamed(predictor, args: argparse.Namespace, task: str) -> int:
         proba=args.proba,
         log=lambda message: print(message, file=sys.stderr),
     )
-    if result["rows"] and result["failed"] == result["rows"]:
-        raise MmfuseError(
-            f"none of the {result['rows']} rows got a prediction; the `error` column of "
-            f"{args.out} says why"
-        )
+    check_some_rows(result, args.out, "a prediction")
     return EXIT_OK
 
 

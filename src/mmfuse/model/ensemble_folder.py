@@ -26,7 +26,7 @@ from mmfuse.errors import CheckpointError
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.ensemble import EnsembleModel, ensemble_config, ensemble_inputs
 from mmfuse.model.multimodal import MultimodalModel
-from mmfuse.model.saved import CONFIG, FORMAT, LABELS, REPORT_FILES, load_model, save_model
+from mmfuse.model.saved import CONFIG, FORMAT, LABELS, copy_report, load_model, save_model
 
 MEMBERS = "members"
 
@@ -81,12 +81,7 @@ def save_ensemble(
     labels = {h.task: h.classes for h in config.heads}
     (path / LABELS).write_text(json.dumps(labels, indent=2) + "\n")
     (path / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
-    if report_dir is not None:
-        report_dir = Path(report_dir)
-        files = [report_dir / n for n in REPORT_FILES] + sorted(report_dir.glob("*.png"))
-        for f in files:
-            if f.is_file() and f.resolve() != (path / f.name).resolve():
-                shutil.copy2(f, path / f.name)
+    copy_report(report_dir, path)
     return path
 
 

@@ -73,13 +73,19 @@ def save_model(
             f"the model folder could not be written ({e.strerror or e}; {free:.0f} MiB free); "
             "free some space or save elsewhere",
         ) from None
-    if report_dir is not None:
-        report_dir = Path(report_dir)
-        files = [report_dir / n for n in REPORT_FILES] + sorted(report_dir.glob("*.png"))
-        for f in files:
-            if f.is_file() and f.resolve() != (path / f.name).resolve():
-                shutil.copy2(f, path / f.name)
+    copy_report(report_dir, path)
     return path
+
+
+def copy_report(report_dir: str | os.PathLike | None, path: Path) -> None:
+    """Copy a run's report (report.md, metrics.json, the PNGs) into model folder `path`."""
+    if report_dir is None:
+        return
+    report_dir = Path(report_dir)
+    files = [report_dir / n for n in REPORT_FILES] + sorted(report_dir.glob("*.png"))
+    for f in files:
+        if f.is_file() and f.resolve() != (path / f.name).resolve():
+            shutil.copy2(f, path / f.name)
 
 
 def first_nonfinite(model: torch.nn.Module) -> str | None:
