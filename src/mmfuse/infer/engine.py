@@ -172,7 +172,7 @@ class PredictOptions:
     """How `predict_dataset` runs: batch size, decoding processes, device and precision."""
 
     batch_size: int = 64
-    workers: int = 0
+    workers: int | str = 0  # or "auto": the cores left after this process (`row_loader`)
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
