@@ -78,7 +78,17 @@ _DATASETS_EXAMPLES = """examples:
 # Command → the module holding its `add_arguments` and `run`, imported when the parser is built.
 # Those modules import FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads neither.
 # Commands that decode media files: they take the --max-* decode budgets.
-READS_MEDIA = ("validate", "train", "evaluate", "predict", "embed", "detect", "serve")
+READS_MEDIA = (
+    "validate",
+    "train",
+    "evaluate",
+    "predict",
+    "embed",
+    "detect",
+    "serve",
+    "fit",
+    "score",
+)
 _ANOMALY_EXAMPLES = """examples:
   mmfuse anomaly fit data/surv/train.csv --val data/surv/val.csv --out runs/surv
   mmfuse anomaly evaluate runs/surv data/surv/test.csv"""
