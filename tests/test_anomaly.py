@@ -148,3 +148,39 @@ def test_fit_rejects_a_bad_false_alarm_and_unfitted_use(surveillance):
         AnomalyDetector(false_alarm=1.5).fit(surveillance["train"])
     with pytest.raises(ValueError, match="not fitted"):
         AnomalyDetector().predict(surveillance["test"])
+
+
+def test_encoder_choices_by_input_and_modality_every_input_frozen(tmp_path):
+    from mmfuse.anomaly.features import input_configs
+    from mmfuse.data.manifest import read_manifest
+
+    frame = pd.DataFrame({"cam": ["a.mp4", "b.mp4"], "mic": ["a.wav", "b.wav"]})
+    manifest = read_manifest(frame, root=tmp_path)
+    configs = input_configs(
+        manifest,
+        {"cam": "r3d", "cam_audio": "mfcc-lstm", "audio": "mel-cnn"},
+        preset="best",  # fine-tunes elsewhere; a one-class detector freezes every encoder
+    )
+    assert sorted(configs) == ["cam", "cam_audio", "mic"]
+    assert (configs["cam"].encoder, configs["cam"].modality) == ("r3d", "video")
+    assert (configs["cam_audio"].encoder, configs["cam_audio"].column) == ("mfcc-lstm", "cam")
+    assert configs["mic"].encoder == "mel-cnn"
+    assert {c.mode for c in configs.values()} == {"freeze"}
+
+
+def test_numeric_column_is_refused_with_the_fix(tmp_path):
+    from mmfuse.anomaly.features import input_configs
+    from mmfuse.data.manifest import read_manifest
+
+    frame = pd.DataFrame({"cam": ["a.mp4", "b.mp4", "c.mp4"], "temp": [1.5, 2.0, 3.5]})
+    with pytest.raises(ConfigError, match=r"'temp' is numeric.*drop the column"):
+        input_configs(
+            read_manifest(frame, root=tmp_path), {"video": "r3d", "audio": "mel-cnn"}, None
+        )
+
+
+def test_fit_leaves_out_rows_not_labelled_normal(surveillance, tiny):
+    test = pd.read_csv(surveillance["test"]).drop(columns=["kind"])
+    test["video"] = [str(surveillance["test"].parent / v) for v in test["video"]]
+    tiny.fit(test)
+    assert tiny.n_reference_ + tiny.n_held_out_ == (test["label"] == "normal").sum()
