@@ -184,3 +184,12 @@ def test_fit_leaves_out_rows_not_labelled_normal(surveillance, tiny):
     test["video"] = [str(surveillance["test"].parent / v) for v in test["video"]]
     tiny.fit(test)
     assert tiny.n_reference_ + tiny.n_held_out_ == (test["label"] == "normal").sum()
+
+
+def test_params_round_trip_through_sklearn_clone():
+    from sklearn.base import clone
+
+    det = AnomalyDetector(scorer="gaussian", false_alarm=0.05, encoders={"audio": "mel-cnn"})
+    copy = clone(det)
+    assert copy.get_params() == det.get_params()
+    assert not hasattr(copy, "threshold_")
