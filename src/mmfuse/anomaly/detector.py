@@ -1,6 +1,6 @@
 """`AnomalyDetector`: learn what normal looks and sounds like from normal samples only.
 
-    det = AnomalyDetector(scorer="knn", false_alarm=0.01)
+    det = AnomalyDetector(scorer="gaussian", false_alarm=0.01)
     det.fit("train.csv", val="val.csv")      # normal rows only; val: held-out normal rows
     det.score_samples(df)                     # higher = more anomalous
     det.predict(df)                           # bool: above the calibrated threshold
@@ -45,8 +45,9 @@ class AnomalyDetector(BaseEstimator):
     """One-class detector on image, audio, video (frames and audio track) and text inputs.
 
     Args:
-        scorer: "knn" (mean distance to the k nearest normal features) or "gaussian"
-            (Mahalanobis distance, Ledoit-Wolf shrinkage covariance); see `anomaly.scorers`.
+        scorer: "gaussian" (Mahalanobis distance, Ledoit-Wolf shrinkage covariance; the
+            default, measured best in docs/anomaly.md) or "knn" (mean distance to the k
+            nearest normal features); see `anomaly.scorers`.
         k: neighbours of the knn scorer.
         false_alarm: the target share of normal samples flagged; sets the threshold.
         preset, encoders: which frozen encoder reads each input, as for MultimodalClassifier
@@ -62,7 +63,7 @@ class AnomalyDetector(BaseEstimator):
 
     def __init__(
         self,
-        scorer: str = "knn",
+        scorer: str = "gaussian",
         k: int = 5,
         false_alarm: float = 0.01,
         preset: str | None = None,

@@ -41,9 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scorer",
         choices=SCORERS,
-        default="knn",
+        default="gaussian",
         help="knn: distance to the nearest normal samples; gaussian: Mahalanobis "
-        "distance (default: knn)",
+        "distance (default: gaussian, measured in docs/anomaly.md)",
     )
     p.add_argument("--k", type=int, default=5, metavar="N", help="neighbours of knn (default: 5)")
     p.add_argument(
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     examples:
       mmfuse datasets make surveillance data/surv
       mmfuse anomaly fit data/surv/train.csv --val data/surv/val.csv --out runs/surv
-      mmfuse anomaly fit data/surv/train.csv --out runs/surv --scorer gaussian --false-alarm 0.05
+      mmfuse anomaly fit data/surv/train.csv --out runs/surv --scorer knn --false-alarm 0.05
     """
     from mmfuse.anomaly import AnomalyDetector
 
