@@ -1,6 +1,7 @@
 """mmfuse: multimodal deep learning on image, audio, video and text."""
 
 from mmfuse._version import __version__
+from mmfuse.anomaly import AnomalyDetector
 from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data import (
     Manifest,
@@ -16,6 +17,7 @@ from mmfuse.data import (
 from mmfuse.errors import ManifestError, MediaError, MmfuseError
 
 __all__ = [
+    "AnomalyDetector",
     "Manifest",
     "ManifestError",
     "MediaError",

@@ -9,7 +9,11 @@
     mmfuse serve MODEL_DIR                       mmfuse.serve.run.serve (HTTP API + web page)
     mmfuse export MODEL_DIR --out model.onnx     mmfuse.ship.onnx.export_onnx
     mmfuse compress MODEL_DIR --prune 0.5        mmfuse.ship.prune.prune_model
+    mmfuse anomaly fit MANIFEST --out DIR        AnomalyDetector.fit, then .save
+    mmfuse anomaly score DIR MANIFEST --out F    AnomalyDetector.score_table
+    mmfuse anomaly evaluate DIR MANIFEST         AnomalyDetector.evaluate
     mmfuse datasets make avdigits DIR            mmfuse.data.avdigits.make_avdigits
+    mmfuse datasets make surveillance DIR        mmfuse.data.surveillance.make_surveillance
     mmfuse demo                                  mmfuse.demo.run_demo
 
 Each command is a module of this package with `add_arguments(parser)` and `run(args)`, named in
@@ -68,12 +72,26 @@ class Group:
 
 _DATASETS_EXAMPLES = """examples:
   mmfuse datasets make avdigits data/avdigits
-  mmfuse datasets make avdigits --help"""
+  mmfuse datasets make avdigits --help
+  mmfuse datasets make surveillance data/surv"""
 
 # Command → the module holding its `add_arguments` and `run`, imported when the parser is built.
 # Those modules import FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads neither.
 # Commands that decode media files: they take the --max-* decode budgets.
-READS_MEDIA = ("validate", "train", "evaluate", "predict", "embed", "detect", "serve")
+READS_MEDIA = (
+    "validate",
+    "train",
+    "evaluate",
+    "predict",
+    "embed",
+    "detect",
+    "serve",
+    "fit",
+    "score",
+)
+_ANOMALY_EXAMPLES = """examples:
+  mmfuse anomaly fit data/surv/train.csv --val data/surv/val.csv --out runs/surv
+  mmfuse anomaly evaluate runs/surv data/surv/test.csv"""
 
 COMMANDS: dict[str, str | Group] = {
     "validate": "mmfuse.cli.validate",
@@ -90,13 +108,22 @@ COMMANDS: dict[str, str | Group] = {
         {
             "make": Group(
                 "Generate an example dataset into a folder.",
-                {"avdigits": "mmfuse.cli.datasets"},
+                {"avdigits": "mmfuse.cli.datasets", "surveillance": "mmfuse.cli.surveillance"},
                 _DATASETS_EXAMPLES,
             )
         },
         _DATASETS_EXAMPLES,
     ),
     "demo": "mmfuse.cli.demo",
+    "anomaly": Group(
+        "One-class anomaly detection: fit on normal samples, score, evaluate.",
+        {
+            "fit": "mmfuse.cli.anomaly_fit",
+            "score": "mmfuse.cli.anomaly_score",
+            "evaluate": "mmfuse.cli.anomaly_evaluate",
+        },
+        _ANOMALY_EXAMPLES,
+    ),
 }
 
 # Mistakes in what was asked for (exit 2), as opposed to data that cannot be read (exit 1).

@@ -16,7 +16,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_ablation", "plot_confusion", "plot_curves", "plot_reliability", "plot_robustness"]
+__all__ = [
+    "plot_ablation",
+    "plot_confusion",
+    "plot_curves",
+    "plot_reliability",
+    "plot_robustness",
+    "plot_roc",
+]
 
 _DPI = 110
 # Beyond this many classes the cell numbers become unreadable noise; colour alone is clearer.
@@ -229,6 +236,31 @@ def plot_reliability(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_roc(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    path: str | Path,
+    *,
+    title: str = "ROC",
+) -> Path:
+    """ROC curves, one per entry: `{name: (false positive rates, true positive rates)}`
+    (the names may carry their AUC, e.g. "fused (AUC 0.97)"); the diagonal is chance."""
+    if not curves:
+        raise ValueError("curves is empty; pass {name: (fpr, tpr)}")
+    fig = _new_figure(5.0, 4.6)
+    ax = fig.add_subplot()
+    for name, (fpr, tpr) in curves.items():
+        ax.plot(fpr, tpr, label=name)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     return _save(fig, path)
 
 
