@@ -30,6 +30,7 @@ from mmfuse.anomaly.scorers import scorer_from_state
 from mmfuse.encoders.base import without_pretrained_weights
 from mmfuse.errors import CheckpointError, MmfuseError
 from mmfuse.model.config import InputConfig
+from mmfuse.model.saved import read_folder_json
 
 FORMAT = 1
 CONFIG, WEIGHTS = "detector.json", "detector.safetensors"
@@ -72,18 +73,12 @@ def save_detector(detector, path: str | os.PathLike) -> Path:
 def read_detector_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     file = path / CONFIG
-    if not file.is_file():
-        raise CheckpointError(
-            path,
-            f"is not an anomaly detector folder (no {CONFIG}); give the folder that "
-            "`mmfuse anomaly fit --out` or `AnomalyDetector.save` wrote",
-        )
-    try:
-        saved = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(
-            file, f"cannot be read as JSON ({e}); the folder is damaged"
-        ) from None
+    saved = read_folder_json(
+        path,
+        CONFIG,
+        "an anomaly detector folder",
+        "`mmfuse anomaly fit --out` or `AnomalyDetector.save`",
+    )
     fmt = saved.get("format") if isinstance(saved, dict) else None
     if not isinstance(fmt, int) or fmt > FORMAT:
         raise CheckpointError(

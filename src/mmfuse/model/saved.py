@@ -111,22 +111,32 @@ def _build(path: Path, saved: dict) -> tuple[MultimodalModel, ModelConfig]:
         ) from None
 
 
-def read_saved_config(path: str | os.PathLike) -> dict:
-    """config.json of a model folder, checked for a format this mmfuse can read."""
-    path = Path(path)
-    file = path / CONFIG
+def read_folder_json(path: Path, name: str, what: str, written_by: str):
+    """The JSON file `name` of a saved folder; a missing or unreadable one is a CheckpointError
+    naming the folder (`what` it should be, and `written_by` what writes one)."""
+    file = path / name
     if not file.is_file():
         raise CheckpointError(
-            path,
-            f"is not an mmfuse model folder (no {CONFIG}); give the folder that `mmfuse train "
-            "--out` or `MultimodalClassifier.save` wrote",
+            path, f"is not {what} (no {name}); give the folder that {written_by} wrote"
         )
     try:
-        saved = json.loads(file.read_text())
+        return json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(
             file, f"cannot be read as JSON ({e}); the folder is damaged"
         ) from None
+
+
+def read_saved_config(path: str | os.PathLike) -> dict:
+    """config.json of a model folder, checked for a format this mmfuse can read."""
+    path = Path(path)
+    file = path / CONFIG
+    saved = read_folder_json(
+        path,
+        CONFIG,
+        "an mmfuse model folder",
+        "`mmfuse train --out` or `MultimodalClassifier.save`",
+    )
     fmt = saved.get("format") if isinstance(saved, dict) else None
     if not isinstance(fmt, int):
         raise CheckpointError(file, "has no integer 'format'; it was not written by mmfuse")
