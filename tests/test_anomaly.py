@@ -7,25 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_helpers import TINY_ENCODERS
 from mmfuse.anomaly import AnomalyDetector, fuse_scores
 from mmfuse.anomaly.detector import conformal_threshold
 from mmfuse.anomaly.scorers import SCORERS, make_scorer, scorer_from_state
 from mmfuse.data.surveillance import make_surveillance, plan
 from mmfuse.data.writers import write_video
 from mmfuse.model.config import ConfigError
-
-# Tiny random encoders: the frames at 32 px through a 2-stage CNN, the track through a mel-CNN.
-TINY_ENCODERS = {
-    "video": {
-        "encoder": "frames",
-        "options": {
-            "frames": 4,
-            "image": "cnn",
-            "image_options": {"width": 8, "stages": 2, "image_size": 32},
-        },
-    },
-    "audio": {"encoder": "mel-cnn", "options": {"width": 8, "stages": 2, "n_mels": 32}},
-}
 
 
 @pytest.mark.parametrize("name", SCORERS)

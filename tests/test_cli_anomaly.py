@@ -10,21 +10,10 @@ import json
 import pandas as pd
 import pytest
 
+from anomaly_helpers import TINY_ENCODERS
 from mmfuse.cli import main
 
-TINY = json.dumps(
-    {
-        "video": {
-            "encoder": "frames",
-            "options": {
-                "frames": 4,
-                "image": "cnn",
-                "image_options": {"width": 8, "stages": 2, "image_size": 32},
-            },
-        },
-        "audio": {"encoder": "mel-cnn", "options": {"width": 8, "stages": 2, "n_mels": 32}},
-    }
-)
+TINY = json.dumps(TINY_ENCODERS)
 
 
 def run(argv) -> tuple[int, str, str]:

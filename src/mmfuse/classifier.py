@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.data.manifest import Manifest, as_manifest
 from mmfuse.device import resolve_device
 from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.dataset import MultimodalDataset
@@ -376,12 +376,7 @@ class MultimodalClassifier(BaseEstimator):
 def _as_manifest(X, label, modalities, *, need_label: bool = True, root=None) -> Manifest:
     if isinstance(X, Manifest):
         return X
-    if not isinstance(X, (pd.DataFrame, str, os.PathLike)):
-        raise TypeError(
-            f"expected a DataFrame, a manifest path (CSV/JSONL/Parquet) or a class-per-folder "
-            f"root, got {type(X).__name__}"
-        )
-    manifest = read_manifest(X, label=label, modalities=dict(modalities or {}) or None, root=root)
+    manifest = as_manifest(X, label=label, modalities=modalities, root=root)
     if need_label and not manifest.labels:
         raise ValueError(f"{manifest.source}: no label column found; pass label='<column>' to fit")
     return manifest

@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator
 
 from mmfuse.anomaly.features import Features, build_encoders, extract, input_configs
 from mmfuse.anomaly.scorers import make_scorer
-from mmfuse.data.manifest import Manifest, read_manifest
+from mmfuse.data.manifest import Manifest, as_manifest
 from mmfuse.device import resolve_device
 from mmfuse.model.config import ConfigError
 
@@ -97,7 +97,7 @@ class AnomalyDetector(BaseEstimator):
         `holdout` share of `X`). Rows whose label column says other than "normal" are left out.
         """
         self._check_params()
-        train = _normal_rows(as_manifest(X, modalities, root), self._log)
+        train = _normal_rows(as_manifest(X, modalities=modalities, root=root), self._log)
         self.inputs_ = input_configs(train, self.encoders, self.preset)
         self.encoders_ = build_encoders(self.inputs_)
         feats = self._extract(train)
@@ -105,7 +105,7 @@ class AnomalyDetector(BaseEstimator):
             reference, held = _split(feats, len(train), self.holdout, self.seed)
         else:
             roles = self.column_roles()
-            held_manifest = _normal_rows(as_manifest(val, roles, root), self._log)
+            held_manifest = _normal_rows(as_manifest(val, modalities=roles, root=root), self._log)
             reference, held = feats, self._extract(held_manifest)
         self.notes_ = []
         self.scorers_, self.stats_ = {}, {}
@@ -189,7 +189,7 @@ class AnomalyDetector(BaseEstimator):
     def score_table(self, X, *, root=None) -> pd.DataFrame:
         """One row per sample: `score`, `anomaly`, `score_<input>` (its z-score), `error`."""
         self._check_fitted()
-        manifest = as_manifest(X, self.column_roles(), root)
+        manifest = as_manifest(X, modalities=self.column_roles(), root=root)
         feats = self._extract(manifest)
         per_input = self._input_scores(feats)
         fused = fuse_scores(per_input)
@@ -273,17 +273,6 @@ def conformal_threshold(held: np.ndarray, false_alarm: float) -> tuple[float, bo
 
 def _above(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.nan_to_num(scores, nan=-np.inf) > threshold
-
-
-def as_manifest(X, modalities, root=None) -> Manifest:
-    if isinstance(X, Manifest):
-        return X
-    if not isinstance(X, (pd.DataFrame, str, os.PathLike)):
-        raise TypeError(
-            f"expected a DataFrame, a manifest path (CSV/JSONL/Parquet) or a Manifest, got "
-            f"{type(X).__name__}"
-        )
-    return read_manifest(X, modalities=dict(modalities or {}) or None, root=root)
 
 
 def _normal_rows(manifest: Manifest, log) -> Manifest:

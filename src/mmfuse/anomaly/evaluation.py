@@ -106,7 +106,7 @@ def _by_kind(t: pd.DataFrame, y: np.ndarray, kinds: np.ndarray, inputs: list[str
 def evaluate_detector(detector, X, out_dir=None, *, root=None) -> dict:
     """`anomaly_metrics` of a fitted detector on labelled `X`; with `out_dir`, metrics.json,
     scores.csv, roc.png, ablation.png and report.md there."""
-    manifest = as_manifest(X, detector.column_roles(), root)
+    manifest = as_manifest(X, modalities=detector.column_roles(), root=root)
     y = anomaly_labels(manifest)
     table = detector.score_table(manifest)
     kinds = manifest.frame[KIND].tolist() if KIND in manifest.frame else None

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from mmfuse.anomaly.detector import as_manifest
 
     detector = load_detector(args.detector_dir, args.device)
-    manifest = as_manifest(args.manifest, detector.column_roles())
+    manifest = as_manifest(args.manifest, modalities=detector.column_roles())
     table = detector.score_table(manifest)
     frame = manifest.frame.copy()
     for column in table.columns:

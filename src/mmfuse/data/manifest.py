@@ -9,6 +9,7 @@ where the manifest lived.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -323,3 +324,16 @@ def _is_missing(v) -> bool:
     if isinstance(v, float) and math.isnan(v):
         return True
     return isinstance(v, str) and not v.strip()
+
+
+def as_manifest(X, *, label=None, modalities=None, root=None) -> Manifest:
+    """`X` as a Manifest: a Manifest as it is, else `read_manifest` of a DataFrame, a manifest
+    file or a class-per-folder root; any other type is a TypeError naming what is accepted."""
+    if isinstance(X, Manifest):
+        return X
+    if not isinstance(X, (pd.DataFrame, str, os.PathLike)):
+        raise TypeError(
+            f"expected a DataFrame, a manifest path (CSV/JSONL/Parquet), a class-per-folder "
+            f"root or a Manifest, got {type(X).__name__}"
+        )
+    return read_manifest(X, label=label, modalities=dict(modalities or {}) or None, root=root)
