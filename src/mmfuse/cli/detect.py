@@ -1,4 +1,5 @@
-"""`mmfuse detect`: events in a long video, over `mmfuse.infer.detect.detect_events`."""
+"""`mmfuse detect`: events in a long video (`mmfuse.infer.detect.detect_events`), or in a
+live source with a classifier or an anomaly detector (`mmfuse.infer.live.watch`)."""
 
 from __future__ import annotations
 
@@ -8,24 +9,52 @@ import math
 import sys
 from pathlib import Path
 
-from mmfuse.cli.common import add_device_flag, add_model_dir, model_folder, resolve_device
+from mmfuse.cli.common import UsageError, add_device_flag, model_folder, resolve_device
 
 
 def run(args: argparse.Namespace) -> int:
-    """Find events in a long video: classify sliding windows, merge runs of one class.
+    """Find events in a video, a growing file or a live stream, with a classifier or an
+    anomaly detector.
 
-    Slides a --window second window every --stride seconds over VIDEO (decoded once, in
-    constant memory whatever its length), classifies each window from its frames and audio
-    track with the model, and merges consecutive windows of one class into events with a
-    start, an end and a confidence (the class's mean probability). Writes the timeline as
-    JSON to --out (default: stdout) and, with --plot, a PNG of the class probabilities over
-    time with the events shaded. Events of the --background class are left out.
+    MODEL_DIR is a classifier folder (`mmfuse train --out`) or an anomaly detector folder
+    (`mmfuse anomaly fit --out`). SOURCE is a file, a file still being written (--idle
+    SECONDS: finished once it stops growing that long; --follow: never), a stream URL
+    (rtsp://, udp://, http://, srt://...) or a device (/dev/video0, alsa:default).
+
+    A classifier on a file slides a --window second window every --stride seconds (decoded
+    once, in constant memory), classifies each window, merges runs of one class into events
+    and writes the timeline as JSON to --out (default: stdout); --plot draws it.
+
+    Otherwise (an anomaly detector, or any live source) windows are scored as they complete
+    and events are written as JSON lines, flushed one by one, to --out (default: stdout): a
+    "start" line as soon as an event's first window is scored and an "end" line with its span,
+    peak score and the inputs that fired. --webhook also POSTs each line. When scoring falls
+    more than --max-lag seconds behind a live source, windows are skipped (one stderr line
+    per burst says how far behind), so memory stays flat however long it runs.
 
     examples:
       mmfuse detect runs/train match.mp4 --out timeline.json
       mmfuse detect runs/train match.mp4 --window 4 --stride 2 --plot timeline.png
-      mmfuse detect runs/train match.mp4 --background other --out timeline.json
+      mmfuse detect runs/surv recording.mp4 --out events.jsonl
+      mmfuse detect runs/surv rtsp://camera.local/stream --webhook http://alerts.local/hook
+      mmfuse detect runs/surv udp://0.0.0.0:5000 --window 2 --stride 1 --idle 30
+      mmfuse detect runs/surv growing.ts --follow --out events.jsonl
+      mmfuse detect runs/surv /dev/video0 --follow
     """
+    from mmfuse.data.live_source import source_kind
+
+    kind = _folder_kind(args.model_dir)
+    live = source_kind(args.source) != "file" or args.idle is not None or args.follow
+    if kind == "classifier" and not live:
+        return _timeline(args)
+    if args.plot:
+        raise UsageError("--plot draws a classifier's timeline of a file; leave it out here")
+    from mmfuse.cli._detect_live import watch_source
+
+    return watch_source(args, kind)
+
+
+def _timeline(args: argparse.Namespace) -> int:
     from mmfuse.infer.detect import detect_events, plot_timeline
     from mmfuse.infer.predictor import Predictor
 
@@ -33,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor(folder, device=resolve_device(args.device))
     timeline = detect_events(
         predictor,
-        args.video,
+        args.source,
         window=args.window,
         stride=args.stride,
         batch=args.batch,
@@ -52,10 +81,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_kind(path: str) -> str:
+    """ "classifier" or "anomaly", by the files the folder holds."""
+    from mmfuse.anomaly.folder import CONFIG as DETECTOR
+    from mmfuse.model.saved import CONFIG as MODEL
+
+    folder = Path(path)
+    if (folder / DETECTOR).is_file():
+        return "anomaly"
+    if (folder / MODEL).is_file():
+        return "classifier"
+    raise UsageError(
+        f"{path} is neither a model folder (no {MODEL}) nor an anomaly detector folder (no "
+        f"{DETECTOR}); give the folder that `mmfuse train --out` or `mmfuse anomaly fit --out` "
+        "wrote"
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `mmfuse detect` (the device flag included)."""
-    add_model_dir(p)
-    p.add_argument("video", help="video file to scan (any length)")
+    p.add_argument(
+        "model_dir", help="classifier folder (`mmfuse train`) or detector (`mmfuse anomaly fit`)"
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="video file, growing file, stream URL (rtsp://, udp://, http://) or device",
+    )
     p.add_argument(
         "--window",
         type=_seconds("--window"),
@@ -74,7 +126,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch", type=_count, default=16, metavar="N", help="windows per forward (default: 16)"
     )
     p.add_argument("--background", metavar="LABEL", help="class whose events are left out")
-    p.add_argument("--out", metavar="JSON", help="write the timeline here (default: stdout)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the timeline (classifier on a file) or the event lines here (default: stdout)",
+    )
+    p.add_argument(
+        "--idle",
+        type=_seconds("--idle", zero=True),
+        metavar="SECONDS",
+        help="a growing file or stream has ended after this long without new data "
+        "(default: a file is read as it is; streams 10)",
+    )
+    p.add_argument("--follow", action="store_true", help="never end on silence: wait for more data")
+    p.add_argument(
+        "--max-lag",
+        type=_seconds("--max-lag"),
+        metavar="SECONDS",
+        help="skip windows that come up this far behind a live source (default: the stride, "
+        "at least 1)",
+    )
+    p.add_argument("--webhook", metavar="URL", help="also POST every event line here (JSON)")
+    p.add_argument(
+        "--open-timeout",
+        type=_seconds("--open-timeout"),
+        default=10.0,
+        metavar="SECONDS",
+        help="a stream or device that sends nothing this long is unreachable (default: 10)",
+    )
     p.add_argument("--plot", metavar="PNG", help="also draw the probabilities and events here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_flag(p, "cpu")
@@ -98,14 +177,17 @@ def _summary(timeline: dict, args: argparse.Namespace) -> None:
             print(f"{kind}: {where}", file=sys.stderr)
 
 
-def _seconds(flag: str):
+def _seconds(flag: str, zero: bool = False):
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{flag} takes seconds > 0, e.g. 2.0, got {text!r}")
+        if not (math.isfinite(value) and (value > 0 or (zero and value == 0))):
+            bound = ">= 0" if zero else "> 0"
+            raise argparse.ArgumentTypeError(
+                f"{flag} takes seconds {bound}, e.g. 2.0, got {text!r}"
+            )
         return value
 
     return parse

@@ -48,32 +48,50 @@ def scene(camera: int, seed: int) -> tuple[np.ndarray, float]:
 
 
 def render_clip(path: Path, clip: Clip) -> None:
-    rng = np.random.default_rng([clip.seed, clip.index])
-    background, hum = scene(clip.camera, clip.seed)
-    n_frames, n_audio = round(SECONDS * FPS), round(SECONDS * SAMPLE_RATE)
-    frames = _normal_frames(rng, background, n_frames)
-    audio = _ambient(rng, hum, n_audio)
-    if clip.kind in ("visual", "both"):
-        _burst_in(rng, frames)
-    if clip.kind in ("acoustic", "both"):
-        audio = audio + _event(rng, audio, SOUNDS[int(rng.integers(len(SOUNDS)))])
-    audio *= 0.9 / max(np.abs(audio).max(), 0.9)  # clip-free, never louder than it was
-    video = np.uint8(np.clip(frames, 0, 1) * 255 + 0.5)
+    video, audio = clip_media(clip)
     write_video(
         path,
         video,
         fps=FPS,
         codec="libx264",
         keyframe_interval=1,  # intra-only: reruns decode to the same pixels (see avdigits)
-        audio=audio.astype(np.float32),
+        audio=audio,
         audio_rate=SAMPLE_RATE,
         audio_codec="aac",
     )
 
 
-def _normal_frames(rng, background: np.ndarray, n: int) -> np.ndarray:
+def clip_media(clip: Clip, steady: tuple[float, float, float] | None = None):
+    """The clip's T×H×W×3 uint8 frames and its mono float32 track at `SAMPLE_RATE`.
+
+    `steady`: `(lighting, sound level, hum share)` to use instead of the clip's own draws, so
+    that clips played back to back as one recording do not jump in brightness or loudness at
+    every joint (the draws are still made: the rest of the clip is as without it)."""
+    rng = np.random.default_rng([clip.seed, clip.index])
+    background, hum = scene(clip.camera, clip.seed)
+    n_frames, n_audio = round(SECONDS * FPS), round(SECONDS * SAMPLE_RATE)
+    light, level, share = steady or (None, None, None)
+    frames = _normal_frames(rng, background, n_frames, light)
+    audio = _ambient(rng, hum, n_audio, level, share)
+    if clip.kind in ("visual", "both"):
+        _burst_in(rng, frames)
+    if clip.kind in ("acoustic", "both"):
+        audio = audio + _event(rng, audio, SOUNDS[int(rng.integers(len(SOUNDS)))])
+    audio *= 0.9 / max(np.abs(audio).max(), 0.9)  # clip-free, never louder than it was
+    video = np.uint8(np.clip(frames, 0, 1) * 255 + 0.5)
+    return video, audio.astype(np.float32)
+
+
+def steady_levels(camera: int, seed: int) -> tuple[float, float, float]:
+    """A long recording's lighting, sound level and hum share, drawn once per camera."""
+    rng = np.random.default_rng([seed, 2_000_000 + camera])
+    return rng.uniform(0.9, 1.1), rng.uniform(0.03, 0.08), rng.uniform(0.3, 1.0)
+
+
+def _normal_frames(rng, background: np.ndarray, n: int, light: float | None) -> np.ndarray:
     """T×H×W×3: the scene under a slight lighting change, 1-2 passers-by walking slowly."""
-    frames = np.repeat(background[None] * rng.uniform(0.9, 1.1), n, axis=0)
+    drawn = rng.uniform(0.9, 1.1)
+    frames = np.repeat(background[None] * (drawn if light is None else light), n, axis=0)
     for _ in range(int(rng.integers(1, 3))):
         w, h = int(rng.integers(4, 7)), int(rng.integers(10, 16))
         x0, y = rng.uniform(0, WIDTH - w), int(rng.integers(HEIGHT // 2, HEIGHT - h))
@@ -109,7 +127,7 @@ def _burst_in(rng, frames: np.ndarray) -> None:
         patch[mask] = colour
 
 
-def _ambient(rng, hum: float, n: int) -> np.ndarray:
+def _ambient(rng, hum: float, n: int, level: float | None, share: float | None) -> np.ndarray:
     """Steady background: brownish noise plus a mains-like hum with two harmonics."""
     spectrum = np.fft.rfft(rng.standard_normal(n))
     freqs = np.fft.rfftfreq(n, 1 / SAMPLE_RATE)
@@ -118,7 +136,9 @@ def _ambient(rng, hum: float, n: int) -> np.ndarray:
     noise /= np.sqrt(np.mean(noise**2))
     t = np.arange(n) / SAMPLE_RATE
     tone = sum(np.sin(2 * np.pi * hum * h * t + rng.uniform(0, 6.3)) / h for h in (1, 2, 3))
-    return rng.uniform(0.03, 0.08) * (noise + rng.uniform(0.3, 1.0) * tone)
+    drawn_level, drawn_share = rng.uniform(0.03, 0.08), rng.uniform(0.3, 1.0)
+    level = drawn_level if level is None else level
+    return level * (noise + (drawn_share if share is None else share) * tone)
 
 
 def _event(rng, ambient: np.ndarray, sound: str) -> np.ndarray:

@@ -55,7 +55,7 @@ class LiveSource:
 
 
 def source_kind(source: str) -> str:
-    """"stream" for a URL, "device" for a V4L2/ALSA device, else "file"."""
+    """ "stream" for a URL, "device" for a V4L2/ALSA device, else "file"."""
     scheme, sep, _ = source.partition("://")
     if sep and scheme.lower() in STREAM_SCHEMES:
         return "stream"

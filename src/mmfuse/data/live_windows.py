@@ -86,7 +86,9 @@ class _SampleRing:
         if self.t0 is None:
             self.t0 = t
         elif t > self.end + 0.1:  # lost packets: silence where they were
-            self._write(np.zeros(min(round((t - self.end) * self.rate), len(self.ring)), np.float32))
+            self._write(
+                np.zeros(min(round((t - self.end) * self.rate), len(self.ring)), np.float32)
+            )
             self.t0 = t - self.total / self.rate
         if self.resampler is not None:
             mono = self.resampler.resample_chunk(mono)
@@ -116,8 +118,9 @@ class _SampleRing:
 class _Reader:
     """One pass over a live source: frames kept where windows sample them, audio in rings."""
 
-    def __init__(self, source, window, stride, frames, audio_rates, stats):
+    def __init__(self, source, window, stride, frames, audio_rates, stats, frame_size=None):
         self.source, self.window, self.stride = source, window, stride
+        self.frame_size = frame_size
         self.frame_counts, self.audio_rates = dict(frames), dict(audio_rates)
         self.stats = stats
         self.origin: float | None = None  # stream time of window 0's start
@@ -159,7 +162,10 @@ class _Reader:
         while self._start(k) < hi:
             start = self._start(k)
             for count in self.frame_counts.values():
-                if any(lo - _EPS <= s < hi - _EPS for s in sample_times(start, start + self.window, count)):
+                if any(
+                    lo - _EPS <= s < hi - _EPS
+                    for s in sample_times(start, start + self.window, count)
+                ):
                     return True
             k += 1
         return False
@@ -176,7 +182,8 @@ class _Reader:
         self.previous = (t if self.previous else -math.inf, frame)
 
     def _keep(self, frame: av.VideoFrame, t: float) -> None:
-        self.kept.append((t, frame_to_rgb(frame, self.rotation, None)))
+        size = None if self.frame_size is None else self.frame_size(frame.height, frame.width)
+        self.kept.append((t, frame_to_rgb(frame, self.rotation, size)))
         self.stats.peak_frames_held = max(self.stats.peak_frames_held, len(self.kept))
 
     def _pick(self, times: list[float]) -> torch.Tensor:
@@ -233,11 +240,16 @@ class _Reader:
         due = end + self.offset
         return LiveWindow(k, start - self.origin, end - self.origin, due, load)
 
-    def _finished(self, ended: bool = False) -> Iterator[LiveWindow]:
-        last = max(self.last.values(), default=None)
+    def _data_end(self, step: float) -> float:
+        """Where the data ends: the last frame's end, or the audio's if there is no video."""
+        if self.frame_counts and "video" in self.last:
+            return self.last["video"] + step
+        return max((r.end for r in self.rings.values()), default=-math.inf)
+
+    def _finished(self, ended: bool = False, step: float = 0.0) -> Iterator[LiveWindow]:
         while self.origin is not None and self._ready(self.next, ended):
-            if ended and self._start(self.next) + self.window > last + self.stride:
-                return  # past the end of the data
+            if ended and self._start(self.next) + self.window > self._data_end(step) + 0.1:
+                return  # it would reach past the end of the data: a frozen frame and silence
             yield self._window(self.next)
             self.stats.windows += 1
             self.next += 1
@@ -272,7 +284,7 @@ class _Reader:
         last = self.previous
         if last is not None and last[0] > -math.inf and self._sampled(last[0], math.inf):
             self._keep(self.previous[1], self.previous[0])
-        yield from self._finished(ended=True)
+        yield from self._finished(ended=True, step=step)
 
 
 def live_windows(
@@ -283,16 +295,20 @@ def live_windows(
     frames: Mapping[str, int],
     audio_rates: Mapping[str, int],
     stats: LiveStats | None = None,
+    frame_size: Callable[[int, int], tuple[int, int] | None] | None = None,
 ) -> Iterator[LiveWindow]:
     """Yield the source's windows in order as their data arrives, until the source ends.
 
     `frames[name]`: frames sampled per window for that name (as `read_video` samples a clip);
     `audio_rates[name]`: the rate of that name's mono track. Names whose stream the source
     lacks are left out of `load()`'s dict; `stats.ended` says why reading stopped.
+    `frame_size(height, width)`: the `(height, width)` to scale a kept frame to as it is
+    converted (as `read_video(size=...)` does for a clip), or None to keep it as it is.
     """
     stats = stats if stats is not None else LiveStats()
     with source.container:
-        yield from _Reader(source, window, stride, frames, audio_rates, stats).run()
+        reader = _Reader(source, window, stride, frames, audio_rates, stats, frame_size)
+        yield from reader.run()
 
 
 __all__ = ["CLOCK_DRIFT", "JUMP_S", "LiveStats", "LiveWindow", "live_windows"]

@@ -18,8 +18,10 @@ Generation is deterministic in `(samples, seed)`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmfuse.data._surveillance_media import (
@@ -31,8 +33,11 @@ from mmfuse.data._surveillance_media import (
     SECONDS,
     WIDTH,
     Clip,
+    clip_media,
     render_clip,
+    steady_levels,
 )
+from mmfuse.data.writers import write_video
 from mmfuse.errors import MmfuseError
 
 MARKER = "surveillance.json"
@@ -42,7 +47,17 @@ MARKER = "surveillance.json"
 SPLIT_SHARES = {"train": 0.4, "val": 0.3, "test": 0.3}
 MIN_SAMPLES = 12
 
-__all__ = ["FPS", "HEIGHT", "KINDS", "SAMPLE_RATE", "SECONDS", "WIDTH", "make_surveillance", "plan"]
+__all__ = [
+    "FPS",
+    "HEIGHT",
+    "KINDS",
+    "SAMPLE_RATE",
+    "SECONDS",
+    "WIDTH",
+    "make_surveillance",
+    "plan",
+    "write_scene",
+]
 
 
 def plan(samples: int, seed: int = 0) -> dict[str, list[Clip]]:
@@ -91,3 +106,47 @@ def make_surveillance(out_dir: str | Path, *, samples: int = 400, seed: int = 0)
     marker = {"samples": samples, "seed": seed, "seconds": SECONDS, "fps": FPS}
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return paths
+
+
+def write_scene(
+    path: str | Path,
+    kinds: Sequence[str],
+    *,
+    camera: int = 0,
+    seed: int = 0,
+    first_index: int = 100_000,
+    size: tuple[int, int] | None = None,
+) -> list[tuple[float, float, str]]:
+    """One long recording from `camera`: a `SECONDS`-long clip per entry of `kinds` ("normal"
+    or one of `KINDS`), back to back, clip i drawn as clip `first_index + i` of the dataset
+    `seed` (so not one of `make_surveillance`'s), under one lighting and sound level drawn for
+    the camera (a recording does not jump in loudness every 2 s, clips do). Returns the `(start, end, kind)` spans of the
+    anomalous clips (the anomaly starts somewhere inside its span).
+
+    `size`: `(width, height)` to scale the picture to (nearest neighbour), e.g. `(320, 240)`.
+    The container follows the suffix (`.ts`: MPEG-TS, as streamed); every frame is a key frame,
+    so a stream of it can be joined anywhere."""
+    bad = sorted(set(kinds) - {"normal", *KINDS})
+    if bad or not kinds:
+        raise MmfuseError(
+            f"write_scene: kinds must be normal or one of {KINDS}, got {bad or kinds}"
+        )
+    clips = [Clip(first_index + i, camera, kind, seed) for i, kind in enumerate(kinds)]
+    steady = steady_levels(camera, seed)
+    media = [clip_media(c, steady) for c in clips]
+    rows = cols = None
+    if size is not None:
+        rows = (np.arange(size[1]) * HEIGHT // size[1])[:, None]
+        cols = (np.arange(size[0]) * WIDTH // size[0])[None, :]
+    frames = (f if rows is None else f[rows, cols] for video, _ in media for f in video)
+    audio = np.concatenate([sound for _, sound in media])
+    write_video(
+        path,
+        frames,
+        fps=FPS,
+        keyframe_interval=1,
+        audio=audio,
+        audio_rate=SAMPLE_RATE,
+        audio_codec="aac",
+    )
+    return [(i * SECONDS, (i + 1) * SECONDS, k) for i, k in enumerate(kinds) if k != "normal"]

@@ -104,7 +104,7 @@ class SampleLoader:
         if modality == "image":
             side = spec.resize or math.ceil(spec.size * 8 / 7)
             raw = read_image(value, draft_size=(side, side))
-            return shrink_shorter(raw, _resize_to(spec))
+            return shrink_shorter(raw, resize_to(spec))
         if modality == "audio":
             if self.augment:
                 seconds = spec.duration * AUDIO_POOL
@@ -120,7 +120,7 @@ class SampleLoader:
     def _decode_video(self, spec, value) -> torch.Tensor:
         info = probe_video(value)
         frames = min(spec.frames * VIDEO_POOL, info.decodable_frames) if self.augment else None
-        size = decode_size(info.height, info.width, _resize_to(spec))
+        size = decode_size(info.height, info.width, resize_to(spec))
         clip = read_video(value, frames or spec.frames, mode="uniform", size=size)
         return clip.frames  # T×C×H×W
 
@@ -161,7 +161,7 @@ class SampleLoader:
         return self.finish(name, self.decode(name, value), generator)
 
 
-def _resize_to(spec) -> int:
+def resize_to(spec) -> int:
     """The shorter side the transform resizes to before cropping."""
     return spec.resize or round(spec.size * 8 / 7)
 
