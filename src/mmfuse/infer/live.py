@@ -97,6 +97,8 @@ def watch(
     for w in windows:
         lag = time.monotonic() - w.due if source.live else None
         if lag is not None and lag > max_lag:
+            for line in tracker.close():  # what the skipped windows held is unknown
+                emit(line)
             skips.skip(w.start, w.end, lag)
             summary.skipped += 1
             summary.worst_lag_s = max(summary.worst_lag_s, lag)

@@ -1,7 +1,8 @@
 """Scored windows → event lines: a line when an event starts, one when it ends.
 
 An event is a run of scored windows with one label (`"anomaly"`, or a classifier's class other
-than the background); windows skipped while behind neither end nor extend it. The start line
+than the background); windows skipped while behind end it (what they held is unknown), so an
+event never spans minutes it did not see. The start line
 goes out as soon as the first window of the run is scored, so an alarm never waits for the
 event to end; the end line sums the run up (its span, the peak score, which inputs fired).
 """

@@ -1,0 +1,209 @@
+"""Live anomaly detection over loopback UDP: does `mmfuse detect` keep up, and is memory flat?
+
+Fits an AnomalyDetector (default: the pretrained frozen encoders) on the generated surveillance
+clips (cached as benchmarks/anomaly.py caches them), or loads --detector. Writes a 60-s
+recording of one camera at 10 fps, 320×240, 16 kHz with anomalies at known times
+(`write_scene`), loops it with `ffmpeg -re -stream_loop -1 ... -f mpegts udp://127.0.0.1:PORT`
+for --minutes, and runs `mmfuse detect DETECTOR udp://...` as a process of its own, sampling
+its RSS every few seconds. Prints:
+
+- latency of each event's start line, from the end of its first anomalous window: as the
+  detector measures it (`latency_s`: from the arrival of the window's last data) and on the
+  wall clock (from the sender's start + the window's end; adds FFmpeg's mux delay), against
+  the target stride + 1 s;
+- which known anomalies got an event, and events away from any (false alarms);
+- RSS at start, min, max, end, and the drift (target: flat, within ±50 MB over 30 minutes);
+- windows scored and skipped, and the load average at start and end.
+
+    python benchmarks/live.py                     # 30 minutes
+    python benchmarks/live.py --quick             # about 1 minute, a check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmfuse import AnomalyDetector
+from mmfuse.data.cache import default_cache_dir, manifest_paths, read_marker
+from mmfuse.data.surveillance import MARKER, make_surveillance, write_scene
+
+# The looped recording: 30 clips of 2 s, anomalies of each kind at known places.
+KINDS = ["normal"] * 30
+for _index, _kind in ((6, "both"), (15, "visual"), (24, "acoustic")):
+    KINDS[_index] = _kind
+LOOP_S = 2.0 * len(KINDS)
+
+
+def detector_dir(args, work: Path) -> Path:
+    if args.detector:
+        return Path(args.detector)
+    root = default_cache_dir() / f"surveillance-{args.samples}-0"
+    marker = read_marker(root / MARKER)
+    if marker and marker.get("samples") == args.samples:
+        paths = manifest_paths(root)
+    else:
+        paths = make_surveillance(root, samples=args.samples, seed=0)
+    start = time.perf_counter()
+    detector = AnomalyDetector(false_alarm=args.false_alarm, device="cpu")
+    detector.fit(paths["train"], val=paths["val"])
+    print(f"fitted on {args.samples} clips in {time.perf_counter() - start:.0f} s")
+    for note in detector.notes_:
+        print(f"  note: {note}")
+    return detector.save(work / "detector")
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except ImportError:
+        pass
+    except Exception:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_bound(port: int, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"the detector never listened on udp port {port}")
+
+
+def stream(args, detector: Path, clip: Path) -> dict:
+    port, seconds = free_port(), args.minutes * 60
+    url = f"udp://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mmfuse", "detect", str(detector), url]
+    command += ["--window", str(args.window), "--stride", str(args.stride), "--idle", "5"]
+    detect = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[tuple[float, dict]] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), json.loads(x)) for x in detect.stdout)
+    )
+    reader.start()
+    errors: list[str] = []
+    err_reader = threading.Thread(target=lambda: errors.extend(detect.stderr))
+    err_reader.start()
+    wait_bound(port)
+    rss = [(0.0, rss_mb(detect.pid))]
+    load_start = os.getloadavg()
+    loop = ["-re", "-stream_loop", "-1", "-i", str(clip), "-t", str(seconds), "-c", "copy"]
+    sender = subprocess.Popen(["ffmpeg", "-loglevel", "error", *loop, "-f", "mpegts", url])
+    sent_at = time.monotonic()
+    while sender.poll() is None:
+        time.sleep(args.sample_every)
+        rss.append((time.monotonic() - sent_at, rss_mb(detect.pid)))
+    load_end = os.getloadavg()
+    detect.wait(timeout=120)
+    reader.join()
+    err_reader.join()
+    return {
+        "lines": lines,
+        "sent_at": sent_at,
+        "rss": [(t, m) for t, m in rss if m is not None],
+        "load": (load_start, load_end),
+        "stderr": errors,
+        "code": detect.returncode,
+        "seconds": seconds,
+    }
+
+
+def anomalies(seconds: float) -> list[tuple[float, float]]:
+    spans = [(a, b) for a, b, _ in known()]
+    loops = int(np.ceil(seconds / LOOP_S))
+    return [(a + k * LOOP_S, b + k * LOOP_S) for k in range(loops) for a, b in spans]
+
+
+def known() -> list[tuple[float, float, str]]:
+    return [(2.0 * i, 2.0 * i + 2.0, k) for i, k in enumerate(KINDS) if k != "normal"]
+
+
+def report(run: dict, args) -> None:
+    starts = [(t, e) for t, e in run["lines"] if e["state"] == "start"]
+    inner = np.array([e["latency_s"] for _, e in starts if e["latency_s"] is not None])
+    wall = np.array([t - (run["sent_at"] + e["end"]) for t, e in starts])
+    target = args.stride + 1.0
+    print(f"\nstreamed {run['seconds'] / 60:.1f} min; detector exit code {run['code']}")
+    for name, values in (("detector-measured", inner), ("wall clock (+ mux delay)", wall)):
+        if len(values):
+            p50, p90 = np.percentile(values, [50, 90])
+            print(
+                f"event latency, {name}: p50 {p50:.2f} s, p90 {p90:.2f} s, max {values.max():.2f}"
+                f" s (target < {target:.1f} s; {int((values < target).sum())}/{len(values)} within)"
+            )
+    truth = [(a, b) for a, b in anomalies(run["seconds"]) if b <= run["seconds"] - LOOP_S / 30]
+    ends = [e for _, e in run["lines"] if e["state"] == "end"]
+    hit = sum(any(e["start"] < b and e["end"] > a for e in ends) for a, b in truth)
+    false = sum(not any(e["start"] < b and e["end"] > a for a, b in truth) for e in ends)
+    print(f"known anomalies with an event: {hit}/{len(truth)}; events away from any: {false}")
+    mbs = [m for _, m in run["rss"]]
+    if mbs:
+        print(
+            f"RSS (MB): start {mbs[0]:.0f}, min {min(mbs):.0f}, max {max(mbs):.0f}, end "
+            f"{mbs[-1]:.0f}; drift end - start {mbs[-1] - mbs[0]:+.0f} (target within ±50)"
+        )
+    summary = [x for x in run["stderr"] if "windows scored" in x]
+    skipped = re.search(r"(\d+) windows scored, (\d+) skipped", summary[-1]) if summary else None
+    if skipped:
+        print(f"windows scored {skipped[1]}, skipped {skipped[2]}")
+    for line in run["stderr"]:
+        if "behind real time" in line:
+            print("  " + line.strip())
+    (l1, l5, _), (e1, e5, _) = run["load"]
+    print(f"load average (1, 5 min): start {l1:.2f} {l5:.2f}, end {e1:.2f} {e5:.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--quick", action="store_true", help="about 1 minute, 40 fitting clips")
+    p.add_argument("--detector", help="a fitted detector folder (default: fit one)")
+    p.add_argument("--samples", type=int, default=400, help="clips to fit on (default 400)")
+    p.add_argument("--false-alarm", type=float, default=0.01)
+    p.add_argument("--window", type=float, default=2.0)
+    p.add_argument("--stride", type=float, default=1.0)
+    p.add_argument("--sample-every", type=float, default=5.0, help="RSS sampling period (s)")
+    args = p.parse_args()
+    if args.quick:
+        args.minutes, args.samples, args.sample_every = 1.0, 40, 2.0
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        detector = detector_dir(args, work)
+        clip = work / "recording.ts"
+        write_scene(clip, KINDS, camera=0, seed=0, size=(320, 240))
+        print(f"recording: {LOOP_S:.0f} s looped, anomalies at {known()}")
+        report(stream(args, detector, clip), args)
+
+
+if __name__ == "__main__":
+    main()
