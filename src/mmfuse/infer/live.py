@@ -79,9 +79,12 @@ def watch(
     """Score `source`'s windows until it ends, emitting event lines; return the counts.
 
     `max_lag`: seconds behind real time past which windows are skipped (default: one stride,
-    at least 1 s); a file (not live) is never behind and never skipped.
+    at least 1 s) on a stream or device; a file is never skipped, a growing file only when
+    `max_lag` is given.
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    # A growing file's unread part waits on disk, not in memory: skipped only when asked.
+    skipping = source.kind in ("stream", "device") or (source.live and max_lag is not None)
     max_lag = max(stride, 1.0) if max_lag is None else max_lag
     stats, summary, skips = LiveStats(), WatchSummary(), _Skips(log)
     tracker = EventTracker(source.name, scorer.extra)
@@ -96,7 +99,7 @@ def watch(
     )
     for w in windows:
         lag = time.monotonic() - w.due if source.live else None
-        if lag is not None and lag > max_lag:
+        if skipping and lag > max_lag:
             for line in tracker.close():  # what the skipped windows held is unknown
                 emit(line)
             skips.skip(w.start, w.end, lag)
