@@ -25,7 +25,8 @@ import torch
 
 from mmfuse.data.manifest import Manifest
 from mmfuse.errors import ManifestError, MediaError
-from mmfuse.features.sample import SampleLoader
+from mmfuse.features.batched import FrontEnd
+from mmfuse.features.sample import STAGED, SampleLoader
 from mmfuse.model.config import IGNORE_INDEX, InputConfig
 
 
@@ -95,6 +96,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
     (a decoded-sample store: `fetch(value, decode)` returns the stored array or stores what
     `decode()` returns) keeps that input's decoded files, so later epochs skip decoding. With
     `profile` set, each item also carries `"timing"`: seconds spent reading and preprocessing.
+    With `deferred` set, image, audio and video inputs stop at `SampleLoader.stage` (uint8
+    pixels, cut waveforms, the random draws still to apply) and whoever takes the batches
+    finishes them with `frontend()` on the device.
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         corruptions: Mapping[str, tuple] | None = None,
         features: Mapping[str, torch.Tensor] | None = None,
         feature_errors: Mapping[str, Mapping[int, Skipped]] | None = None,
+        deferred: bool = False,
     ):
         self.manifest = manifest
         self.inputs = dict(inputs)
@@ -128,6 +133,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         self.feature_errors = {k: dict(v) for k, v in (feature_errors or {}).items()}
         self.decoded: dict[str, object] = {}
         self.profile = False
+        self.deferred = deferred
         self._timing: dict | None = None
         missing = [c.column for c in self.inputs.values() if c.column not in manifest.frame]
         if missing:
@@ -175,6 +181,15 @@ class MultimodalDataset(torch.utils.data.Dataset):
             return torch.zeros(self.features[name].shape[1])
         return self.loader.placeholders[name]
 
+    def frontend(self) -> FrontEnd:
+        """What finishes this dataset's staged inputs, a batch at a time (see `deferred`)."""
+        return self.loader.frontend()
+
+    def _absent(self, name: str):
+        if self.deferred and name not in self.features and self.inputs[name].modality in STAGED:
+            return self.loader.staged_placeholder(name)
+        return self.placeholders[name]
+
     def __getitem__(self, key):
         epoch, row = key if isinstance(key, tuple) else (0, key)
         row = int(row)
@@ -186,7 +201,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             column = self.inputs[name].column
             value = self.manifest.value(row, column)
             if value is None:
-                item["inputs"][name], item["present"][name] = self.placeholders[name], False
+                item["inputs"][name], item["present"][name] = self._absent(name), False
                 continue
             if name in self.features:
                 failed = self.feature_errors.get(name, {}).get(row)
@@ -221,7 +236,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
         else:
             raw = store.fetch(value, lambda: self.loader.decode(name, value))
         decoded = time.perf_counter()
-        out = self.loader.finish(name, raw, generator)
+        finish = self.loader.stage if self.deferred else self.loader.finish
+        out = finish(name, raw, generator)
         if self._timing is not None:
             self._timing["read"] += decoded - start
             self._timing["preprocess"] += time.perf_counter() - decoded

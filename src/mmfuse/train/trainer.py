@@ -151,6 +151,7 @@ class Trainer:
         for split, data in (("training", train), ("validation", val)):
             if data is not None:
                 check_loadable(data, split, cfg.max_failed_share)
+                data.deferred = True  # log-mel, normalisation: per batch (`features.batched`)
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
         self.prepare_cache(train, val)
