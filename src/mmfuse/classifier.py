@@ -235,9 +235,7 @@ class MultimodalClassifier(BaseEstimator):
             )
 
     # ------------------------------------------------------------------ inference
-    def _dataset(self, X, deferred: bool = False) -> MultimodalDataset:
-        """`X` as a dataset; `deferred` for `predict_dataset`, which finishes the preprocessing
-        a batch at a time on the device."""
+    def _dataset(self, X) -> MultimodalDataset:
         config = self.model_config_
         roles = {spec.column: spec.modality for spec in config.inputs.values()}
         manifest = _as_manifest(X, None, roles, need_label=False)
@@ -248,7 +246,6 @@ class MultimodalClassifier(BaseEstimator):
             specs,
             self.labels_,
             decode_timeout=self.train_config_.decode_timeout,
-            deferred=deferred,
         )
 
     def _predict_options(self) -> PredictOptions:
@@ -264,7 +261,7 @@ class MultimodalClassifier(BaseEstimator):
         """N×C class probabilities (columns in `classes_` order); NaN rows could not be read."""
         self._check_fitted()
         task = task or self.task_
-        dataset = self._dataset(X, deferred=True)
+        dataset = self._dataset(X)
         out = predict_dataset(self.model_, dataset, self._predict_options())
         proba = np.full((len(dataset), len(self.labels_[task])), np.nan)
         proba[out["rows"]] = out["proba"]["all"][task]
@@ -301,7 +298,7 @@ class MultimodalClassifier(BaseEstimator):
         self._check_fitted()
         result = evaluate_model(
             self.model_,
-            self._dataset(X, deferred=True),
+            self._dataset(X),
             out_dir,
             options=self._predict_options(),
             ablation=ablation,

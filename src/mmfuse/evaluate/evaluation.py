@@ -161,5 +161,4 @@ def corrupted(dataset, corruptions: Mapping[str, tuple]):
         corruptions=corruptions,
         features={n: f for n, f in dataset.features.items() if n not in corruptions},
         feature_errors={n: e for n, e in dataset.feature_errors.items() if n not in corruptions},
-        deferred=dataset.deferred,
     )

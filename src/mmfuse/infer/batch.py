@@ -37,7 +37,8 @@ def collate(items: list) -> dict:
     """Stack items → `{"rows", "skipped", "inputs", "mask" (B×M bool), "labels"}`.
 
     Inputs are in sorted name order, as the model keeps them; text stays a list of strings (each
-    encoder tokenizes its own); staged inputs (a deferred dataset's) become one `Staged`. A batch whose every item was skipped has only rows and skipped.
+    encoder tokenizes its own); staged inputs (a `StagedView`'s) become one `Staged`. A batch
+    whose every item was skipped has only rows and skipped.
     """
     skipped = [i for i in items if isinstance(i, Skipped)]
     items = [i for i in items if not isinstance(i, Skipped)]

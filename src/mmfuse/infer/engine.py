@@ -18,7 +18,7 @@ from torch import Tensor
 from mmfuse import distributed
 from mmfuse.features.batched import FrontEnd, Staged
 from mmfuse.infer.batch import batches_of, row_loader
-from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, StagedView
 from mmfuse.model.multimodal import MultimodalModel, encoder_input
 
 # `{variant: {input name: kept?}}`: the same encoded batch scored under several presence masks.
@@ -55,7 +55,7 @@ def to_device(
     for name, value in inputs.items():
         if isinstance(value, Staged):
             raise TypeError(
-                f"input {name!r} is staged (a deferred dataset's batch); finish it first with "
+                f"input {name!r} is staged (a StagedView's batch); finish it first with "
                 "the dataset's frontend() (predict_batches(..., frontend=...))"
             )
         value = encoder_input(model.encoders[name], value, device)
@@ -112,7 +112,7 @@ def predict_batches(
     classified under each presence mask; a row left with no input gets NaN probabilities.
     Returns `{"rows", "labels": {task: N}, "proba": {variant or "all": {task: N×C}}, "loss",
     "loss_rows", "skipped"}` (loss: the mean of `loss_fn` over fully scored batches).
-    `frontend` finishes staged inputs (a deferred dataset's) on `device`, a batch at a time.
+    `frontend` finishes staged inputs (a `StagedView`'s) on `device`, a batch at a time.
     """
     tasks = list(classes)
     variants = variants or {"all": {n: True for n in model.names}}
@@ -205,8 +205,9 @@ def predict_dataset(
     model = model.to(device)
     model.eval()
     order = distributed.rank_slice(list(range(len(dataset))), dist, pad=False)
+    # Log-mel and normalisation run per batch on `device` (`features.batched`).
     batches = row_loader(
-        dataset,
+        StagedView(dataset),
         batches_of(order, opt.batch_size),
         workers=opt.workers,
         seed=opt.seed,
