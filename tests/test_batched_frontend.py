@@ -8,6 +8,7 @@ which now train through it.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ from mmfuse.infer.batch import collate
 from mmfuse.infer.dataset import StagedView
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model import InputConfig
-from train_helpers import build_model, make_data, make_dataset, tiny_model_config
+from mmfuse.train import Trainer
+from train_helpers import build_model, make_data, make_dataset, quick_config, tiny_model_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -176,8 +178,9 @@ def test_the_front_end_on_cuda_equals_the_cpu(gappy, monkeypatch):
             tolerance = TOLERANCE["audio" if name == "audio" else "image"]
             torch.testing.assert_close(cuda[name].cpu(), cpu[name], **tolerance)
     # The whole prediction path on the GPU: the front end, then the model, as on the CPU.
+    # Convolutions in full fp32 (matmuls already are by default), so the GPU's logits can be
+    # held to the CPU's closely.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     dataset = make_dataset(manifest, config, model, train=False)
     out = {
         d: predict_dataset(model, dataset, PredictOptions(device=d, batch_size=4))
@@ -190,3 +193,17 @@ def test_the_front_end_on_cuda_equals_the_cpu(gappy, monkeypatch):
             rtol=1e-3,
             atol=1e-4,
         )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_fit_on_cuda_finishes_its_batches_there(gappy, tmp_path):
+    manifest, config, _ = gappy
+    model = build_model(config, 0)
+    dataset = make_dataset(manifest, config, model, train=True, seed=0)
+    # A worker, so the batches come through the DataLoader's pin-memory thread.
+    options = quick_config(device="cuda", epochs=2, workers=1, profile=True, decoded_cache=False)
+    result = Trainer(model, options, tmp_path / "run", model_config=config, log=print).fit(dataset)
+    for record in result.history:
+        assert math.isfinite(record["train_loss"])
+        assert record["profile_frontend_s"] > 0
+    assert next(model.parameters()).device.type == "cuda"
