@@ -98,7 +98,3 @@ class FrontEnd:
     ) -> dict:
         """`to_device`, then `finish`."""
         return self.finish(self.to_device(inputs, device), mask)
-
-
-def has_staged(inputs: Mapping[str, object]) -> bool:
-    return any(isinstance(v, Staged) for v in inputs.values())
