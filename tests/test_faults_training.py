@@ -20,6 +20,7 @@ import torch
 
 from mmfuse.cli import main
 from mmfuse.errors import CheckpointError, MmfuseError
+from mmfuse.features.batched import Staged
 from mmfuse.train import BadSampleError, Trainer, _ckpt_io, latest_checkpoint, verify_checkpoint
 from mmfuse.train import step as step_module
 from mmfuse.train.logger import MetricsLogger
@@ -75,10 +76,15 @@ def test_nan_input_rows_are_skipped_named_and_never_reach_the_weights(shapes, tm
     bad_path = shapes.value(bad_row, "audio")
     load = dataset.load
 
-    # As a float WAV holding NaN would load if a reader let it through.
-    def nan_audio(name, value, generator=None):
-        x = load(name, value, generator)
-        return torch.full_like(x, math.nan) if value == bad_path else x
+    # As a float WAV holding NaN would load if a reader let it through (training loads the
+    # waveform staged, for the batched front end to turn into a log-mel).
+    def nan_audio(name, value, generator=None, staged=False):
+        x = load(name, value, generator, staged)
+        if value != bad_path:
+            return x
+        if isinstance(x, Staged):
+            return Staged(torch.full_like(x.data, math.nan), x.params)
+        return torch.full_like(x, math.nan)
 
     dataset.load = nan_audio
     result = trainer.fit(dataset)
@@ -407,6 +413,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from train_helpers import build_model, make_dataset, quick_config, tiny_model_config
 from mmfuse.data.manifest import read_manifest
+from mmfuse.features.batched import Staged
 from mmfuse.train import Trainer
 
 manifest, run = read_manifest(sys.argv[2]), Path(sys.argv[3])
@@ -415,7 +422,8 @@ model = build_model(config, seed=0)
 trainer = Trainer(model, quick_config(epochs=2, batch_size=8), run, model_config=config)
 dataset = make_dataset(manifest, config, model, train=True)
 load, bad = dataset.load, manifest.value(5, "audio")
-dataset.load = lambda n, v, g=None: (lambda x: x * math.nan if v == bad else x)(load(n, v, g))
+nan = lambda x: Staged(x.data * math.nan, x.params) if isinstance(x, Staged) else x * math.nan
+dataset.load = lambda n, v, g=None, s=False: (lambda x: nan(x) if v == bad else x)(load(n, v, g, s))
 trainer.fit(dataset)
 rank = int(os.environ["RANK"])
 (run / f"weights-{rank}.json").write_text(json.dumps([p.double().sum().item() for p in model.parameters()]))

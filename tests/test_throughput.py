@@ -129,11 +129,12 @@ def test_the_profile_times_every_stage_of_every_epoch(media, tmp_path):
     lines = []
     result, _, _ = fit(media, tmp_path / "run", epochs=2, workers=0, profile=True, log=lines.append)
     for record in result.history:
-        for stage in ("read", "preprocess", "wait", "forward", "backward", "optimizer"):
+        for stage in ("read", "preprocess", "wait", "frontend", "forward", "backward", "optimizer"):
             assert record[f"profile_{stage}_s"] > 0, stage
         assert 0 < record["model_busy"] <= 1
     profiles = [line for line in lines if "profile, epoch" in line]
     assert len(profiles) == 2 and "model busy" in profiles[0] and "read/decode" in profiles[0]
+    assert "batched preprocessing" in profiles[0]
 
 
 def test_without_the_profile_epochs_carry_no_profile(media, tmp_path):

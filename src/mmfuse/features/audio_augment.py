@@ -38,8 +38,39 @@ def spec_augment(
 
     x = spec.reshape(-1, *spec.shape[-2:])  # B×F×T
     n, f, t = x.shape
-    freq = _band_mask(n, f, freq_masks, freq_width, generator, x.device)  # B×F
-    time = _band_mask(n, t, time_masks, time_width, generator, x.device)  # B×T
+    freq, time = draw_masks(
+        n, f, t, freq_masks, freq_width, time_masks, time_width, generator, x.device
+    )
+    return apply_masks(spec, freq, time, fill)
+
+
+def draw_masks(
+    n: int,
+    f: int,
+    t: int,
+    freq_masks: int = 2,
+    freq_width: int = 8,
+    time_masks: int = 2,
+    time_width: int = 10,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SpecAugment's random bands for `n` spectrograms of `f×t` → `(n×f, n×t)` bool on `device`
+    (default: the generator's, else the CPU), True where masked. They need only the shape, so
+    a loader can draw them before the spectrogram exists and the batch apply them later."""
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    freq = _band_mask(n, f, freq_masks, freq_width, generator, device)  # n×f
+    time = _band_mask(n, t, time_masks, time_width, generator, device)  # n×t
+    return freq, time
+
+
+def apply_masks(
+    spec: torch.Tensor, freq: torch.Tensor, time: torch.Tensor, fill: float | str = "mean"
+) -> torch.Tensor:
+    """`spec` (`…×F×T`, `B` spectrograms in all) with the `B×F` and `B×T` masks of `draw_masks`
+    set to `fill` (a number, or "mean": each spectrogram's own mean). Returns a new tensor."""
+    x = spec.reshape(-1, *spec.shape[-2:])  # B×F×T
     mask = freq[:, :, None] | time[:, None, :]  # B×F×T
     if fill == "mean":
         value = x.mean(dim=(-2, -1), keepdim=True)  # B×1×1

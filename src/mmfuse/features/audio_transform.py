@@ -1,7 +1,9 @@
 """The audio pipeline an AudioSpec implies: fix the clip length, then compute the named feature.
 
 Train mode crops at a random offset per clip and applies SpecAugment to the log-mel; eval mode
-(`train=False`, or `.eval()` on the module) crops the centre and is deterministic. Waveforms must already be at `spec.sample_rate`.
+(`train=False`, or `.eval()` on the module) crops the centre and is deterministic. Waveforms must
+already be at `spec.sample_rate`. `stage` is the per-clip half (crop, random draws) and `finish`
+the batch half (log-mel, masks, MFCC) that `features.batched.FrontEnd` runs on the device.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from torch import nn
 
 from mmfuse.features._random import randint_below
 from mmfuse.features.audio import dct_matrix, log_mel
-from mmfuse.features.audio_augment import spec_augment
+from mmfuse.features.audio_augment import apply_masks, draw_masks
+from mmfuse.features.batched import Staged
 from mmfuse.features.spec import AudioSpec
 
 FEATURES = ("log_mel", "mfcc", "waveform")
@@ -43,6 +46,18 @@ def fix_length(
     return flat.gather(-1, index).reshape(*wave.shape[:-1], length)
 
 
+def clip_length(spec: AudioSpec) -> int:
+    """Samples per clip: `duration` seconds at `sample_rate`."""
+    return round(spec.duration * spec.sample_rate)
+
+
+def frame_count(spec: AudioSpec, length: int) -> int:
+    """Frames of the (centred) log-mel of `length` samples, as `log_mel` computes it."""
+    win = spec.win_length or spec.n_fft
+    hop = spec.hop_length or win // 4
+    return 1 + (length + 2 * (spec.n_fft // 2) - spec.n_fft) // hop
+
+
 class AudioTransform(nn.Module):
     """Waveform batch (`…×N`) → the feature `spec.feature` names, sized as `spec` says.
 
@@ -70,10 +85,36 @@ class AudioTransform(nn.Module):
         self.generator = generator
 
     def forward(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        lead = wave.shape[:-1]
+        out = self.finish(self.stage(wave, generator))  # B×…
+        return out.reshape(*lead, *out.shape[1:])
+
+    def stage(self, wave: torch.Tensor, generator: torch.Generator | None = None) -> Staged:
+        """The per-clip half: `…×N` cut to the clip length (`B×L`), and in train mode the
+        SpecAugment masks `finish` applies, drawn from `generator` (they need only the shape)."""
         spec = self.spec
         generator = generator if generator is not None else self.generator
-        length = round(spec.duration * spec.sample_rate)
-        wave = fix_length(wave, length, self.training, generator)  # …×L
+        length = clip_length(spec)
+        wave = fix_length(wave, length, self.training, generator).reshape(-1, length)  # B×L
+        params = {}
+        if self.training and spec.feature != "waveform" and (self.freq_masks or self.time_masks):
+            frames = frame_count(spec, length)
+            params["freq_mask"], params["time_mask"] = draw_masks(
+                wave.shape[0],
+                spec.n_mels,
+                frames,
+                freq_masks=self.freq_masks,
+                freq_width=max(1, spec.n_mels // 8),
+                time_masks=self.time_masks,
+                time_width=max(1, frames // 10),
+                generator=generator,
+                device=wave.device,
+            )
+        return Staged(wave, params)
+
+    def finish(self, staged: Staged) -> torch.Tensor:
+        """The batch half, on the batch's device: `B×L` → the feature (`B×M×T`, `B×C×T`, `B×L`)."""
+        spec, wave = self.spec, staged.data
         if spec.feature == "waveform":
             return wave
         db = log_mel(
@@ -86,19 +127,12 @@ class AudioTransform(nn.Module):
             fmin=spec.fmin,
             fmax=spec.fmax,
             top_db=spec.top_db,
-        )  # …×M×T
-        if self.training:
-            db = spec_augment(
-                db,
-                freq_masks=self.freq_masks,
-                freq_width=max(1, spec.n_mels // 8),
-                time_masks=self.time_masks,
-                time_width=max(1, db.shape[-1] // 10),
-                generator=generator,
-            )
+        )  # B×M×T
+        if "freq_mask" in staged.params:
+            db = apply_masks(db, staged.params["freq_mask"], staged.params["time_mask"])
         if spec.feature == "mfcc":
             basis = dct_matrix(spec.n_mels, spec.n_mfcc, 0.0, db.dtype, db.device)  # C×M
-            return torch.matmul(basis, db)  # …×C×T
+            return torch.matmul(basis, db)  # B×C×T
         return db
 
     def extra_repr(self) -> str:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mmfuse.features._random import rand, randint_below
+from mmfuse.features.batched import Staged
 from mmfuse.features.spec import ImageSpec
 
 Params = dict[str, torch.Tensor]
@@ -279,12 +280,22 @@ class Pipeline(nn.Module):
     Call it on `C×H×W` (one image, any size), `B×C×H×W`, or a list of `C×H×W` of mixed sizes
     (each transformed alone, then stacked). A generator passed to the call overrides the one
     given at construction; with neither, torch's global RNG is used.
+
+    The ops from `ToFloat` on (float conversion, flip, jitter, normalisation) keep the size, so
+    they can run per batch on the device (`finish`) on what `stage` cut per sample, with the
+    random parameters `stage` drew for them.
     """
 
     def __init__(self, ops: list[ImageOp], generator: torch.Generator | None = None):
         super().__init__()
         self.ops = nn.ModuleList(ops)
         self.generator = generator
+        self.split = next((i for i, op in enumerate(ops) if isinstance(op, ToFloat)), len(ops))
+        resizing = [op for op in ops[self.split :] if isinstance(op, RESIZING_OPS)]
+        if resizing:
+            raise ValueError(
+                f"{type(resizing[0]).__name__} after ToFloat: put crops and resizes before it"
+            )
 
     def forward(
         self, x: torch.Tensor | list[torch.Tensor], generator: torch.Generator | None = None
@@ -304,10 +315,31 @@ class Pipeline(nn.Module):
         self, x: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """`n×G×C×H×W` → same layout, one draw of parameters per sample shared by its G images."""
+        return self.finish(self.stage(x, generator))
+
+    def stage(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Staged:
+        """The per-sample half on `n×G×C×H×W`: the ops before `ToFloat`, then the draws of the
+        ops after it, in the order `apply_grouped` has always drawn them."""
         generator = generator if generator is not None else self.generator
-        for op in self.ops:
+        for op in self.ops[: self.split]:
             x = op.transform(x, op.make_params(x, generator))
+        params = {}
+        for i, op in enumerate(self.ops[self.split :], start=self.split):
+            # These ops draw one row per sample from the shape alone, so uint8 x will do.
+            params.update({f"{i}.{k}": v for k, v in op.make_params(x, generator).items()})
+        return Staged(x, params)
+
+    def finish(self, staged: Staged) -> torch.Tensor:
+        """The batch half, on the batch's device: `ToFloat` and the ops after it."""
+        x = staged.data
+        for i, op in enumerate(self.ops[self.split :], start=self.split):
+            prefix = f"{i}."
+            params = {k[len(prefix) :]: v for k, v in staged.params.items() if k.startswith(prefix)}
+            x = op.transform(x, {k: v.to(x.device) for k, v in params.items()})
         return x
+
+
+RESIZING_OPS = (ResizeShorter, CenterCrop, RandomCrop, RandomResizedCrop)
 
 
 def eval_ops(

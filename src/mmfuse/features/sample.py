@@ -1,7 +1,9 @@
 """One cell → the tensor its encoder expects: read the file, then the encoder's transform.
 
 Training, evaluation, `mmfuse predict` and the HTTP service all go through `SampleLoader.load`,
-so the same file gives the same tensor everywhere. Build it once and reuse it: the transforms
+so the same file gives the same tensor everywhere. Training and batched prediction stop at
+`stage` and finish whole batches on the device (`finish_batch`, `features.batched`): the same
+steps, so a sample's tensor is the same either way. Build it once and reuse it: the transforms
 (mel filterbanks included) are made in the constructor, never per call.
 """
 
@@ -18,7 +20,8 @@ from mmfuse.data.modalities import TABULAR
 from mmfuse.data.text import read_text
 from mmfuse.data.video import probe_video, read_video
 from mmfuse.features._random import rand
-from mmfuse.features.audio_transform import AudioTransform, fix_length
+from mmfuse.features.audio_transform import AudioTransform, clip_length, fix_length
+from mmfuse.features.batched import FrontEnd, Staged
 from mmfuse.features.image import image_transform, resize
 from mmfuse.features.tabular import CellError, tabular_transform
 from mmfuse.features.video import frame_indices, video_transform
@@ -28,6 +31,8 @@ from mmfuse.features.video import frame_indices, video_transform
 # frames and crop come from arrays the decoded-sample cache can keep.
 VIDEO_POOL = 4
 AUDIO_POOL = 2.0
+# The modalities whose last preprocessing steps can run per batch (`stage`, `finish_batch`).
+STAGED = ("image", "audio", "video")
 
 
 class SampleLoader:
@@ -57,6 +62,7 @@ class SampleLoader:
         self.text_files = frozenset(text_files)
         self.transforms = {n: self._transform(n) for n in self.modalities}
         self.placeholders = {n: self.placeholder(n) for n in self.modalities}
+        self._staged_placeholders: dict[str, Staged] = {}
 
     def _transform(self, name: str):
         spec, modality = self.specs[name], self.modalities[name]
@@ -81,7 +87,7 @@ class SampleLoader:
         if modality == "video":
             return torch.zeros(spec.frames, 3, spec.size, spec.size)
         if modality == "audio":
-            length = round(spec.duration * spec.sample_rate)
+            length = clip_length(spec)
             # A transform of its own: `.eval()` on the shared one would turn the training
             # crops and SpecAugment off for good.
             with torch.no_grad():
@@ -125,26 +131,68 @@ class SampleLoader:
         return clip.frames  # T×C×H×W
 
     def finish(self, name: str, raw, generator: torch.Generator | None = None):
-        """`decode`'s output → the encoder's tensor: the random crops, frames, flips, noise and
-        SpecAugment of this draw (from `generator`), corruptions, then the transform."""
+        """`decode`'s output → the encoder's tensor: `stage`, then the batched front end's
+        steps on a batch of this one sample (`finish_batch`)."""
         modality = self.modalities[name]
         if modality == "text":
             return raw
         if modality in TABULAR:
             return self._load_tabular(name, raw, generator)
+        return self.finish_batch(name, self.stage(name, raw, generator))[0]
+
+    def stage(self, name: str, raw, generator: torch.Generator | None = None):
+        """`decode`'s output → a one-row `Staged` of an image, audio or video input (other
+        inputs: `finish`'s value): the random crops, frames, flips, noise and SpecAugment masks
+        of this draw (from `generator`) and corruptions, but not the float conversion,
+        normalisation and log-mel, which `finish_batch` does for a whole batch."""
+        modality, spec = self.modalities[name], self.specs[name]
+        if modality not in STAGED:
+            return self.finish(name, raw, generator)
         if modality == "audio" and self.augment:
-            raw = _random_clip(raw, self.specs[name], generator)
+            raw = _random_clip(raw, spec, generator)
         indices = None
         if modality == "video":
-            indices = frame_indices(raw.shape[0], self.specs[name].frames, self.augment, generator)
+            indices = frame_indices(raw.shape[0], spec.frames, self.augment, generator)
         corruption, level = self.corruptions.get(name, (None, None))
         if corruption is not None:
             raw = corruption(raw, level, generator)
-        transform = self.transforms[name]
+        return self._stage_one(name, raw, generator, indices)
+
+    def _stage_one(self, name: str, raw, generator, indices=None) -> Staged:
+        modality, transform = self.modalities[name], self.transforms[name]
         with torch.no_grad():
             if modality == "video":
-                return transform(raw, generator, indices=indices)
-            return transform(raw, generator)
+                rows = None if indices is None else indices[None]
+                return transform.stage(raw[None], generator, indices=rows)
+            if modality == "image":
+                return transform.stage(raw[None, None], generator)
+            return transform.stage(raw[None], generator)
+
+    def finish_batch(self, name: str, staged: Staged) -> torch.Tensor:
+        """Staged rows of input `name` (`Staged.cat` of `stage`'s values) → the encoder's batch,
+        computed on the device they are on."""
+        with torch.no_grad():
+            out = self.transforms[name].finish(staged)
+        return out[:, 0] if self.modalities[name] == "image" else out  # images: n×1×C×H×W
+
+    def staged_placeholder(self, name: str) -> Staged:
+        """A `Staged` row for an absent image, audio or video input: zeros, with draws from a
+        generator of its own (the front end replaces its finished row with `placeholders`)."""
+        if name not in self._staged_placeholders:
+            spec, modality = self.specs[name], self.modalities[name]
+            if modality == "audio":
+                raw = torch.zeros(clip_length(spec))
+            elif modality == "image":
+                raw = torch.zeros(3, spec.size, spec.size, dtype=torch.uint8)
+            else:
+                raw = torch.zeros(spec.frames, 3, spec.size, spec.size, dtype=torch.uint8)
+            generator = torch.Generator().manual_seed(0)
+            self._staged_placeholders[name] = self._stage_one(name, raw, generator)
+        return self._staged_placeholders[name]
+
+    def frontend(self) -> FrontEnd:
+        """The batched front end for this loader's staged values (`finish_batch`)."""
+        return FrontEnd(self.finish_batch, self.placeholders)
 
     def _load_tabular(self, name: str, value, generator: torch.Generator | None):
         """A numeric or categorical cell → a 1-element float tensor (CellError if unparsable)."""
@@ -184,7 +232,7 @@ def shrink_shorter(image: torch.Tensor, short: int) -> torch.Tensor:
 
 def _random_clip(wave: torch.Tensor, spec, generator: torch.Generator | None) -> torch.Tensor:
     """`spec.duration` seconds at a random place in a decoded pool (zero-padded if shorter)."""
-    length = round(spec.duration * spec.sample_rate)
+    length = clip_length(spec)
     place = float(rand((1,), generator, torch.device("cpu")))
     start = int(place * max(wave.shape[-1] - length, 0))
     return fix_length(wave[..., start : start + length], length)

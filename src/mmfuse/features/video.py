@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmfuse.features._random import rand
+from mmfuse.features.batched import Staged
 from mmfuse.features.image import (
     ColorJitter,
     HorizontalFlip,
@@ -89,22 +90,36 @@ class VideoTransform(nn.Module):
         `indices` (`frames` or `B×frames`) skips frame sampling, for when the caller already drew
         them with `frame_indices` to cut the audio too.
         """
+        single = clip.ndim == 4
+        x = self.finish(self.stage(clip[None] if single else clip, generator, indices))
+        return x[0] if single else x
+
+    def stage(
+        self,
+        clip: torch.Tensor,
+        generator: torch.Generator | None = None,
+        indices: torch.Tensor | None = None,
+    ) -> Staged:
+        """The per-clip half on `B×T×C×H×W`: pick the frames, resize and crop them (uint8 stays
+        uint8), and draw the flip and jitter `finish` applies."""
         if clip.ndim not in (4, 5):
             raise ValueError(
                 f"video of shape {tuple(clip.shape)}; expected T×C×H×W or B×T×C×H×W "
                 "(for a single image use image_transform)"
             )
         generator = generator if generator is not None else self.generator
-        single = clip.ndim == 4
-        x = clip[None] if single else clip  # B×T×C×H×W
+        x = clip[None] if clip.ndim == 4 else clip  # B×T×C×H×W
         if indices is None:
             indices = frame_indices(
                 x.shape[1], self.spec.frames, self.training, generator, x.shape[0], x.device
             )
         indices = indices.to(x.device).expand(x.shape[0], -1)  # B×frames
         x = x[torch.arange(x.shape[0], device=x.device)[:, None], indices]  # B×F×C×H×W
-        x = self.frame_ops.apply_grouped(x, generator)
-        return x[0] if single else x
+        return self.frame_ops.stage(x, generator)
+
+    def finish(self, staged: Staged) -> torch.Tensor:
+        """The batch half, on the batch's device: `B×F×C×size×size` normalised float."""
+        return self.frame_ops.finish(staged)
 
     def extra_repr(self) -> str:
         return f"frames={self.spec.frames}, size={self.spec.size}, train={self.training}"

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmfuse.features.batched import Staged
 from mmfuse.infer.dataset import Skipped
 
 # `workers="auto"` loads in this process below this many rows.
@@ -36,7 +37,8 @@ def collate(items: list) -> dict:
     """Stack items → `{"rows", "skipped", "inputs", "mask" (B×M bool), "labels"}`.
 
     Inputs are in sorted name order, as the model keeps them; text stays a list of strings (each
-    encoder tokenizes its own). A batch whose every item was skipped has only rows and skipped.
+    encoder tokenizes its own); staged inputs (a `StagedView`'s) become one `Staged`. A batch
+    whose every item was skipped has only rows and skipped.
     """
     skipped = [i for i in items if isinstance(i, Skipped)]
     items = [i for i in items if not isinstance(i, Skipped)]
@@ -47,8 +49,7 @@ def collate(items: list) -> dict:
     names = sorted(items[0]["inputs"])
     batch["inputs"] = {}
     for n in names:
-        values = [i["inputs"][n] for i in items]
-        batch["inputs"][n] = values if isinstance(values[0], str) else torch.stack(values)
+        batch["inputs"][n] = _stack([i["inputs"][n] for i in items])
     batch["mask"] = torch.tensor(
         [[i["present"][n] for n in names] for i in items], dtype=torch.bool
     )
@@ -59,6 +60,14 @@ def collate(items: list) -> dict:
     if "timing" in items[0]:  # a profiled dataset: seconds per stage, summed over the batch
         batch["timing"] = {k: sum(i["timing"][k] for i in items) for k in items[0]["timing"]}
     return batch
+
+
+def _stack(values: list):
+    if isinstance(values[0], str):
+        return values
+    if isinstance(values[0], Staged):  # finished per batch by the dataset's front end
+        return Staged.cat(values)
+    return torch.stack(values)
 
 
 def batches_of(rows: Sequence[int], size: int) -> list[list[int]]:

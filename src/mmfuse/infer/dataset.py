@@ -25,7 +25,8 @@ import torch
 
 from mmfuse.data.manifest import Manifest
 from mmfuse.errors import ManifestError, MediaError
-from mmfuse.features.sample import SampleLoader
+from mmfuse.features.batched import FrontEnd
+from mmfuse.features.sample import STAGED, SampleLoader
 from mmfuse.model.config import IGNORE_INDEX, InputConfig
 
 
@@ -95,6 +96,9 @@ class MultimodalDataset(torch.utils.data.Dataset):
     (a decoded-sample store: `fetch(value, decode)` returns the stored array or stores what
     `decode()` returns) keeps that input's decoded files, so later epochs skip decoding. With
     `profile` set, each item also carries `"timing"`: seconds spent reading and preprocessing.
+    `item(key, staged=True)` (what `StagedView` serves) stops image, audio and video inputs at
+    `SampleLoader.stage` (uint8 pixels, cut waveforms, the random draws still to apply), for
+    whoever takes the batches to finish them with `frontend()` on the device.
     """
 
     def __init__(
@@ -175,7 +179,20 @@ class MultimodalDataset(torch.utils.data.Dataset):
             return torch.zeros(self.features[name].shape[1])
         return self.loader.placeholders[name]
 
+    def frontend(self) -> FrontEnd:
+        """What finishes this dataset's staged items (`item(..., staged=True)`) batch by batch."""
+        return self.loader.frontend()
+
+    def _absent(self, name: str, staged: bool):
+        if staged and name not in self.features and self.inputs[name].modality in STAGED:
+            return self.loader.staged_placeholder(name)
+        return self.placeholders[name]
+
     def __getitem__(self, key):
+        return self.item(key)
+
+    def item(self, key, staged: bool = False):
+        """The sample of `key` (a row, or `(epoch, row)`); `staged`: see the class."""
         epoch, row = key if isinstance(key, tuple) else (0, key)
         row = int(row)
         generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
@@ -186,7 +203,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             column = self.inputs[name].column
             value = self.manifest.value(row, column)
             if value is None:
-                item["inputs"][name], item["present"][name] = self.placeholders[name], False
+                item["inputs"][name], item["present"][name] = self._absent(name, staged), False
                 continue
             if name in self.features:
                 failed = self.feature_errors.get(name, {}).get(row)
@@ -196,7 +213,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 continue
             try:
                 with time_limit(self.decode_timeout):
-                    item["inputs"][name] = self.load(name, value, generator)
+                    item["inputs"][name] = self.load(name, value, generator, staged)
             except DecodeTimeout as e:
                 return Skipped(row, column, _path_of(value), "timeout", "timeout", str(e))
             except MediaError as e:
@@ -211,9 +228,11 @@ class MultimodalDataset(torch.utils.data.Dataset):
             item["timing"] = timing
         return item
 
-    def load(self, name: str, value, generator: torch.Generator | None = None):
+    def load(
+        self, name: str, value, generator: torch.Generator | None = None, staged: bool = False
+    ):
         """Read and preprocess one cell of input `name` (`SampleLoader.decode`, through the
-        decoded-sample store when there is one, then `SampleLoader.finish`)."""
+        decoded-sample store when there is one, then `SampleLoader.finish`, or `.stage`)."""
         start = time.perf_counter()
         store = self.decoded.get(name)
         if store is None:
@@ -221,11 +240,26 @@ class MultimodalDataset(torch.utils.data.Dataset):
         else:
             raw = store.fetch(value, lambda: self.loader.decode(name, value))
         decoded = time.perf_counter()
-        out = self.loader.finish(name, raw, generator)
+        finish = self.loader.stage if staged else self.loader.finish
+        out = finish(name, raw, generator)
         if self._timing is not None:
             self._timing["read"] += decoded - start
             self._timing["preprocess"] += time.perf_counter() - decoded
         return out
+
+
+class StagedView(torch.utils.data.Dataset):
+    """`dataset`'s items with image, audio and video inputs staged (`item(key, staged=True)`),
+    for a loader whose batches then go through `dataset.frontend()`."""
+
+    def __init__(self, dataset: MultimodalDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset.item(key, staged=True)
 
 
 def _label_text(value) -> str:

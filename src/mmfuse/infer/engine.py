@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from mmfuse import distributed
+from mmfuse.features.batched import FrontEnd, Staged
 from mmfuse.infer.batch import batches_of, row_loader
-from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, StagedView
 from mmfuse.model.multimodal import MultimodalModel, encoder_input
 
 # `{variant: {input name: kept?}}`: the same encoded batch scored under several presence masks.
@@ -52,6 +53,11 @@ def to_device(
     cached = set(cached)
     raw, features = {}, {}
     for name, value in inputs.items():
+        if isinstance(value, Staged):
+            raise TypeError(
+                f"input {name!r} is staged (a StagedView's batch); finish it first with "
+                "the dataset's frontend() (predict_batches(..., frontend=...))"
+            )
         value = encoder_input(model.encoders[name], value, device)
         image_like = isinstance(value, Tensor) and value.dim() == 4
         if channels_last and image_like and name not in cached:
@@ -98,6 +104,7 @@ def predict_batches(
     cached: Iterable[str] = (),
     channels_last: bool = False,
     loss_fn: LossFn | None = None,
+    frontend: FrontEnd | None = None,
 ) -> dict:
     """Probabilities for every row of `batches` (collated, e.g. from a DataLoader).
 
@@ -105,6 +112,7 @@ def predict_batches(
     classified under each presence mask; a row left with no input gets NaN probabilities.
     Returns `{"rows", "labels": {task: N}, "proba": {variant or "all": {task: N×C}}, "loss",
     "loss_rows", "skipped"}` (loss: the mean of `loss_fn` over fully scored batches).
+    `frontend` finishes staged inputs (a `StagedView`'s) on `device`, a batch at a time.
     """
     tasks = list(classes)
     variants = variants or {"all": {n: True for n in model.names}}
@@ -117,8 +125,9 @@ def predict_batches(
         skipped.extend(batch["skipped"])
         if "inputs" not in batch:
             continue
+        inputs = frontend(batch["inputs"], batch["mask"], device) if frontend else batch["inputs"]
         inputs, features = to_device(
-            model, batch["inputs"], device, cached=cached, channels_last=channels_last
+            model, inputs, device, cached=cached, channels_last=channels_last
         )
         mask = batch["mask"].to(device)
         labels = {t: y.to(device) for t, y in batch["labels"].items()}
@@ -196,8 +205,9 @@ def predict_dataset(
     model = model.to(device)
     model.eval()
     order = distributed.rank_slice(list(range(len(dataset))), dist, pad=False)
+    # Log-mel and normalisation run per batch on `device` (`features.batched`).
     batches = row_loader(
-        dataset,
+        StagedView(dataset),
         batches_of(order, opt.batch_size),
         workers=opt.workers,
         seed=opt.seed,
@@ -213,6 +223,7 @@ def predict_dataset(
         cached=set(dataset.features),
         channels_last=opt.channels_last,
         loss_fn=loss_fn,
+        frontend=dataset.frontend(),
     )
     if dist.enabled:
         result = merge_predictions(distributed.gather(dist, result))

@@ -16,6 +16,7 @@ import torch
 
 from mmfuse.data.modalities import reads_file
 from mmfuse.errors import MmfuseError
+from mmfuse.features.batched import Staged
 from mmfuse.infer.dataset import MultimodalDataset, Skipped
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.skipped import note_skipped
@@ -34,6 +35,8 @@ def blame(batch: dict, dataset: MultimodalDataset, why: str) -> tuple[list[Skipp
     rows = batch["rows"].tolist()
     records = []
     for name, x in sorted(batch["inputs"].items()):
+        if isinstance(x, Staged):
+            x = x.data  # a waveform that holds NaN held it before the front end too
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
             continue  # text: token ids are made later and cannot be NaN
         bad = ~torch.isfinite(x.reshape(len(x), -1)).all(dim=1)  # B

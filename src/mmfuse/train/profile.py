@@ -2,8 +2,9 @@
 
 The dataset times reading/decoding and preprocessing per sample (in the loader's workers when
 there are some, where that time overlaps the model's); the loop times how long it waited for
-each batch, moved it to the device, and ran forward, backward and the optimiser. The model was
-busy for forward + backward + optimiser: that share of the epoch's wall time is what the data
+each batch, moved it to the device, finished its preprocessing there a batch at a time (the
+batched front end: log-mel, float conversion, normalisation), and ran forward, backward and the
+optimiser. The model was busy for forward + backward + optimiser: that share of the epoch's wall time is what the data
 path lets the model have. On CUDA each stage ends with a synchronise, so the figures are the
 device's; that costs a little speed, which is why profiling is off by default. Off, `stage`
 returns one shared no-op context and nothing is timed.
@@ -19,13 +20,14 @@ import torch
 
 # The loader's stages (summed over samples, per worker process) and the loop's.
 DATA_STAGES = ("read", "preprocess")
-LOOP_STAGES = ("wait", "to_device", "forward", "backward", "optimizer")
+LOOP_STAGES = ("wait", "to_device", "frontend", "forward", "backward", "optimizer")
 MODEL_STAGES = ("forward", "backward", "optimizer")
 LABELS = {
     "read": "read/decode",
     "preprocess": "preprocess",
     "wait": "waiting for data",
     "to_device": "host→device",
+    "frontend": "batched preprocessing",
     "forward": "forward",
     "backward": "backward",
     "optimizer": "optimiser",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from mmfuse.distributed import DistInfo
+from mmfuse.features.batched import FrontEnd
 from mmfuse.fusion.modality_dropout import drop_modalities
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import autocast, to_device
@@ -45,6 +46,7 @@ class StepContext:
     config: TrainConfig
     rng: torch.Generator  # modality dropout and mixup
     cached: set[str]  # inputs whose batches carry cached features instead of raw data
+    frontend: FrontEnd | None = None  # finishes the training set's staged inputs per batch
     modality_dropout: float = 0.0
     task_weights: dict[str, float] | None = None
     class_weights: dict[str, Tensor] | None = None
@@ -76,6 +78,7 @@ class StepContext:
             config=config,
             rng=rng,
             cached=set(train.features),
+            frontend=train.frontend(),
             modality_dropout=model_config.fusion.modality_dropout if model_config else 0.0,
             task_weights=task_weights(model_config),
             class_weights=class_weights,
@@ -101,8 +104,9 @@ class StepResult:
 def train_step(ctx: StepContext, batch: dict, optimizer, scheduler) -> StepResult:
     """Train on one batch, unless its loss or gradient norm is not finite."""
     cfg, clock = ctx.config, ctx.clock
+    inputs = _finished_inputs(ctx, batch)
     with clock.stage("to_device"):
-        inputs, features, mask, labels = _batch_to_device(ctx, batch)
+        inputs, features, mask, labels = _batch_to_device(ctx, inputs, batch)
     buffers = [b.detach().clone() for b in ctx.model.buffers()]
     if ctx.modality_dropout > 0:
         mask = drop_modalities(mask, ctx.modality_dropout, ctx.rng)
@@ -163,11 +167,25 @@ def _describe(value: float) -> str:
     return "NaN" if math.isnan(value) else f"{value}"
 
 
-def _batch_to_device(ctx: StepContext, batch: dict) -> tuple[dict, dict, Tensor, dict]:
+def _finished_inputs(ctx: StepContext, batch: dict) -> dict:
+    """The batch's inputs with the staged ones moved as they are (uint8 pixels, waveforms) and
+    finished on the device, one call per input: the profile's "frontend" stage."""
+    inputs = batch["inputs"]
+    if ctx.frontend is None:
+        return inputs
+    with ctx.clock.stage("to_device"):
+        inputs = ctx.frontend.to_device(inputs, ctx.device)
+    with ctx.clock.stage("frontend"):
+        return ctx.frontend.finish(inputs, batch["mask"])
+
+
+def _batch_to_device(
+    ctx: StepContext, inputs: dict, batch: dict
+) -> tuple[dict, dict, Tensor, dict]:
     """Split a batch into raw inputs and cached features, on the device; tokenize text."""
     inputs, features = to_device(
         ctx.model,
-        batch["inputs"],
+        inputs,
         ctx.device,
         cached=ctx.cached,
         channels_last=ctx.config.channels_last,

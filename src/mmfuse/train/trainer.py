@@ -36,7 +36,7 @@ from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
 from mmfuse.infer.batch import EpochBatches, resolve_workers, row_loader
-from mmfuse.infer.dataset import MultimodalDataset, Skipped
+from mmfuse.infer.dataset import MultimodalDataset, Skipped, StagedView
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
@@ -181,8 +181,14 @@ class Trainer:
             logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
             logger.rewrite(state.history)
         sampler, workers = EpochBatches(), resolve_workers(cfg.workers, len(train))
+        # Log-mel and normalisation run per batch on the device (`features.batched`).
         loader = row_loader(
-            train, sampler, workers=workers, seed=cfg.seed, device=self.device, persistent=True
+            StagedView(train),
+            sampler,
+            workers=workers,
+            seed=cfg.seed,
+            device=self.device,
+            persistent=True,
         )
         return _Fit(
             optimizer, scheduler, state, step, checkpoints, logger, loader, sampler, workers
