@@ -60,6 +60,26 @@ def test_embeddings_match_the_reference_code(name, photos):
     torch.testing.assert_close(tokens.mean(dim=1), got, atol=1e-5, rtol=1e-5)
 
 
+def test_stage_features_are_each_stage_ends_mean_then_the_head(photos):
+    encoder = build("image", "efficientnet-lite0", features="stages").eval()
+    ref = reference("efficientnet-lite0")
+    # The last block of each of the seven stages (1, 2, 2, 3, 3, 4, 1 blocks), in the reference.
+    ends, means = [0, 2, 4, 7, 10, 14, 15], {}
+    for i in ends:
+        ref._blocks[i].register_forward_hook(lambda m, a, out, i=i: means.update({i: out}))
+    x = preprocess(encoder, list(photos.values()))
+    with torch.no_grad():
+        got, tokens = encoder(x), encoder.forward_tokens(x)
+        head = ref._avg_pooling(ref.extract_features(x)).flatten(1)
+    expected = torch.cat([means[i].mean(dim=(2, 3)) for i in ends] + [head], dim=1)
+    assert encoder.output_dim == 16 + 24 + 40 + 80 + 112 + 192 + 320 + 1280 == got.shape[1]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert tokens.shape == (3, 49, encoder.output_dim)  # one token per cell of the head's 7×7
+    torch.testing.assert_close(tokens.mean(dim=1), got, atol=1e-5, rtol=1e-5)
+    with pytest.raises(EncoderError, match="features 'all'"):
+        build("image", "efficientnet-lite0", features="all")
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_coffee_is_espresso_through_the_package_classifier(name, photos):
     encoder = build("image", name).eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -11,6 +13,8 @@ from mmfuse.train.presets import (
     BEST_BACKBONE_LR_RATIO,
     FAST_ENCODERS,
     FROZEN_EPOCHS,
+    FROZEN_STEPS,
+    MAX_FROZEN_EPOCHS,
     PRETRAINED_ENCODERS,
     TRAINED_EPOCHS,
     default_epochs,
@@ -105,7 +109,15 @@ def test_default_epochs_are_more_when_every_encoder_is_frozen():
     )
     manifest = read_manifest(frame, label="label", modalities={"photo": "image", "clip": "audio"})
     medium = resolve_preset("medium", ["image", "audio"], lr=1e-3, epochs=None, installed=every)
-    assert default_epochs(model_config_for(manifest, preset=medium)) == FROZEN_EPOCHS
+    frozen = model_config_for(manifest, preset=medium)
+    assert default_epochs(frozen) == FROZEN_EPOCHS
+    # Frozen: enough epochs for FROZEN_STEPS optimiser steps, within [FROZEN_EPOCHS, MAX].
+    assert default_epochs(frozen, rows=90, batch_size=32) == math.ceil(FROZEN_STEPS / 3)
+    assert default_epochs(frozen, rows=10_000, batch_size=32) == FROZEN_EPOCHS
+    assert default_epochs(frozen, rows=5, batch_size=32) == MAX_FROZEN_EPOCHS
+    assert default_epochs(frozen, rows=90, batch_size=8) == max(
+        FROZEN_EPOCHS, math.ceil(FROZEN_STEPS / 12)
+    )
     # One encoder that trains makes every epoch a pass through it: the shorter default.
     mixed = model_config_for(manifest, encoders={"photo": "resnet-tiny"}, preset=medium)
     assert default_epochs(mixed) == TRAINED_EPOCHS

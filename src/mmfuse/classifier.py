@@ -56,8 +56,9 @@ class MultimodalClassifier(BaseEstimator):
         encoders: per column or modality, an encoder name or a dict of InputConfig fields, e.g.
             `{"image": "resnet18", "text": {"encoder": "hf", "mode": "freeze"}}`; they
             override the preset for those columns.
-        epochs: passes over the training data; None: 40 when every encoder is frozen (as with
-            "medium": an epoch is a pass over cached features), else 10.
+        epochs: passes over the training data; None: 10, or when every encoder is frozen (as
+            with "medium": an epoch is a pass over cached features) enough for 500 optimiser
+            steps, 40 to 200 epochs (`train.presets.default_epochs`).
         batch_size, lr, seed, device, workers: as in `TrainConfig`.
         fusion_dim, fusion_options, modality_dropout: as in `FusionConfig`.
         train_options: any other `TrainConfig` fields, e.g. `{"precision": "bf16"}`.
@@ -156,7 +157,7 @@ class MultimodalClassifier(BaseEstimator):
         for note in preset.notes:
             log(f"preset {preset.name}: {note}")
         config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
-        train_config = self._train_config(preset, self.epochs or default_epochs(config))
+        train_config = self._train_config(preset, self._epochs_for(config, train))
         run = train_model(
             train,
             config,
@@ -174,6 +175,9 @@ class MultimodalClassifier(BaseEstimator):
         self.skipped_ = run.fit.skipped
         self.evaluation_ = run.evaluation
         return self
+
+    def _epochs_for(self, config, train: Manifest) -> int:
+        return self.epochs or default_epochs(config, len(train), self.batch_size)
 
     def _fusion_config(self, name: str) -> FusionConfig:
         return FusionConfig(
@@ -195,7 +199,7 @@ class MultimodalClassifier(BaseEstimator):
             )
             fusion = self._fusion_config(plan.fusion)
             config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
-            train_config = self._train_config(preset, self.epochs or default_epochs(config))
+            train_config = self._train_config(preset, self._epochs_for(config, train))
             train_config.seed = plan.seed
             members.append(Member(plan.name, config, train_config))
         metric = selection_metric((self.train_options or {}).get("monitor"))

@@ -13,6 +13,7 @@ An explicit encoder choice for a column or modality overrides the preset for it.
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -63,10 +64,14 @@ BEST_BACKBONE_LR_RATIO = 0.1
 
 # Epochs when the user sets none. An encoder that trains makes every epoch a pass through it;
 # with every encoder frozen an epoch is a pass over cached features, cheap, and the fusion and
-# heads need a few hundred optimiser steps: 10 epochs of 90 samples are 30, and leave a linear
-# probe far from converged (docs/encoders.md has the figures).
+# heads need a few hundred optimiser steps whatever the dataset's size: 10 epochs of 90 samples
+# are 30 steps, 40 are 120, and both leave a linear probe far from converged (docs/encoders.md
+# has the figures). So frozen fits run at least FROZEN_STEPS steps, in FROZEN_EPOCHS to
+# MAX_FROZEN_EPOCHS epochs.
 TRAINED_EPOCHS = 10
 FROZEN_EPOCHS = 40
+FROZEN_STEPS = 500
+MAX_FROZEN_EPOCHS = 200
 
 
 @dataclass
@@ -129,10 +134,16 @@ def resolve_preset(
     return preset
 
 
-def default_epochs(config: ModelConfig) -> int:
-    """Epochs for a model whose user named none: more when every encoder is frozen."""
-    frozen = all(i.mode == "freeze" for i in config.inputs.values())
-    return FROZEN_EPOCHS if frozen else TRAINED_EPOCHS
+def default_epochs(config: ModelConfig, rows: int | None = None, batch_size: int = 32) -> int:
+    """Epochs for a model whose user named none: more when every encoder is frozen, and then
+    enough for FROZEN_STEPS optimiser steps over `rows` training rows in batches of
+    `batch_size` (FROZEN_EPOCHS when `rows` is unknown)."""
+    if not all(i.mode == "freeze" for i in config.inputs.values()):
+        return TRAINED_EPOCHS
+    if not rows:
+        return FROZEN_EPOCHS
+    steps_per_epoch = math.ceil(rows / batch_size)
+    return min(MAX_FROZEN_EPOCHS, max(FROZEN_EPOCHS, math.ceil(FROZEN_STEPS / steps_per_epoch)))
 
 
 def _fast(modality: str) -> dict:
