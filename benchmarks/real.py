@@ -14,8 +14,9 @@ The tasks are `mmfuse.data.real.REAL_TASKS` (real voices, photographs, scans and
 - mmfuse: `MultimodalClassifier(preset=P, epochs=--epochs).fit(train, val=val)` for each
   preset P (the validation split picks the best epoch).
 
-`--epochs` defaults to each preset's own default (`mmfuse.train.presets.default_epochs`: 40
-when every encoder is frozen, as with `medium`, else 10).
+`--epochs` defaults to each preset's own default (`mmfuse.train.presets.default_epochs`: with
+every encoder frozen, as with `medium`, enough for 500 optimiser steps, 40 to 200 epochs; else
+10).
 
 Accuracy is on the test split; "train s" is the wall time of fitting (feature extraction and,
 for mmfuse, feature caching included). The load average is printed at start and end: on a

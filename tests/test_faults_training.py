@@ -203,6 +203,20 @@ def test_a_checkpoint_never_holds_a_nonfinite_weight(tmp_path):
     verify_checkpoint(good)
 
 
+def test_the_checkpoint_check_reads_only_weights_that_train():
+    from mmfuse.model.saved import first_nonfinite
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 3))
+    model[0].requires_grad_(False)  # a frozen encoder: training cannot change it
+    with torch.no_grad():
+        model[0].weight[0, 0] = math.nan
+    assert first_nonfinite(model) == "0.weight"  # a saved model is checked whole
+    assert first_nonfinite(model, trained_only=True) is None
+    with torch.no_grad():
+        model[1].bias[0] = math.inf
+    assert first_nonfinite(model, trained_only=True) == "1.bias"
+
+
 # --------------------------------------------------------------------------- full disk
 
 

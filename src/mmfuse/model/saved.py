@@ -88,10 +88,19 @@ def copy_report(report_dir: str | os.PathLike | None, path: Path) -> None:
             shutil.copy2(f, path / f.name)
 
 
-def first_nonfinite(model: torch.nn.Module) -> str | None:
-    """The name of the first floating-point weight or buffer holding NaN or Inf, else None."""
+def first_nonfinite(model: torch.nn.Module, trained_only: bool = False) -> str | None:
+    """The name of the first floating-point weight or buffer holding NaN or Inf, else None.
+
+    `trained_only` skips the weights that do not train (frozen encoders): training cannot
+    change them, and checking a pretrained backbone after every epoch of a fit over cached
+    features cost more than the epoch."""
+    frozen = (
+        {n for n, p in model.named_parameters() if not p.requires_grad} if trained_only else ()
+    )
     for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if name in frozen or not tensor.is_floating_point():
+            continue
+        if not bool(torch.isfinite(tensor).all()):
             return name
     return None
 

@@ -149,7 +149,7 @@ def save_checkpoint(
 def _check_finite(model: torch.nn.Module, final: Path, kept: str) -> None:
     # Checked before writing: a checkpoint holding NaN would poison every run resumed from it,
     # and as the newest it is the one --resume picks.
-    name = first_nonfinite(model)
+    name = first_nonfinite(model, trained_only=True)
     if name is not None:
         kept = f"; {kept}" if kept else ""
         raise CheckpointError(
