@@ -94,9 +94,7 @@ def first_nonfinite(model: torch.nn.Module, trained_only: bool = False) -> str |
     `trained_only` skips the weights that do not train (frozen encoders): training cannot
     change them, and checking a pretrained backbone after every epoch of a fit over cached
     features cost more than the epoch."""
-    frozen = (
-        {n for n, p in model.named_parameters() if not p.requires_grad} if trained_only else ()
-    )
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad} if trained_only else ()
     for name, tensor in model.state_dict().items():
         if name in frozen or not tensor.is_floating_point():
             continue
