@@ -160,8 +160,8 @@ def _add_loop_flags(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int,
         metavar="N",
-        help="passes over the training data (default: 40 when every encoder is "
-        "frozen, as with --preset medium; else 10)",
+        help="passes over the training data (default: 10; when every encoder is frozen, "
+        "as with --preset medium, enough for 500 optimiser steps, 40 to 200)",
     )
     p.add_argument("--batch-size", type=int, metavar="N", help="samples per step (default: 32)")
     p.add_argument("--lr", type=float, metavar="X", help="learning rate (default: 1e-3)")
