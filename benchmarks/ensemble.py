@@ -84,6 +84,8 @@ def score_dataset(name: str, args) -> list[tuple]:
         (n, clf.weights_[n], m["accuracy"], m["log_loss"], m["ece"], m["ece_uncalibrated"])
         for n, m in members.items()
     ]
+    if args.dump:
+        dump_members(clf, paths, Path(args.dump) / f"{name}.npz")
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
     print(f"\n## {name} (test split; training {took:.0f} s, load {loadavg()})\n")
@@ -98,6 +100,27 @@ def score_dataset(name: str, args) -> list[tuple]:
         "than every member's"
     )
     return rows
+
+
+def dump_members(clf, paths: dict, file: Path) -> None:
+    """Each member's (calibrated) probabilities on the validation and test splits with the
+    labels, `<split>_<member>` and `<split>_y`: to compare ways of weighing the same members
+    offline (`benchmarks/selection.py`)."""
+    import pandas as pd
+
+    ensemble, arrays = clf.model_, {}
+    classes = [str(c) for c in clf.labels_[clf.task_]]
+    try:
+        for split in ("val", "test"):
+            labels = pd.read_csv(paths[split])[clf.task_].astype(str)
+            arrays[f"{split}_y"] = np.array([classes.index(v) for v in labels])
+            for member in ensemble.members:
+                clf.model_ = ensemble.only(member)
+                arrays[f"{split}_{member}"] = clf.predict_proba(paths[split])
+    finally:
+        clf.model_ = ensemble
+    file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(file, **arrays)
 
 
 # ---------------------------------------------------------------------------------- latency
@@ -177,6 +200,7 @@ def main() -> int:
     p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--dump", help="folder: save each member's val/test probabilities there")
     p.add_argument("--latency", action="store_true", help="measure serving p50, 1 model vs 3")
     p.add_argument("--requests", type=int, default=100)
     args = p.parse_args()

@@ -15,7 +15,7 @@ def add_ensemble_flags(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUES",
         help="train an ensemble: fusion=attention,gated,late | preset=fast,medium | seeds=3 "
-        "(repeatable; members are every combination), weighted on --val by greedy selection",
+        "(repeatable; members are every combination), weighted on --val by bagged greedy selection",
     )
     p.add_argument(
         "--monitor",

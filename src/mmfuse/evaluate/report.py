@@ -190,7 +190,9 @@ def _ensemble_section(ensemble: Mapping[str, Mapping], metrics: Mapping) -> list
         "## Ensemble",
         "",
         "Weights chosen on the validation split by greedy ensemble selection with replacement "
-        "(Caruana et al. 2004); members of weight 0 are not saved.",
+        "(Caruana et al. 2004), bagged over bootstrap resamples of the validation rows and "
+        "shrunk toward equal weights as far as the rows left out support (Caruana et al. 2006); "
+        "members of weight 0 are not saved.",
         "",
         "| model | weight | accuracy | log loss | ECE |",
         "|---|---:|---:|---:|---:|",

@@ -4,7 +4,7 @@ Each member is an ordinary run of `train_model` in `out_dir/members/<name>/` (ch
 calibration on the validation split, its model folder written when it is done), so a killed
 ensemble resumed with `resume=True` loads the finished members, goes on with the member it was
 training from its last checkpoint, and trains the rest. Then each member predicts the
-validation split, greedy selection (`train.selection`) weighs them, the ensemble's own
+validation split, bagged greedy selection (`train.selection`) weighs them, the ensemble's own
 temperature is fitted on the weighted mean, and the ensemble is evaluated on `test` (else
 `val`) with each member's scores beside its own.
 """
@@ -27,7 +27,7 @@ from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.run import train_model
-from mmfuse.train.selection import greedy_weights
+from mmfuse.train.selection import bagged_weights
 
 
 @dataclass
@@ -106,18 +106,20 @@ def choose_weights(
     metric: str,
     *,
     calibrate: bool,
+    seed: int = 0,
     log: Callable[[str], None],
 ) -> dict:
-    """Set `model`'s weights by greedy selection on `val_set` (and its temperature when
-    `calibrate`); returns the validation scores `{"metric", "members", "ensemble"}`."""
+    """Set `model`'s weights by bagged greedy selection on `val_set` (bootstraps drawn from
+    `seed`) and its temperature when `calibrate`; returns the validation scores `{"metric",
+    "members", "ensemble", "shrink"}`."""
     from mmfuse.train.selection import score
 
     probas, labels = {}, None
     for name in model.members:
         out = predict_dataset(model.only(name), val_set, options)
         probas[name], labels = out["proba"]["all"], out["labels"]
-    weights = greedy_weights(probas, labels, metric)
-    model.weights = weights
+    selection = bagged_weights(probas, labels, metric, seed=seed)
+    weights = model.weights = selection.weights
     task = model.tasks[0]
     y = labels[task]
     keep = y >= 0
@@ -127,8 +129,11 @@ def choose_weights(
     scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
-    log(f"ensemble weights ({metric} on validation): {shown}")
-    return {"metric": metric, "members": scores, "ensemble": ens}
+    log(
+        f"ensemble weights ({metric} on validation, bagged selection, "
+        f"{selection.shrink:.0%} toward equal weights): {shown}"
+    )
+    return {"metric": metric, "members": scores, "ensemble": ens, "shrink": selection.shrink}
 
 
 def train_ensemble(
@@ -161,7 +166,7 @@ def train_ensemble(
     if val is not None:
         val_set = ensemble_dataset(val, model, config, first.seed)
         validation = choose_weights(
-            model, val_set, options, metric, calibrate=first.calibrate, log=log
+            model, val_set, options, metric, calibrate=first.calibrate, seed=first.seed, log=log
         )
     evaluation, report = None, None
     target = test if test is not None else val
@@ -186,7 +191,8 @@ def _validation_text(validation: Mapping) -> str:
         return str(validation.get("weights"))
     members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
     return f"{validation['metric']} on validation: members {members}; ensemble " + (
-        f"{validation['ensemble']:.4f}"
+        f"{validation['ensemble']:.4f} (bagged selection, {validation['shrink']:.0%} toward "
+        "equal weights)"
     )
 
 
