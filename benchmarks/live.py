@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 from mmfuse import AnomalyDetector
 from mmfuse.data.cache import default_cache_dir, manifest_paths, read_marker
 from mmfuse.data.surveillance import MARKER, make_surveillance, write_scene
+from mmfuse.testing import free_udp_port, wait_until_bound
 
 # The looped recording: 30 clips of 2 s, anomalies of each kind at known places.
 KINDS = ["normal"] * 30
@@ -82,26 +82,8 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_bound(port: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"the detector never listened on udp port {port}")
-
-
 def stream(args, detector: Path, clip: Path) -> dict:
-    port, seconds = free_port(), args.minutes * 60
+    port, seconds = free_udp_port(), args.minutes * 60
     url = f"udp://127.0.0.1:{port}"
     command = [sys.executable, "-m", "mmfuse", "detect", str(detector), url]
     command += ["--window", str(args.window), "--stride", str(args.stride), "--idle", "5"]
@@ -114,7 +96,7 @@ def stream(args, detector: Path, clip: Path) -> dict:
     errors: list[str] = []
     err_reader = threading.Thread(target=lambda: errors.extend(detect.stderr))
     err_reader.start()
-    wait_bound(port)
+    wait_until_bound(port, timeout=120.0)
     rss = [(0.0, rss_mb(detect.pid))]
     load_start = os.getloadavg()
     loop = ["-re", "-stream_loop", "-1", "-i", str(clip), "-t", str(seconds), "-c", "copy"]

@@ -10,7 +10,6 @@ anomaly of both kinds in [4, 6] s, normal; the events must fall around it (withi
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from mmfuse.anomaly import AnomalyDetector
 from mmfuse.cli import main
 from mmfuse.data.surveillance import write_scene
 from mmfuse.infer import live
+from mmfuse.testing import free_udp_port, wait_until_bound
 
 WINDOW, STRIDE = 2.0, 1.0
 KINDS = ["normal", "normal", "both", "normal"]
@@ -90,25 +90,6 @@ def check_events(lines: list[dict]) -> None:
     assert ANOMALY[1] - STRIDE <= end <= ANOMALY[1] + WINDOW
     assert ends[0]["peak"] > ends[0]["threshold"]
     assert ends[0]["inputs"] and set(ends[0]["inputs"]) <= {"video", "video_audio"}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_bound(port: int, timeout: float = 20.0) -> None:
-    """Until the detector listens on `port` (binding it ourselves then fails)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on udp port {port}")
 
 
 def run_in_thread(argv) -> tuple[threading.Thread, list[int]]:
