@@ -16,7 +16,6 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -26,27 +25,13 @@ from mmfuse.anomaly import AnomalyDetector
 from mmfuse.cli import main
 from mmfuse.data.surveillance import write_scene
 from mmfuse.infer import live
-from mmfuse.testing import free_udp_port, wait_until_bound
+from mmfuse.testing import cut_windows, free_udp_port, wait_until_bound
 
 WINDOW, STRIDE = 2.0, 1.0
 KINDS = ["normal", "normal", "both", "normal"]
 ANOMALY = (4.0, 6.0)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def cut_windows(scene, duration: float, out_dir, first: int) -> list[str]:
-    """Every 2-s window, 1 s apart, of a recording, each cut as a clip of its own without
-    re-encoding (every frame is a key frame), so it decodes to the pixels a stream gives."""
-    names = []
-    for k, start in enumerate(np.arange(0.0, duration - WINDOW + 1e-9, STRIDE)):
-        name = f"w{first + k:03d}.mp4"
-        cut = ["-ss", f"{start:g}", "-t", f"{WINDOW:g}", "-i", str(scene), "-c", "copy"]
-        subprocess.run(
-            ["ffmpeg", "-loglevel", "error", "-y", *cut, str(out_dir / name)], check=True
-        )
-        names.append(name)
-    return names
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +41,8 @@ def detector_dir(tmp_path_factory):
     for k in range(2):
         scene = root / f"normal-{k}.mp4"
         write_scene(scene, ["normal"] * 12, first_index=200_000 + 100 * k)
-        names += cut_windows(scene, 24.0, root, 100 * k)
+        clips = cut_windows(scene, 24.0, root, window=WINDOW, stride=STRIDE)
+        names += [c.name for c in clips]
     pd.DataFrame({"video": names}).to_csv(root / "train.csv", index=False)
     torch.manual_seed(0)  # the tiny encoders' random weights
     detector = AnomalyDetector(

@@ -5,12 +5,17 @@ users checking their own setup before pointing `mmfuse detect` at a camera:
     # start `mmfuse detect DIR udp://127.0.0.1:{port}` in the background, then
     wait_until_bound(port)
     # and send: ffmpeg -re -i clip.ts -c copy -f mpegts udp://127.0.0.1:{port}
+
+and `cut_windows`, to fit a detector on normal footage of the camera it will watch: windows of
+a recording as clips of their own, so that it learns what the stream's windows look like.
 """
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 
 def free_udp_port() -> int:
@@ -33,3 +38,20 @@ def wait_until_bound(port: int, timeout: float = 20.0, poll: float = 0.05) -> No
                 return
         time.sleep(poll)
     raise TimeoutError(f"nothing listens on udp port {port} after {timeout:.0f} s")
+
+
+def cut_windows(
+    recording: str | Path, duration: float, out_dir: str | Path, *, window: float, stride: float
+) -> list[Path]:
+    """Every `window`-second stretch of `recording`, `stride` seconds apart, cut as a clip of its
+    own with ffmpeg without re-encoding (exact where every frame is a key frame, as in
+    `write_scene`'s recordings), so each decodes to the pixels a stream of it gives."""
+    out_dir, recording, clips = Path(out_dir), Path(recording), []
+    start = 0.0
+    while start + window <= duration + 1e-9:
+        clip = out_dir / f"{recording.stem}-{start:07.1f}.mp4"
+        cut = ["-ss", f"{start:g}", "-t", f"{window:g}", "-i", str(recording), "-c", "copy"]
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *cut, str(clip)], check=True)
+        clips.append(clip)
+        start += stride
+    return clips
