@@ -171,15 +171,20 @@ class AnomalyDetector(BaseEstimator):
             progress=self.verbose,
         )
 
+    def input_z(self, name: str, features: np.ndarray) -> np.ndarray:
+        """Input `name`'s score of N×D encoder features, standardised by its held-out normal
+        scores: what the fusion combines and what the threshold is in units of."""
+        stats = self.stats_[name]
+        return (self.scorers_[name].score(features) - stats["mean"]) / stats["std"]
+
     def _input_scores(self, feats: Features) -> dict[str, np.ndarray]:
         """Per input, the z-score on held-out normal data; NaN where the input is absent."""
         out = {}
-        for name, scorer in self.scorers_.items():
+        for name in self.scorers_:
             z = np.full(len(feats.present[name]), np.nan)
             rows = feats.present[name]
             if rows.any():
-                stats = self.stats_[name]
-                z[rows] = (scorer.score(feats.values[name][rows]) - stats["mean"]) / stats["std"]
+                z[rows] = self.input_z(name, feats.values[name][rows])
             out[name] = z
         return out
 

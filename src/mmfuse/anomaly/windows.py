@@ -18,7 +18,7 @@ import torch
 
 from mmfuse.anomaly.detector import AnomalyDetector, fuse_scores
 from mmfuse.features.sample import SampleLoader
-from mmfuse.infer.live import decode_sizer
+from mmfuse.infer.live import decode_sizer, window_tensor
 from mmfuse.infer.live_events import Decision
 from mmfuse.model.config import ConfigError
 
@@ -63,16 +63,10 @@ class AnomalyWindows:
         return Decision(label, fused, z, fired)
 
     def _z(self, name: str, x: torch.Tensor) -> float:
-        transform = self.loader.transforms[name]
+        x = window_tensor(self.loader.transforms[name], x, name in self.frames)
         with torch.no_grad():
-            if name in self.frames:  # T×C×H×W uint8 → F×C×S×S
-                x = transform(x, indices=torch.arange(x.shape[0]))
-            else:
-                x = transform(x)
             feature = self.detector.encoders_[name](x.unsqueeze(0)).float().numpy()  # 1×D
-        stats = self.detector.stats_[name]
-        score = self.detector.scorers_[name].score(feature)[0]
-        return (score - stats["mean"]) / stats["std"]
+        return float(self.detector.input_z(name, feature)[0])
 
 
 __all__ = ["LABEL", "AnomalyWindows"]

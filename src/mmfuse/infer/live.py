@@ -130,6 +130,16 @@ def decode_sizer(specs) -> Callable[[int, int], tuple[int, int] | None] | None:
     return lambda height, width: decode_size(height, width, short)
 
 
+def window_tensor(transform, x: torch.Tensor, frames: bool) -> torch.Tensor:
+    """A window's media for one input → its encoder's tensor, through the input's eval
+    transform as a clip's would go: frames (T×C×H×W uint8, every one kept) → F×C×S×S, or
+    mono samples → the audio encoder's input."""
+    with torch.no_grad():
+        if frames:
+            return transform(x, indices=torch.arange(x.shape[0]))
+        return transform(x)
+
+
 class ClassifierWindows:
     """A classifier as a window scorer: a window's label is its most probable class, an event
     a run of one class other than `background`."""
@@ -144,17 +154,14 @@ class ClassifierWindows:
 
     def score(self, media: dict[str, torch.Tensor]) -> Decision:
         transforms = self.predictor.loader.transforms
-        sample = {}
-        with torch.no_grad():
-            for name, x in media.items():
-                if name in self.frames:  # T×C×H×W uint8 → F×C×S×S
-                    sample[name] = transforms[name](x, indices=torch.arange(x.shape[0]))
-                else:
-                    sample[name] = transforms[name](x)
+        sample = {
+            name: window_tensor(transforms[name], x, name in self.frames)
+            for name, x in media.items()
+        }
         prediction = self.predictor.predict_tensors([sample])[0]
         label = None if prediction.label == self.background else prediction.label
         probabilities = prediction.probabilities
         return Decision(label, probabilities[prediction.label], probabilities, prediction.used)
 
 
-__all__ = ["ClassifierWindows", "WatchSummary", "decode_sizer", "watch"]
+__all__ = ["ClassifierWindows", "WatchSummary", "decode_sizer", "watch", "window_tensor"]
