@@ -120,8 +120,9 @@ def write_scene(
     """One long recording from `camera`: a `SECONDS`-long clip per entry of `kinds` ("normal"
     or one of `KINDS`), back to back, clip i drawn as clip `first_index + i` of the dataset
     `seed` (so not one of `make_surveillance`'s), under one lighting and sound level drawn for
-    the camera (a recording does not jump in loudness every 2 s, clips do). Returns the `(start, end, kind)` spans of the
-    anomalous clips (the anomaly starts somewhere inside its span).
+    the camera (a recording does not jump in loudness every 2 s, clips do). Returns the
+    `(start, end, kind)` spans of the anomalous clips (the anomaly starts somewhere inside its
+    span).
 
     `size`: `(width, height)` to scale the picture to (nearest neighbour), e.g. `(320, 240)`.
     The container follows the suffix (`.ts`: MPEG-TS, as streamed); every frame is a key frame,
