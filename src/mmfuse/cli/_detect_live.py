@@ -53,6 +53,12 @@ def watch_source(args: argparse.Namespace, kind: str) -> int:
             f"stopped: {summary.ended}",
             file=sys.stderr,
         )
+    if summary.bad_audio_chunks:
+        print(
+            f"{args.source}: {summary.bad_audio_chunks} audio chunk(s) held NaN, infinity or "
+            "peaks far past full scale and were scored as silence: check the source's encoder",
+            file=sys.stderr,
+        )
     if summary.scored == 0 and summary.skipped == 0:
         raise MmfuseError(
             f"{args.source}: no window of {args.window:g} s could be read ({summary.ended}); "

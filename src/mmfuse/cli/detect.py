@@ -150,7 +150,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--open-timeout",
         type=_seconds("--open-timeout"),
-        default=10.0,
         metavar="SECONDS",
         help="a stream or device that sends nothing this long is unreachable (default: 10)",
     )

@@ -69,14 +69,17 @@ def open_source(
     *,
     idle: float | None = None,
     follow: bool = False,
-    open_timeout: float = OPEN_TIMEOUT_S,
+    open_timeout: float | None = None,
 ) -> LiveSource:
     """Open `source` for one front-to-back pass; SourceError when it cannot be.
 
     `idle`: seconds without new data after which a growing file or stream has ended (default:
     0 for a file, i.e. read it as it is, and `STREAM_IDLE_S` for streams and devices).
     `follow`: never end on silence (a recording that pauses, a camera that reconnects).
+    `open_timeout`: seconds before an unanswered stream or device is unreachable (default:
+    `OPEN_TIMEOUT_S`).
     """
+    open_timeout = OPEN_TIMEOUT_S if open_timeout is None else open_timeout
     kind = source_kind(source)
     if idle is not None and idle < 0:
         raise SourceError(f"--idle must be seconds >= 0, got {idle!r}")

@@ -10,7 +10,7 @@ Windows lie every `stride` seconds from the source's first timestamp, `window` l
 out in order as soon as the data they span has arrived. Times are seconds since that first
 timestamp. Memory is bounded by the window, never by how long the source runs: a decoded frame
 is kept (as RGB) only when a window not yet out samples it, and each audio rate has a
-fixed-size ring of samples. Unlike `video_stream.read_windows`, there is no plan of windows up
+fixed-size track of its newest samples. Unlike `video_stream.read_windows`, there is no plan of windows up
 front, since a stream has no duration.
 
 `due` is when the window's last data arrived, on `time.monotonic()`'s clock, estimated from the
@@ -28,13 +28,15 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
-import soxr
 import torch
 
+from mmfuse.data._audio_checks import check_samples
 from mmfuse.data._frames import frame_to_rgb, stack_chw
+from mmfuse.data._sample_track import SampleTrack
 from mmfuse.data._video_times import sample_times
 from mmfuse.data.live_source import LiveSource
 from mmfuse.data.video_stream import AUDIO_SKEW_S
+from mmfuse.errors import MediaError
 
 _EPS = 1e-9
 # A timestamp this far from its stream's previous one is a discontinuity (a restarted camera,
@@ -50,8 +52,9 @@ class LiveStats:
     frames_decoded: int = 0
     windows: int = 0  # windows that came out (handled or skipped by the caller)
     peak_frames_held: int = 0  # RGB frames kept for windows not yet out
-    audio_ring_samples: int = 0  # fixed size of the audio rings, all rates together
+    audio_samples_kept: int = 0  # the audio tracks' fixed bound, all rates together
     jumps: int = 0  # timestamp discontinuities re-joined
+    bad_audio_chunks: int = 0  # decoded audio with NaN, infinity or absurd peaks: silenced
     ended: str = ""  # why reading stopped
 
 
@@ -64,59 +67,8 @@ class LiveWindow:
     load: Callable[[], dict[str, torch.Tensor]]  # valid until the next window is asked for
 
 
-class _SampleRing:
-    """Mono samples at `rate` in a fixed ring; sample n plays at `t0 + n / rate`."""
-
-    def __init__(self, native_rate: int, rate: int, seconds: float):
-        self.rate = rate
-        self.resampler = (
-            None
-            if native_rate == rate
-            else soxr.ResampleStream(native_rate, rate, 1, dtype="float32", quality="HQ")
-        )
-        self.ring = np.zeros(math.ceil(seconds * rate), np.float32)
-        self.t0: float | None = None
-        self.total = 0  # samples written so far
-
-    @property
-    def end(self) -> float:
-        return -math.inf if self.t0 is None else self.t0 + self.total / self.rate
-
-    def push(self, mono: np.ndarray, t: float) -> None:
-        if self.t0 is None:
-            self.t0 = t
-        elif t > self.end + 0.1:  # lost packets: silence where they were
-            self._write(
-                np.zeros(min(round((t - self.end) * self.rate), len(self.ring)), np.float32)
-            )
-            self.t0 = t - self.total / self.rate
-        if self.resampler is not None:
-            mono = self.resampler.resample_chunk(mono)
-        self._write(mono)
-
-    def _write(self, x: np.ndarray) -> None:
-        x = x[-len(self.ring) :]
-        at = self.total % len(self.ring)
-        first = min(len(x), len(self.ring) - at)
-        self.ring[at : at + first] = x[:first]
-        self.ring[: len(x) - first] = x[first:]
-        self.total += len(x)
-
-    def cut(self, start: float, end: float) -> torch.Tensor:
-        want = round((end - start) * self.rate)
-        out = np.zeros(want, np.float32)
-        if self.t0 is None:
-            return torch.from_numpy(out)
-        a = round((start - self.t0) * self.rate)
-        lo, hi = max(a, self.total - len(self.ring), 0), min(a + want, self.total)
-        if hi > lo:
-            idx = np.arange(lo, hi) % len(self.ring)
-            out[lo - a : hi - a] = self.ring[idx]
-        return torch.from_numpy(out)
-
-
 class _Reader:
-    """One pass over a live source: frames kept where windows sample them, audio in rings."""
+    """One pass over a live source: frames kept where windows sample them, audio in fixed-size tracks."""
 
     def __init__(self, source, window, stride, frames, audio_rates, stats, frame_size=None):
         self.source, self.window, self.stride = source, window, stride
@@ -128,7 +80,7 @@ class _Reader:
         self.kept: deque[tuple[float, np.ndarray]] = deque()  # sampled H×W×3 frames, by time
         self.previous: tuple[float, av.VideoFrame] | None = None  # on screen until the next
         self.rotation = 0
-        self.rings: dict[int, _SampleRing] = {}
+        self.tracks: dict[int, SampleTrack] = {}  # sample rate → its newest samples
         self.last: dict[str, float] = {}  # stream kind → its last (shifted) time
         self.shift: dict[str, float] = {}
         self.offset = math.inf  # least (arrival - stream time) seen: the arrival clock
@@ -195,21 +147,28 @@ class _Reader:
         return stack_chw(chosen)  # T×C×H×W
 
     # -- audio ----------------------------------------------------------------------------
-    def _rings(self, stream) -> None:
+    def _tracks(self, stream) -> None:
         native = stream.codec_context.sample_rate or stream.rate
         self.converter = av.AudioResampler(
             format="fltp", layout=stream.codec_context.layout.name, rate=native
         )
         seconds = self.window + self.stride + AUDIO_SKEW_S + 1.0
         for rate in set(self.audio_rates.values()):
-            self.rings[rate] = _SampleRing(native, rate, seconds)
-        self.stats.audio_ring_samples = sum(len(r.ring) for r in self.rings.values())
+            self.tracks[rate] = SampleTrack(native, rate, math.ceil(seconds * rate), fill_gaps=True)
+        self.stats.audio_samples_kept = sum(r.keep for r in self.tracks.values())
 
     def _on_sound(self, frame: av.AudioFrame, t: float) -> None:
         for out in self.converter.resample(frame):
-            mono = out.to_ndarray().reshape(-1, out.samples).mean(axis=0, dtype=np.float32)
-            for ring in self.rings.values():
-                ring.push(mono, t)
+            chunk = out.to_ndarray().reshape(-1, out.samples)
+            try:
+                check_samples(self.source.name, chunk)
+            except MediaError:
+                # One bad packet must not stop a watch, nor reach the encoder: silence instead.
+                chunk = np.zeros_like(chunk)
+                self.stats.bad_audio_chunks += 1
+            mono = chunk.mean(axis=0, dtype=np.float32)
+            for track in self.tracks.values():
+                track.push(mono, t)
 
     # -- windows --------------------------------------------------------------------------
     def _ready(self, k: int, ended: bool) -> bool:
@@ -217,8 +176,8 @@ class _Reader:
         picture = self.last.get("video")
         if self.frame_counts and not ended and (picture is None or picture < end - _EPS):
             return False
-        for ring in self.rings.values():
-            waiting = ring.end < end - 0.5 / ring.rate
+        for track in self.tracks.values():
+            waiting = track.end < end - 0.5 / track.rate
             if waiting and not ended and (picture is None or picture <= end + AUDIO_SKEW_S):
                 return False
         return True
@@ -233,8 +192,8 @@ class _Reader:
                 for name, count in self.frame_counts.items():
                     media[name] = self._pick(sample_times(start, end, count))
             for name, rate in self.audio_rates.items():
-                if rate in self.rings:
-                    media[name] = self.rings[rate].cut(start, end)
+                if rate in self.tracks:
+                    media[name] = self.tracks[rate].cut(start, end)
             return media
 
         due = end + self.offset
@@ -244,7 +203,7 @@ class _Reader:
         """Where the data ends: the last frame's end, or the audio's if there is no video."""
         if self.frame_counts and "video" in self.last:
             return self.last["video"] + step
-        return max((r.end for r in self.rings.values()), default=-math.inf)
+        return max((r.end for r in self.tracks.values()), default=-math.inf)
 
     def _finished(self, ended: bool = False, step: float = 0.0) -> Iterator[LiveWindow]:
         while self.origin is not None and self._ready(self.next, ended):
@@ -264,7 +223,7 @@ class _Reader:
         self.frame_counts = self.frame_counts if vs is not None else {}
         streams = [s for s in (vs, aus) if s is not None]
         if aus is not None:
-            self._rings(aus)
+            self._tracks(aus)
         step = 1.0 / float(vs.average_rate or vs.guessed_rate or 25) if vs is not None else 0.0
         try:
             for packet in container.demux(*streams):

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import av
 import numpy as np
-import soxr
 import torch
 
 from mmfuse.data._audio_checks import check_samples
+from mmfuse.data._sample_track import SampleTrack
 from mmfuse.data.audio import too_long
 from mmfuse.data.budgets import Budgets, resolve
 from mmfuse.data.image import check_image_size
@@ -143,69 +143,6 @@ class _Window:
     missing: int = 0  # video slots not yet filled
 
 
-class _AudioTrack:
-    """The audio stream, mono, resampled to `rate` as it arrives; a buffer trimmed from the front.
-
-    Sample n of the stream plays at `t0 + n / rate`, `t0` being the first decoded frame's time
-    (the file's own clock, as `read_video` cuts the audio of a window); the buffer holds samples
-    `dropped ...` onwards.
-    """
-
-    def __init__(self, native_rate: int, rate: int):
-        self.rate = rate
-        self.stream = (
-            None
-            if native_rate == rate
-            else soxr.ResampleStream(native_rate, rate, 1, dtype="float32", quality="HQ")
-        )
-        self.t0: float | None = None
-        self.dropped = 0  # samples trimmed off the front so far
-        self.buffer = np.zeros(0, np.float32)
-        self.ended = False
-
-    @property
-    def end(self) -> float:
-        """The time up to which samples have arrived."""
-        return (self.t0 or 0.0) + (self.dropped + len(self.buffer)) / self.rate
-
-    def push(self, mono: np.ndarray, time_s: float | None, last: bool = False) -> None:
-        if self.t0 is None:
-            self.t0 = time_s or 0.0
-        if self.stream is not None:
-            mono = self.stream.resample_chunk(mono, last=last)
-        if len(mono):
-            self.buffer = np.concatenate([self.buffer, mono])
-
-    def ready(self, end: float, picture_time: float | None) -> bool:
-        if self.ended or (self.t0 is not None and self.end >= end - 0.5 / self.rate):
-            return True
-        return picture_time is not None and picture_time > end + AUDIO_SKEW_S
-
-    def cut(self, start: float, end: float) -> torch.Tensor:
-        """`round((end - start) · rate)` samples from `start`, zero-padded where there are none."""
-        want = round((end - start) * self.rate)
-        out = np.zeros(want, np.float32)
-        if self.t0 is not None:
-            first = round((start - self.t0) * self.rate) - self.dropped  # index into the buffer
-            lo, hi = max(first, 0), min(first + want, len(self.buffer))
-            if hi > lo:
-                out[lo - first : hi - first] = self.buffer[lo:hi]
-        return torch.from_numpy(out)
-
-    def trim(self, before: float) -> None:
-        """Drop the samples that play before `before` (no open window needs them)."""
-        if self.t0 is None:
-            return
-        if math.isinf(before):
-            drop = len(self.buffer)
-        else:
-            drop = math.floor((before - self.t0) * self.rate) - self.dropped
-            drop = min(max(drop, 0), len(self.buffer))
-        if drop:
-            self.buffer = self.buffer[drop:].copy()
-            self.dropped += drop
-
-
 class _Reader:
     """One sequential pass: frames to the windows that sample them, audio to a trimmed buffer."""
 
@@ -223,7 +160,7 @@ class _Reader:
         self.previous: tuple[int, av.VideoFrame] | None = None  # on screen until the next one
         self.picture_time: float | None = None
         self.rotation: int | None = None
-        self.tracks: dict[int, _AudioTrack] = {}  # sample rate → track
+        self.tracks: dict[int, SampleTrack] = {}  # sample rate → track
         self.converter = None
 
     def run(self, container, vs, aus) -> Iterator[tuple[int, dict]]:
@@ -237,7 +174,7 @@ class _Reader:
             layout = aus.codec_context.layout.name
             self.converter = av.AudioResampler(format="fltp", layout=layout, rate=native)
             for rate in self.audio_rates.values():
-                self.tracks.setdefault(rate, _AudioTrack(native, rate))
+                self.tracks.setdefault(rate, SampleTrack(native, rate))
         try:
             for packet in container.demux(*streams):
                 for frame in packet.decode():
@@ -351,7 +288,7 @@ class _Reader:
             track.trim(keep)
 
     def _audio_time(self) -> float:
-        return max((t.end for t in self.tracks.values()), default=0.0)
+        return max((t.end if t.t0 is not None else 0.0 for t in self.tracks.values()), default=0.0)
 
     def _next_start(self) -> float:
         return self.plan[self.next_window][0] if self.next_window < len(self.plan) else math.inf
@@ -359,7 +296,12 @@ class _Reader:
     def _complete(self, w: _Window) -> bool:
         if w.missing:
             return False
-        return all(t.ready(w.end, self.picture_time) for t in self.tracks.values())
+        return all(self._track_ready(t, w.end) for t in self.tracks.values())
+
+    def _track_ready(self, track: SampleTrack, end: float) -> bool:
+        if track.ended or track.end >= end - 0.5 / track.rate:
+            return True
+        return self.picture_time is not None and self.picture_time > end + AUDIO_SKEW_S
 
     def _window_media(self, w: _Window) -> dict[str, torch.Tensor]:
         media = {}

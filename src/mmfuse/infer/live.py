@@ -41,7 +41,8 @@ class WatchSummary:
     worst_lag_s: float = 0.0  # the furthest behind real time a window came up
     ended: str = ""
     peak_frames_held: int = 0
-    audio_ring_samples: int = 0
+    audio_samples_kept: int = 0
+    bad_audio_chunks: int = 0  # non-finite or absurd audio, silenced
 
 
 class _Skips:
@@ -117,7 +118,8 @@ def watch(
         emit(line)
     summary.events, summary.ended = tracker.events, stats.ended
     summary.peak_frames_held = stats.peak_frames_held
-    summary.audio_ring_samples = stats.audio_ring_samples
+    summary.audio_samples_kept = stats.audio_samples_kept
+    summary.bad_audio_chunks = stats.bad_audio_chunks
     return summary
 
 
