@@ -71,7 +71,7 @@ def score_dataset(name: str, args) -> list[tuple]:
         device="cpu",
         verbose=False,
         fusion_dim=64,
-        ensemble={"fusion": args.fusion.split(",")},
+        ensemble={"fusion": args.fusion.split(","), "seeds": args.seeds},
         train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
     )
@@ -89,7 +89,10 @@ def score_dataset(name: str, args) -> list[tuple]:
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
     print(f"\n## {name} (test split; training {took:.0f} s, load {loadavg()})\n")
-    print("| model | weight | accuracy | log loss | ECE | ECE before T |")
+    print(
+        f"ensemble ECE with its members calibrated, its own T at 1: {e['ece_members_calibrated']:.4f}"
+    )
+    print("| model | weight | accuracy | log loss | ECE | ECE uncalibrated (every T at 1) |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r[0]} | {r[1]:.2f} | {r[2]:.4f} | {r[3]:.4f} | {r[4]:.4f} | {r[5]:.4f} |")
@@ -198,6 +201,7 @@ def main() -> int:
     p.add_argument("--size", default="small", help="real task size: small or large")
     p.add_argument("--preset", default="medium", help="real tasks' encoders (fast, medium, best)")
     p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
+    p.add_argument("--seeds", type=int, default=1, help="members per fusion method (seeds)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--dump", help="folder: save each member's val/test probabilities there")

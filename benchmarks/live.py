@@ -19,6 +19,7 @@ its RSS every few seconds. Prints:
 
     python benchmarks/live.py                     # 30 minutes
     python benchmarks/live.py --quick             # about 1 minute, a check that it runs
+    python benchmarks/live.py --minutes 0 --compare-holdout   # thresholds, no stream
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def detector_dir(args, work: Path) -> Path:
 
     fit = windows("normal", args.normal_recordings, 300_000)
     val = windows("held-out", args.val_recordings, 400_000)
-    detector = AnomalyDetector(false_alarm=args.false_alarm, device="cpu").fit(fit, val=val)
+    cache = work / "features"
+    detector = AnomalyDetector(false_alarm=args.false_alarm, device="cpu", cache_dir=cache)
+    detector.fit(fit, val=val)
+    if args.compare_holdout:
+        compare_holdout(args, work, fit, detector)
     print(
         f"fitted on {detector.n_reference_} windows of normal footage, threshold on "
         f"{detector.n_held_out_} of other recordings, in {time.perf_counter() - start:.0f} s"
@@ -82,6 +87,29 @@ def detector_dir(args, work: Path) -> Path:
     for note in detector.notes_:
         print(f"  note: {note}")
     return detector.save(work / "detector")
+
+
+def compare_holdout(args, work: Path, fit: Path, with_val: AnomalyDetector) -> None:
+    """Normal windows of two new 60-s recordings flagged by the detector whose threshold was set
+    on other recordings, and by one that held out a random share of the fit windows instead."""
+    clips = []
+    for k in range(2):
+        normal = work / f"new-{k}.ts"
+        write_scene(
+            normal, ["normal"] * 30, camera=0, seed=0, first_index=500_000 + 100 * k, size=SIZE
+        )
+        clips += cut_windows(normal, 60.0, work, window=args.window, stride=args.stride)
+    new = pd.DataFrame({"video": [str(c) for c in clips]})
+    random_split = AnomalyDetector(
+        false_alarm=args.false_alarm, device="cpu", cache_dir=work / "features"
+    ).fit(fit)
+    for name, detector in (("other recordings", with_val), ("random 30% held out", random_split)):
+        flagged = detector.predict(new)
+        print(
+            f"threshold from {name} ({detector.n_held_out_} windows): {int(flagged.sum())}/"
+            f"{len(new)} = {flagged.mean():.3f} of a new recording's normal windows flagged "
+            f"(target {args.false_alarm:g})"
+        )
 
 
 def rss_mb(pid: int) -> float | None:
@@ -224,6 +252,11 @@ def main() -> None:
         help="other 30-s normal recordings for the threshold (4: 116 windows, enough for 0.01)",
     )
     p.add_argument("--false-alarm", type=float, default=0.01)
+    p.add_argument(
+        "--compare-holdout",
+        action="store_true",
+        help="also score new normal recordings with a threshold from a random holdout",
+    )
     p.add_argument("--window", type=float, default=2.0)
     p.add_argument("--stride", type=float, default=1.0)
     p.add_argument("--warmup", type=float, default=120.0, help="RSS drift counted from (s)")
@@ -236,6 +269,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         detector = detector_dir(args, work)
+        if args.minutes <= 0:
+            return  # only the fit (and --compare-holdout)
         clip = work / "recording.ts"
         write_scene(clip, KINDS, camera=0, seed=0, size=SIZE)
         print(f"recording: {LOOP_S:.0f} s looped, anomalies at {known()}")

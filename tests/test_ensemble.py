@@ -13,6 +13,7 @@ from mmfuse.classifier import MultimodalClassifier
 from mmfuse.data.manifest import read_manifest
 from mmfuse.data.synthetic import make_shapes
 from mmfuse.errors import CheckpointError
+from mmfuse.evaluate.evaluation import evaluate_model
 from mmfuse.infer.predictor import Predictor
 from mmfuse.model.config import ConfigError, FusionConfig
 from mmfuse.model.ensemble import EnsembleModel
@@ -156,6 +157,36 @@ def test_the_report_shows_members_weights_and_calibration(ensemble):
     text = (root / "run" / "report.md").read_text()
     assert "## Ensemble" in text and "late-seed1" in text and "## Calibration" in text
     assert 0 <= run.validation["shrink"] <= 1 and "toward equal weights" in text
+
+
+def test_uncalibrated_means_every_temperature_at_one(ensemble):
+    """An ensemble's `ece_uncalibrated` is calibration off (its members' temperatures and its
+    own at 1), rebuilt here from each member's calibrated probabilities."""
+    from mmfuse.evaluate.calibration import expected_calibration_error, untempered
+    from mmfuse.infer.engine import PredictOptions, predict_dataset
+    from mmfuse.train.ensemble import ensemble_dataset
+
+    _, _, val, *_ = ensemble
+    run = ensemble[4]
+    model = run.model
+    temperatures = [model.temperatures(), *(m.temperatures() for m in model.members.values())]
+    model.set_temperatures({"label": 1.7})  # make its own temperature matter
+    data = ensemble_dataset(val, model, run.config, 0)
+    result = evaluate_model(model, data, None, options=PredictOptions(), ablation=False)
+    mixed, y = 0.0, None
+    for name, member in model.members.items():
+        out = predict_dataset(model.only(name), data, PredictOptions())
+        p, y = out["proba"]["all"]["label"], out["labels"]["label"]
+        mixed = mixed + model.weights[name] * untempered(p, member.temperatures()["label"])
+    metrics = result["metrics"]
+    assert metrics["ece_uncalibrated"] == pytest.approx(expected_calibration_error(y, mixed))
+    ensemble_p = predict_dataset(model, data, PredictOptions())["proba"]["all"]["label"]
+    assert metrics["ece_members_calibrated"] == pytest.approx(
+        expected_calibration_error(y, untempered(ensemble_p, 1.7))
+    )
+    after = [model.temperatures(), *(m.temperatures() for m in model.members.values())]
+    assert after[0] == {"label": pytest.approx(1.7)} and after[1:] == temperatures[1:]
+    model.set_temperatures(temperatures[0])
 
 
 def _as_classifier_folder(ensemble, tmp_path, weights=None):

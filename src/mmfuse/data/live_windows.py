@@ -9,9 +9,10 @@
 Windows lie every `stride` seconds from the source's first timestamp, `window` long, and come
 out in order as soon as the data they span has arrived. Times are seconds since that first
 timestamp. Memory is bounded by the window, never by how long the source runs: a decoded frame
-is kept (as RGB) only when a window not yet out samples it, and each audio rate has a
-fixed-size track of its newest samples. Unlike `video_stream.read_windows`, there is no plan of windows up
-front, since a stream has no duration.
+is kept (as RGB) only when a window not yet out samples it, and the sound's newest samples
+sit in a fixed-size track at the stream's rate, each window's stretch resampled as its clip's.
+Unlike `video_stream.read_windows`, there is no plan of windows up front, since a stream has no
+duration.
 
 `due` is when the window's last data arrived, on `time.monotonic()`'s clock, estimated from the
 freshest arrivals seen (the least `arrival - media time`), so `now - due` is how far behind
@@ -34,6 +35,7 @@ from mmfuse.data._audio_checks import check_samples
 from mmfuse.data._frames import frame_to_rgb, stack_chw
 from mmfuse.data._sample_track import SampleTrack
 from mmfuse.data._video_times import sample_times
+from mmfuse.data.audio import finish_audio
 from mmfuse.data.live_source import LiveSource
 from mmfuse.data.video_stream import AUDIO_SKEW_S
 from mmfuse.errors import MediaError
@@ -80,7 +82,7 @@ class _Reader:
         self.kept: deque[tuple[float, np.ndarray]] = deque()  # sampled H×W×3 frames, by time
         self.previous: tuple[float, av.VideoFrame] | None = None  # on screen until the next
         self.rotation = 0
-        self.tracks: dict[int, SampleTrack] = {}  # sample rate → its newest samples
+        self.tracks: dict[int, SampleTrack] = {}  # the stream's rate → its newest samples
         self.last: dict[str, float] = {}  # stream kind → its last (shifted) time
         self.shift: dict[str, float] = {}
         self.offset = math.inf  # least (arrival - stream time) seen: the arrival clock
@@ -95,7 +97,10 @@ class _Reader:
             t = last + step
             self.stats.jumps += 1
         self.last[kind] = t
-        if self.origin is None:
+        # Window times run from the first picture when there are pictures (else the first
+        # sound); each audio track cuts them from its own first sample (`_shift`), as a clip's
+        # frames and sound track are each read from their own start.
+        if self.origin is None and (kind == "video" or not self.frame_counts):
             self.origin = t
         now = time.monotonic()
         drifted = self.offset + CLOCK_DRIFT * (now - self.offset_at)
@@ -153,8 +158,10 @@ class _Reader:
             format="fltp", layout=stream.codec_context.layout.name, rate=native
         )
         seconds = self.window + self.stride + AUDIO_SKEW_S + 1.0
-        for rate in set(self.audio_rates.values()):
-            self.tracks[rate] = SampleTrack(native, rate, math.ceil(seconds * rate), fill_gaps=True)
+        # Kept at the stream's own rate; each window's stretch is resampled as a clip of it is
+        # (`finish_audio`), so that it gives the samples the clip gives to the last one (a
+        # streaming resampler differs at the window's edges, which moved anomaly scores).
+        self.tracks[native] = SampleTrack(native, native, math.ceil(seconds * native), True)
         self.stats.audio_samples_kept = sum(r.keep for r in self.tracks.values())
 
     def _on_sound(self, frame: av.AudioFrame, t: float) -> None:
@@ -177,7 +184,7 @@ class _Reader:
         if self.frame_counts and not ended and (picture is None or picture < end - _EPS):
             return False
         for track in self.tracks.values():
-            waiting = track.end < end - 0.5 / track.rate
+            waiting = track.end < end + self._shift(track) - 0.5 / track.rate
             if waiting and not ended and (picture is None or picture <= end + AUDIO_SKEW_S):
                 return False
         return True
@@ -192,12 +199,19 @@ class _Reader:
                 for name, count in self.frame_counts.items():
                     media[name] = self._pick(sample_times(start, end, count))
             for name, rate in self.audio_rates.items():
-                if rate in self.tracks:
-                    media[name] = self.tracks[rate].cut(start, end)
+                for native, track in self.tracks.items():
+                    shift = self._shift(track)
+                    x = track.cut(start + shift, end + shift).numpy()[None]
+                    media[name] = finish_audio(x, native, rate, True, self.window)[0]
             return media
 
         due = end + self.offset
         return LiveWindow(k, start - self.origin, end - self.origin, due, load)
+
+    def _shift(self, track: SampleTrack) -> float:
+        """Window time + this = the track's time: a stream's sound may start a little before
+        or after its first picture (MPEG-TS: often tens of ms)."""
+        return 0.0 if track.t0 is None else track.t0 - self.origin
 
     def _data_end(self, step: float) -> float:
         """Where the data ends: the last frame's end, or the audio's if there is no video."""

@@ -50,15 +50,15 @@ def evaluate_model(
 
     predictions = run(dataset, keep)
     temperatures = model.temperatures()
-    metrics = _task_metrics(predictions, dataset.tasks, temperatures)
+    raw = _uncalibrated(model, lambda: run(dataset))
+    metrics = _task_metrics(predictions, dataset.tasks, temperatures, raw)
     result: dict = {
         "metrics": metrics,
-        "calibration": calibration_curves(predictions, dataset.tasks, temperatures),
+        "calibration": calibration_curves(predictions, dataset.tasks, temperatures, raw),
         "skipped": [s.to_dict() for s in predictions["skipped"]],
     }
     if hasattr(model, "members"):  # an ensemble: each member scored on the same rows
-        result["members"] = _member_metrics(model, dataset, options, dist)
-        result["weights"] = dict(model.weights)
+        result.update(members=_member_metrics(model, dataset, options, dist), weights=model.weights)
     if keep is not None:
         result["ablation"] = ablation_scores(predictions, tasks[0])
     if robustness:
@@ -111,29 +111,64 @@ def _member_metrics(model, dataset, options, dist) -> dict:
     }
 
 
+def _uncalibrated(model, predict: Callable[[], dict]) -> dict | None:
+    """An ensemble's predictions with every temperature at 1, its members' and its own: what it
+    would predict with calibration off. None for a single model, whose one temperature
+    `untempered` undoes exactly."""
+    if not hasattr(model, "members"):
+        return None
+    parts = [model, *model.members.values()]
+    saved = [part.temperatures() for part in parts]
+    try:
+        for part in parts:
+            part.set_temperatures(dict.fromkeys(part.tasks, 1.0))
+        return predict()
+    finally:
+        for part, temperatures in zip(parts, saved):
+            part.set_temperatures(temperatures)
+
+
+def _before(predictions, raw, task: str, temperature: float):
+    """Task `task`'s probabilities before calibration: `raw`'s (an ensemble's, every
+    temperature at 1) or the first variant's untempered."""
+    if raw is not None:
+        return raw["proba"][next(iter(raw["proba"]))][task]
+    return untempered(predictions["proba"][next(iter(predictions["proba"]))][task], temperature)
+
+
 def _task_metrics(
-    predictions: Mapping, tasks: Mapping[str, Sequence[str]], temperatures: Mapping[str, float]
+    predictions: Mapping,
+    tasks: Mapping[str, Sequence[str]],
+    temperatures: Mapping[str, float],
+    raw: Mapping | None = None,
 ) -> dict:
     """`classification_metrics` of the first variant with `ece` and `ece_uncalibrated`, per
-    task (the bare dict for one task)."""
+    task (the bare dict for one task). `raw`: an ensemble's predictions with calibration off;
+    it adds `ece_members_calibrated` (its members calibrated, its own temperature at 1)."""
     first = next(iter(predictions["proba"]))
     per_task = {}
     for task, classes in tasks.items():
         y, proba = predictions["labels"][task], predictions["proba"][first][task]
+        t = temperatures.get(task, 1.0)
         m = classification_metrics(y, proba=proba, labels=classes)
         m["ece"] = expected_calibration_error(y, proba)
-        before = untempered(proba, temperatures.get(task, 1.0))
-        m["ece_uncalibrated"] = expected_calibration_error(y, before)
-        m["temperature"] = temperatures.get(task, 1.0)
+        m["ece_uncalibrated"] = expected_calibration_error(y, _before(predictions, raw, task, t))
+        if raw is not None:
+            m["ece_members_calibrated"] = expected_calibration_error(y, untempered(proba, t))
+        m["temperature"] = t
         per_task[task] = m
     return next(iter(per_task.values())) if len(per_task) == 1 else per_task
 
 
 def calibration_curves(
-    predictions: Mapping, tasks: Mapping[str, Sequence[str]], temperatures: Mapping[str, float]
+    predictions: Mapping,
+    tasks: Mapping[str, Sequence[str]],
+    temperatures: Mapping[str, float],
+    raw: Mapping | None = None,
 ) -> dict:
-    """`{task: {"temperature", "before", "after"}}`: reliability bins before and after the
-    model's temperature, for the report's reliability diagram."""
+    """`{task: {"temperature", "before", "after"}}`: reliability bins before and after
+    calibration (the model's temperature; an ensemble's `raw`: every temperature at 1), for the
+    report's reliability diagram."""
     first = next(iter(predictions["proba"]))
     out = {}
     for task in tasks:
@@ -141,7 +176,7 @@ def calibration_curves(
         t = temperatures.get(task, 1.0)
         out[task] = {
             "temperature": t,
-            "before": reliability_bins(y, untempered(proba, t)),
+            "before": reliability_bins(y, _before(predictions, raw, task, t)),
             "after": reliability_bins(y, proba),
         }
     return out

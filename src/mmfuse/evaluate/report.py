@@ -194,8 +194,8 @@ def _ensemble_section(ensemble: Mapping[str, Mapping], metrics: Mapping) -> list
         "shrunk toward equal weights as far as the rows left out support (Caruana et al. 2006); "
         "members of weight 0 are not saved.",
         "",
-        "| model | weight | accuracy | log loss | ECE |",
-        "|---|---:|---:|---:|---:|",
+        "| model | weight | accuracy | log loss | ECE | ECE uncalibrated (every T = 1) |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     weights = ensemble.get("weights", {})
     rows = [(name, weights.get(name, 0.0), m) for name, m in ensemble["members"].items()]
@@ -203,7 +203,8 @@ def _ensemble_section(ensemble: Mapping[str, Mapping], metrics: Mapping) -> list
         m = _first_task(m)
         lines.append(
             f"| {_cell(name)} | {weight:.3f} | {_num(m.get('accuracy'))} | "
-            f"{_num(m.get('log_loss'))} | {_num(m.get('ece'))} |"
+            f"{_num(m.get('log_loss'))} | {_num(m.get('ece'))} | "
+            f"{_num(m.get('ece_uncalibrated'))} |"
         )
     return [*lines, ""]
 
