@@ -68,7 +68,13 @@ def detector_dir(args, work: Path) -> Path:
             write_scene(
                 normal, ["normal"] * 15, camera=0, seed=0, first_index=first + 100 * k, size=SIZE
             )
-            clips += cut_windows(normal, 30.0, work, window=args.window, stride=args.stride)
+            # Each recording's windows at another phase of the stride: a stream's windows fall
+            # anywhere against the scenes' 2-s clips (the 60-s loop's sound is 96 ms longer
+            # than its pictures: the phase drifts loop after loop).
+            phase = (k / count) * args.stride
+            clips += cut_windows(
+                normal, 30.0, work, window=args.window, stride=args.stride, first=phase
+            )
         manifest = work / f"{name}.csv"
         pd.DataFrame({"video": [str(c) for c in clips]}).to_csv(manifest, index=False)
         return manifest

@@ -41,18 +41,25 @@ def wait_until_bound(port: int, timeout: float = 20.0, poll: float = 0.05) -> No
 
 
 def cut_windows(
-    recording: str | Path, duration: float, out_dir: str | Path, *, window: float, stride: float
+    recording: str | Path,
+    duration: float,
+    out_dir: str | Path,
+    *,
+    window: float,
+    stride: float,
+    first: float = 0.0,
 ) -> list[Path]:
-    """Every `window`-second stretch of `recording`, `stride` seconds apart, as a clip of its own
-    holding what a live window of it holds: the pictures copied (exact where every frame is a
-    key frame, as in `write_scene`'s recordings), the sound decoded and cut to the sample, each
+    """Every `window`-second stretch of `recording`, `stride` seconds apart from `first`, as a
+    clip of its own holding what a live window of it holds: the pictures copied (exact where
+    every frame is a key frame, as in `write_scene`'s recordings), the sound decoded and cut to
+    the sample, each
     stream from its own start (`ffmpeg -i ... -ss`, FLAC in Matroska). Copying the sound
     instead keeps whole AAC frames: 40 ms past the window, which moved the anomaly detector's
     audio score of a normal window by 0.8 of its standard deviation on average."""
     out_dir, recording, clips = Path(out_dir), Path(recording), []
-    start = 0.0
+    start = first
     while start + window <= duration + 1e-9:
-        clip = out_dir / f"{recording.stem}-{start:07.1f}.mkv"
+        clip = out_dir / f"{recording.stem}-{start:08.2f}.mkv"
         cut = ["-i", str(recording), "-ss", f"{start:g}", "-t", f"{window:g}"]
         cut += ["-c:v", "copy", "-c:a", "flac"]
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", *cut, str(clip)], check=True)

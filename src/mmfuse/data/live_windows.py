@@ -70,7 +70,7 @@ class LiveWindow:
 
 
 class _Reader:
-    """One pass over a live source: frames kept where windows sample them, audio in fixed-size tracks."""
+    """One pass over a live source: frames kept where windows sample them, sound in a track."""
 
     def __init__(self, source, window, stride, frames, audio_rates, stats, frame_size=None):
         self.source, self.window, self.stride = source, window, stride
