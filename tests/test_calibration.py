@@ -45,6 +45,19 @@ def test_fit_temperature_recovers_the_true_temperature_and_lowers_ece():
     assert (calibrated.argmax(1) == proba.argmax(1)).all()  # accuracy is unchanged
 
 
+def test_a_validation_split_without_mistakes_does_not_sharpen_without_bound():
+    """30 rows all classified right: the NLL falls all the way to T -> 0; the prior on log T
+    stops it where the data's pull is as weak as 30 rows make it."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, size=(30, 4))
+    y = z.argmax(1)  # the model is right on every row, with modest margins
+    t = fit_temperature(y, _softmax(z))
+    assert 0.1 < t < 1.0
+    # Many rows: the prior's pull is 1/n of the NLL's and the MLE comes back.
+    y, proba = _overconfident(n=4000, true_t=0.5, seed=1)
+    assert fit_temperature(y, proba) == pytest.approx(0.5, rel=0.1)
+
+
 def test_ece_by_hand():
     # Two rows at confidence 0.9 (one right), two at 0.6 (both right):
     # ECE = 0.5·|0.9 − 0.5| + 0.5·|0.6 − 1| = 0.4.
