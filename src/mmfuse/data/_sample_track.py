@@ -1,9 +1,10 @@
-"""A mono audio track resampled as it streams in, cut into windows by time.
+"""A mono audio track, resampled as it streams in when asked, cut into windows by time.
 
 Shared by the two readers that cut windows while decoding: `video_stream.read_windows` (a file,
-whose caller trims what no open window needs) and `live_windows` (a stream with no plan of
-windows, which keeps a fixed number of the newest samples). soxr's streaming resampler gives
-the same samples chunk by chunk as `read_audio` gives in one call.
+resampled as it streams, whose caller trims what no open window needs) and `live_windows` (a
+stream with no plan of windows, kept at its own rate and to a fixed number of the newest
+samples). soxr's streaming resampler gives the same samples chunk by chunk as in one call over
+the same stretch.
 """
 
 from __future__ import annotations

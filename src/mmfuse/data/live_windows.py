@@ -54,7 +54,7 @@ class LiveStats:
     frames_decoded: int = 0
     windows: int = 0  # windows that came out (handled or skipped by the caller)
     peak_frames_held: int = 0  # RGB frames kept for windows not yet out
-    audio_samples_kept: int = 0  # the audio tracks' fixed bound, all rates together
+    audio_samples_kept: int = 0  # the audio track's fixed bound, at the stream's rate
     jumps: int = 0  # timestamp discontinuities re-joined
     bad_audio_chunks: int = 0  # decoded audio with NaN, infinity or absurd peaks: silenced
     ended: str = ""  # why reading stopped
@@ -82,7 +82,7 @@ class _Reader:
         self.kept: deque[tuple[float, np.ndarray]] = deque()  # sampled H×W×3 frames, by time
         self.previous: tuple[float, av.VideoFrame] | None = None  # on screen until the next
         self.rotation = 0
-        self.tracks: dict[int, SampleTrack] = {}  # the stream's rate → its newest samples
+        self.track: SampleTrack | None = None  # the sound's newest samples, at its own rate
         self.last: dict[str, float] = {}  # stream kind → its last (shifted) time
         self.shift: dict[str, float] = {}
         self.offset = math.inf  # least (arrival - stream time) seen: the arrival clock
@@ -98,7 +98,7 @@ class _Reader:
             self.stats.jumps += 1
         self.last[kind] = t
         # Window times run from the first picture when there are pictures (else the first
-        # sound); each audio track cuts them from its own first sample (`_shift`), as a clip's
+        # sound); the audio track cuts them from its own first sample (`_shift`), as a clip's
         # frames and sound track are each read from their own start.
         if self.origin is None and (kind == "video" or not self.frame_counts):
             self.origin = t
@@ -152,7 +152,7 @@ class _Reader:
         return stack_chw(chosen)  # T×C×H×W
 
     # -- audio ----------------------------------------------------------------------------
-    def _tracks(self, stream) -> None:
+    def _open_track(self, stream) -> None:
         native = stream.codec_context.sample_rate or stream.rate
         self.converter = av.AudioResampler(
             format="fltp", layout=stream.codec_context.layout.name, rate=native
@@ -161,8 +161,8 @@ class _Reader:
         # Kept at the stream's own rate; each window's stretch is resampled as a clip of it is
         # (`finish_audio`), so that it gives the samples the clip gives to the last one (a
         # streaming resampler differs at the window's edges, which moved anomaly scores).
-        self.tracks[native] = SampleTrack(native, native, math.ceil(seconds * native), True)
-        self.stats.audio_samples_kept = sum(r.keep for r in self.tracks.values())
+        self.track = SampleTrack(native, native, math.ceil(seconds * native), fill_gaps=True)
+        self.stats.audio_samples_kept = self.track.keep
 
     def _on_sound(self, frame: av.AudioFrame, t: float) -> None:
         for out in self.converter.resample(frame):
@@ -174,8 +174,7 @@ class _Reader:
                 chunk = np.zeros_like(chunk)
                 self.stats.bad_audio_chunks += 1
             mono = chunk.mean(axis=0, dtype=np.float32)
-            for track in self.tracks.values():
-                track.push(mono, t)
+            self.track.push(mono, t)
 
     # -- windows --------------------------------------------------------------------------
     def _ready(self, k: int, ended: bool) -> bool:
@@ -183,11 +182,9 @@ class _Reader:
         picture = self.last.get("video")
         if self.frame_counts and not ended and (picture is None or picture < end - _EPS):
             return False
-        for track in self.tracks.values():
-            waiting = track.end < end + self._shift(track) - 0.5 / track.rate
-            if waiting and not ended and (picture is None or picture <= end + AUDIO_SKEW_S):
-                return False
-        return True
+        track = self.track
+        waiting = track is not None and track.end < end + self._shift() - 0.5 / track.rate
+        return not waiting or ended or (picture is not None and picture > end + AUDIO_SKEW_S)
 
     def _window(self, k: int) -> LiveWindow:
         start = self._start(k)
@@ -198,26 +195,27 @@ class _Reader:
             if self.kept:
                 for name, count in self.frame_counts.items():
                     media[name] = self._pick(sample_times(start, end, count))
-            for name, rate in self.audio_rates.items():
-                for native, track in self.tracks.items():
-                    shift = self._shift(track)
-                    x = track.cut(start + shift, end + shift).numpy()[None]
+            if self.track is not None:
+                shift, native = self._shift(), self.track.rate
+                x = self.track.cut(start + shift, end + shift).numpy()[None]
+                for name, rate in self.audio_rates.items():
                     media[name] = finish_audio(x, native, rate, True, self.window)[0]
             return media
 
         due = end + self.offset
         return LiveWindow(k, start - self.origin, end - self.origin, due, load)
 
-    def _shift(self, track: SampleTrack) -> float:
-        """Window time + this = the track's time: a stream's sound may start a little before
-        or after its first picture (MPEG-TS: often tens of ms)."""
-        return 0.0 if track.t0 is None else track.t0 - self.origin
+    def _shift(self) -> float:
+        """Window time + this = the audio track's time: a stream's sound may start a little
+        before or after its first picture (MPEG-TS: often tens of ms)."""
+        t0 = self.track.t0 if self.track is not None else None
+        return 0.0 if t0 is None else t0 - self.origin
 
     def _data_end(self, step: float) -> float:
         """Where the data ends: the last frame's end, or the audio's if there is no video."""
         if self.frame_counts and "video" in self.last:
             return self.last["video"] + step
-        return max((r.end for r in self.tracks.values()), default=-math.inf)
+        return self.track.end if self.track is not None else -math.inf
 
     def _finished(self, ended: bool = False, step: float = 0.0) -> Iterator[LiveWindow]:
         while self.origin is not None and self._ready(self.next, ended):
@@ -237,7 +235,7 @@ class _Reader:
         self.frame_counts = self.frame_counts if vs is not None else {}
         streams = [s for s in (vs, aus) if s is not None]
         if aus is not None:
-            self._tracks(aus)
+            self._open_track(aus)
         step = 1.0 / float(vs.average_rate or vs.guessed_rate or 25) if vs is not None else 0.0
         try:
             for packet in container.demux(*streams):

@@ -75,7 +75,7 @@ LOG_T_PRIOR_VAR = 0.25
 
 def fit_temperature(y, proba, *, max_iter: int = 100) -> float:
     """The T > 0 that minimises the NLL of `softmax(log(proba) / T)` on the labelled rows, plus a
-    standard normal prior on log T (the MAP estimate).
+    normal prior on log T, mean 0 and variance `LOG_T_PRIOR_VAR` (the MAP estimate).
 
     `proba` are the model's probabilities at T = 1: their logs equal the logits up to a
     per-row constant, which softmax ignores. Optimised over log T so T stays positive; 1.0 when

@@ -58,7 +58,7 @@ def evaluate_model(
         "skipped": [s.to_dict() for s in predictions["skipped"]],
     }
     if hasattr(model, "members"):  # an ensemble: each member scored on the same rows
-        result.update(members=_member_metrics(model, dataset, options, dist), weights=model.weights)
+        result.update(_ensemble_parts(model, dataset, options, dist))
     if keep is not None:
         result["ablation"] = ablation_scores(predictions, tasks[0])
     if robustness:
@@ -100,8 +100,9 @@ def _write(out_dir, result: dict, **kwargs) -> None:
     write_report(out_dir, result["metrics"], **kwargs, **parts, ensemble=ensemble)
 
 
-def _member_metrics(model, dataset, options, dist) -> dict:
-    return {
+def _ensemble_parts(model, dataset, options, dist) -> dict:
+    """`{"members": each member's metrics on the same rows, "weights"}` of an ensemble."""
+    members = {
         name: _task_metrics(
             predict_dataset(model.only(name), dataset, options, dist=dist),
             dataset.tasks,
@@ -109,6 +110,7 @@ def _member_metrics(model, dataset, options, dist) -> dict:
         )
         for name, member in model.members.items()
     }
+    return {"members": members, "weights": dict(model.weights)}
 
 
 def _uncalibrated(model, predict: Callable[[], dict]) -> dict | None:
