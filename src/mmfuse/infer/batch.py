@@ -9,7 +9,7 @@ record (a row that could not be read) rides along in `batch["skipped"]`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -76,23 +76,6 @@ def batches_of(rows: Sequence[int], size: int) -> list[list[int]]:
     return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
-class EpochBatches:
-    """A batch sampler whose batches are set per epoch (`set`), so that one DataLoader, and its
-    persistent workers, serve every epoch of a fit."""
-
-    def __init__(self, batches: list[list] | None = None):
-        self.batches = list(batches or [])
-
-    def set(self, batches: list[list]) -> None:
-        self.batches = list(batches)
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 def auto_workers(rows: int, cores: int | None = None) -> int:
     """The loader processes `workers="auto"` means for `rows` rows: the cores left after this
     process, none for fewer than `AUTO_MIN_ROWS` rows (reading those takes about as long as
@@ -109,24 +92,23 @@ def resolve_workers(workers: int | str, rows: int) -> int:
 
 def row_loader(
     dataset: Dataset,
-    batches: list[list[int]] | EpochBatches,
+    batches: Iterable[list],
     *,
     workers: int | str = 0,
     seed: int | None = None,
     device: torch.device | None = None,
-    persistent: bool = False,
 ) -> DataLoader:
     """A DataLoader over fixed batches of rows, stacked by `collate`.
 
     It has a generator of its own (seeded with `seed` when given): making an iterator must not
     draw from the global RNG that dropout uses, or a resumed run would diverge from an
     uninterrupted one. Memory is pinned when the batches go to a CUDA device. `workers="auto"`
-    picks the number from the rows (`auto_workers`); with `persistent` (and `EpochBatches`) the
-    workers live on from one epoch to the next instead of starting again.
+    picks the number from the rows (`auto_workers`). `batches` may be any batch sampler, such
+    as a fit's stream of every epoch's batches.
     """
     generator = torch.Generator() if seed is None else torch.Generator().manual_seed(seed)
     workers = resolve_workers(workers, len(dataset))
-    extra = {"persistent_workers": persistent, "prefetch_factor": PREFETCH} if workers else {}
+    extra = {"prefetch_factor": PREFETCH} if workers else {}
     return DataLoader(
         dataset,
         batch_sampler=batches,

@@ -23,24 +23,25 @@ modality dropout, the loss) is `step.py`; the loop's position, best metric and c
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmfuse import distributed
 from mmfuse.device import resolve_device
 from mmfuse.errors import MmfuseError
-from mmfuse.infer.batch import EpochBatches, resolve_workers, row_loader
+from mmfuse.infer.batch import resolve_workers, row_loader
 from mmfuse.infer.dataset import MultimodalDataset, Skipped, StagedView
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train._ckpt_io import no_space_is_an_error
+from mmfuse.train.batches import FitBatches, batches_per_epoch, epoch_batches, epoch_order
 from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
 from mmfuse.train.config import TrainConfig
@@ -71,12 +72,6 @@ class FitResult:
     cache_time: float = 0.0  # seconds spent filling the feature cache before epoch 1
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The shuffled row order of one epoch: a function of (seed, epoch) only."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
-    return rng.permutation(n).tolist()
-
-
 @dataclass
 class _Fit:
     """What `fit` sets up once and every epoch uses."""
@@ -87,10 +82,11 @@ class _Fit:
     step: StepContext
     checkpoints: RunCheckpoints
     logger: MetricsLogger | NoLogger
-    # One loader for every epoch, so its workers start once; `sampler` holds the epoch's batches.
+    # One loader and one iterator over every epoch's batches (`batches.FitBatches`): its
+    # workers start once and read ahead across epoch ends.
     loader: torch.utils.data.DataLoader | None
-    sampler: EpochBatches
     workers: int
+    stream: Iterator[dict] | None = None
 
 
 class Trainer:
@@ -161,7 +157,7 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         optimizer = optimizer_for(self.model, self.model_config, cfg)
-        steps_per_epoch = math.ceil(math.ceil(len(train) / self.dist.world) / self.batch_size)
+        steps_per_epoch = batches_per_epoch(len(train), self.batch_size, self.dist)
         scheduler = scheduler_for(optimizer, cfg, steps_per_epoch)
         step = StepContext.for_fit(
             self.model, self.model_config, cfg, train, self.device, self.rng, self.dist
@@ -180,19 +176,15 @@ class Trainer:
         if self.dist.is_main:
             logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
             logger.rewrite(state.history)
-        sampler, workers = EpochBatches(), resolve_workers(cfg.workers, len(train))
+        workers = resolve_workers(cfg.workers, len(train))
+        sampler = FitBatches(
+            len(train), cfg.seed, self.batch_size, self.dist, cfg.epochs, state.epoch, state.batch
+        )
         # Log-mel and normalisation run per batch on the device (`features.batched`).
         loader = row_loader(
-            StagedView(train),
-            sampler,
-            workers=workers,
-            seed=cfg.seed,
-            device=self.device,
-            persistent=True,
+            StagedView(train), sampler, workers=workers, seed=cfg.seed, device=self.device
         )
-        return _Fit(
-            optimizer, scheduler, state, step, checkpoints, logger, loader, sampler, workers
-        )
+        return _Fit(optimizer, scheduler, state, step, checkpoints, logger, loader, workers)
 
     def _unfreeze_due(self, epoch: int) -> None:
         """Start fine-tuning the encoders whose frozen warm-up ends at this epoch."""
@@ -249,20 +241,17 @@ class Trainer:
         """One epoch from where the state stands (a mid-epoch checkpoint, or its start)."""
         cfg, state = self.config, run.state
         first = state.batch
-        order = distributed.rank_slice(
-            epoch_order(len(train), cfg.seed, epoch), self.dist, pad=True
-        )
-        size = self.batch_size
-        batches = [[(epoch, r) for r in order[i : i + size]] for i in range(0, len(order), size)]
-        run.sampler.set(batches[first:])
+        batches = epoch_batches(len(train), cfg.seed, epoch, self.batch_size, self.dist)
+        if run.stream is None:
+            run.stream = iter(run.loader)
+        # This epoch's share of the fit's one stream; the workers are already reading the next.
+        mine = itertools.islice(run.stream, len(batches) - first)
         clock = run.step.clock = StageClock(cfg.profile, self.device)
         self.model.train()
         # A resumed epoch goes on from the sums its mid-epoch checkpoint saved.
         total, count, seen = (state.epoch_loss, state.epoch_rows, 0) if first else (0.0, 0, 0)
         start = time.perf_counter()
-        bar = progress(
-            run.loader, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first
-        )
+        bar = progress(mine, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first)
         for b, batch in enumerate(clock.batches(bar), start=first):
             note_skipped(self.skipped, batch["skipped"], cfg.on_bad_sample)
             if "inputs" in batch:
@@ -273,7 +262,7 @@ class Trainer:
                     total, count, seen = total + out.loss * n, count + n, seen + n
                 else:
                     self._skip_batch(run, train, batch, f"epoch {epoch + 1}, batch {b + 1}", out)
-                if bar is not run.loader:
+                if bar is not mine:
                     took = time.perf_counter() - start
                     bar.set_postfix(
                         loss=f"{total / max(count, 1):.4f}", samples_s=f"{seen / took:.0f}"
@@ -338,7 +327,9 @@ class Trainer:
         # Let the last epoch's DDP wrapper go while every rank is still in the process group,
         # rather than whenever `run` happens to be collected.
         run.step.net = self.model
-        run.loader = None  # its workers end here, not whenever the loader is collected
+        # The workers end here (an early stop leaves batches read ahead), not whenever the
+        # loader is collected.
+        run.stream = run.loader = None
         self._write_skipped()
         distributed.barrier(self.dist)
         return FitResult(
