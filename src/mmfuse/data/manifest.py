@@ -70,6 +70,11 @@ class Manifest:
         v = self.frame.at[row, column]
         return None if _is_missing(v) else v
 
+    def column_values(self, column: str) -> list:
+        """Every row's `value` of `column`, at once (a lookup per cell costs a DataFrame's
+        indexing each time; a loader asks for every cell of every epoch)."""
+        return [None if _is_missing(v) else v for v in self.frame[column].tolist()]
+
     def summary(self) -> str:
         """A one-screen description: rows, columns with roles and missing counts, classes."""
         n = len(self.frame)

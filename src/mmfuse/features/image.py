@@ -321,10 +321,11 @@ class Pipeline(nn.Module):
         """The per-sample half on `n×G×C×H×W`: the ops before `ToFloat`, then the draws of the
         ops after it, in the order `apply_grouped` has always drawn them."""
         generator = generator if generator is not None else self.generator
-        for op in self.ops[: self.split]:
+        ops = list(self.ops)  # not sliced: slicing a ModuleList builds a new one, per sample
+        for op in ops[: self.split]:
             x = op.transform(x, op.make_params(x, generator))
         params = {}
-        for i, op in enumerate(self.ops[self.split :], start=self.split):
+        for i, op in enumerate(ops[self.split :], start=self.split):
             # These ops draw one row per sample from the shape alone, so uint8 x will do.
             params.update({f"{i}.{k}": v for k, v in op.make_params(x, generator).items()})
         return Staged(x, params)
@@ -332,7 +333,8 @@ class Pipeline(nn.Module):
     def finish(self, staged: Staged) -> torch.Tensor:
         """The batch half, on the batch's device: `ToFloat` and the ops after it."""
         x = staged.data
-        for i, op in enumerate(self.ops[self.split :], start=self.split):
+        for i in range(self.split, len(self.ops)):
+            op = self.ops[i]
             prefix = f"{i}."
             params = {k[len(prefix) :]: v for k, v in staged.params.items() if k.startswith(prefix)}
             x = op.transform(x, {k: v.to(x.device) for k, v in params.items()})

@@ -140,6 +140,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
                 f"lacks; its columns are {list(manifest.frame.columns)}"
             )
         self.labels = {t: self._label_indices(t, classes) for t, classes in self.tasks.items()}
+        self.cells = {n: manifest.column_values(c.column) for n, c in self.inputs.items()}
         self.loader = SampleLoader(
             {n: c.modality for n, c in self.inputs.items()},
             self.specs,
@@ -200,8 +201,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         # `load` adds to it: one sample at a time per process, workers included.
         self._timing = timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
         for name in self.names:
-            column = self.inputs[name].column
-            value = self.manifest.value(row, column)
+            column, value = self.inputs[name].column, self.cells[name][row]
             if value is None:
                 item["inputs"][name], item["present"][name] = self._absent(name, staged), False
                 continue

@@ -105,8 +105,7 @@ def fill_feature_cache(
     out = torch.zeros(len(dataset), encoder.output_dim)
     errors: dict[int, Skipped] = {}
     keys: dict[int, str] = {}
-    for row in range(len(dataset)):
-        value = manifest.value(row, spec.column)
+    for row, value in enumerate(dataset.cells[name]):
         if value is None:
             continue
         try:

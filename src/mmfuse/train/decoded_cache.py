@@ -22,8 +22,11 @@ Deleting the folder is always safe: entries are decoded again when next needed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
+import math
 import os
 import secrets
 import shutil
@@ -60,8 +63,7 @@ class DecodedStore:
         key = content_hash(value, is_path=True)
         path = self.dir / key[:2] / f"{key}.npy"
         try:
-            # Copied out of the mapping: the transforms write into their input.
-            return torch.from_numpy(np.array(np.load(path, mmap_mode="r", allow_pickle=False)))
+            return torch.from_numpy(read_entry(path))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError):
@@ -80,6 +82,39 @@ class DecodedStore:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+def read_entry(path: Path) -> np.ndarray:
+    """A stored `.npy` array, read whole into writable memory (the transforms write into their
+    input). Faster than `np.load` for the store's many small files: one read, no mapping, and
+    the header of each shape parsed once (entries of one store share a few)."""
+    with open(path, "rb") as f:
+        buf = bytearray(os.fstat(f.fileno()).st_size)
+        got = f.readinto(buf)
+    if got != len(buf) or buf[:6] != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a complete .npy file")
+    wide = buf[6] >= 2  # format 2.0+: a 4-byte header length
+    start = 12 if wide else 10
+    end = start + int.from_bytes(buf[8:start], "little")
+    dtype, shape, fortran = _header(bytes(buf[:end]))
+    count = math.prod(shape)
+    if len(buf) - end != count * dtype.itemsize:
+        raise ValueError(f"{path} is cut short")
+    array = np.frombuffer(buf, dtype=dtype, count=count, offset=end)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+@functools.lru_cache(maxsize=256)
+def _header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    stream = io.BytesIO(head)
+    version = np.lib.format.read_magic(stream)
+    read = np.lib.format.read_array_header_1_0
+    if version != (1, 0):
+        read = np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(stream)
+    if dtype.hasobject:
+        raise ValueError("the decoded-sample store holds no object arrays")
+    return dtype, shape, fortran
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -61,9 +61,10 @@ _DESCRIPTION_FILE = "encoder.json"
 def content_hash(value: str | os.PathLike, *, is_path: bool) -> str:
     """sha256 hex of a file's bytes (`is_path=True`) or of a text cell (`is_path=False`).
 
-    File hashes are memoised per process by (resolved path, size, mtime, ctime), so asking again
-    about an unchanged file does not reread it; any write to the file changes its ctime and makes
-    it hashed afresh.
+    File hashes are memoised per process by path, the file's identity (device, inode), size,
+    mtime and ctime, so asking again about an unchanged file does not reread it; any write to
+    the file changes its ctime and makes it hashed afresh. (One `stat`, no path resolution: this
+    is asked for every sample of every epoch.)
     """
     if not is_path:
         if not isinstance(value, str):
@@ -72,14 +73,15 @@ def content_hash(value: str | os.PathLike, *, is_path: bool) -> str:
                 f"{type(value).__name__} {value!r}; pass is_path=True for a file"
             )
         return hashlib.sha256(b"text:" + value.encode("utf-8")).hexdigest()
-    path = Path(value).resolve()
-    st = path.stat()
-    return _file_sha256(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    st = os.stat(value)
+    return _file_sha256(
+        os.fspath(value), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    )
 
 
 # The stat fields are part of the cache key only, so that a changed file misses the memo.
 @functools.lru_cache(maxsize=1 << 18)
-def _file_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+def _file_sha256(path: str, dev: int, ino: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):

@@ -47,11 +47,10 @@ def _missing_files(dataset: MultimodalDataset) -> dict[int, Skipped]:
     """Rows with a file cell whose file does not exist (cheap: no decoding)."""
     manifest = dataset.manifest
     found: dict[int, Skipped] = {}
-    for spec in dataset.inputs.values():
+    for name, spec in dataset.inputs.items():
         if not reads_file(spec.modality, spec.column, manifest.text_files):
             continue  # the cell is the value itself (text, a number, a category)
-        # The column as a list: a million `manifest.value` lookups would take seconds.
-        for row, value in enumerate(manifest.frame[spec.column].tolist()):
+        for row, value in enumerate(dataset.cells[name]):
             if row in found or value is None or Path(str(value)).exists():
                 continue
             found[row] = Skipped(row, spec.column, str(value), "decode", "missing", "no such file")
