@@ -248,6 +248,9 @@ def crop(
 ) -> torch.Tensor:
     """Per-sample crop of `n×…×H×W` at offsets `top`, `left` (each `n`), one gather for all."""
     n = x.shape[0]
+    if n == 1:  # one sample (the loaders' case): a view, far cheaper than a gather on a CPU
+        t, left_ = int(top[0]), int(left[0])
+        return x[..., t : t + height, left_ : left_ + width].contiguous()
     rows = (top[:, None] + torch.arange(height, device=x.device))[:, :, None]  # n×h×1
     cols = (left[:, None] + torch.arange(width, device=x.device))[:, None, :]  # n×1×w
     moved = x.movedim((-2, -1), (1, 2))  # n×H×W×…

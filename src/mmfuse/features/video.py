@@ -114,7 +114,10 @@ class VideoTransform(nn.Module):
                 x.shape[1], self.spec.frames, self.training, generator, x.shape[0], x.device
             )
         indices = indices.to(x.device).expand(x.shape[0], -1)  # B×frames
-        x = x[torch.arange(x.shape[0], device=x.device)[:, None], indices]  # B×F×C×H×W
+        if x.shape[0] == 1:  # one clip (the loaders' case): index_select beats a gather
+            x = x.index_select(1, indices[0])
+        else:
+            x = x[torch.arange(x.shape[0], device=x.device)[:, None], indices]  # B×F×C×H×W
         return self.frame_ops.stage(x, generator)
 
     def finish(self, staged: Staged) -> torch.Tensor:
