@@ -19,7 +19,8 @@ Settings, run in one process and taking turns per input:
 - after: today's defaults (workers="auto", the decoded-sample cache, today's precision and
   video encoder);
 - after-bf16 (with `--settings before,after,after-bf16`): today's defaults with bf16 autocast
-  and channels-last, the ceiling where the hardware has bf16 units.
+  and channels-last, the ceiling where the hardware has bf16 units;
+- after-cl: today's defaults with channels-last alone (fp32).
 
 Each fit starts from an empty cache folder. Printed with the load average before and after:
 figures taken on a busy machine say little.
@@ -56,6 +57,7 @@ SETTINGS = {
     "before": {"workers": 0, "decoded_cache": False, "precision": "fp32", "channels_last": False},
     "after": {},
     "after-bf16": {"precision": "bf16", "channels_last": True},
+    "after-cl": {"channels_last": True},
 }
 
 
