@@ -20,7 +20,8 @@ Settings, run in one process and taking turns per input:
   video encoder);
 - after-bf16 (with `--settings before,after,after-bf16`): today's defaults with bf16 autocast
   and channels-last, the ceiling where the hardware has bf16 units;
-- after-cl: today's defaults with channels-last alone (fp32).
+- after-cl: today's defaults with channels-last alone (fp32);
+- after-fp32: today's defaults in fp32 (what "after" is where the device has no bf16 units).
 
 Each fit starts from an empty cache folder. Printed with the load average before and after:
 figures taken on a busy machine say little.
@@ -57,7 +58,8 @@ SETTINGS = {
     "before": {"workers": 0, "decoded_cache": False, "precision": "fp32", "channels_last": False},
     "after": {},
     "after-bf16": {"precision": "bf16", "channels_last": True},
-    "after-cl": {"channels_last": True},
+    "after-cl": {"precision": "fp32", "channels_last": True},
+    "after-fp32": {"precision": "fp32", "channels_last": False},
 }
 
 
@@ -107,11 +109,12 @@ def pipeline(manifest, setting: str, args, tmp: Path) -> float:
 def ceiling(manifest, setting: str, args, tmp: Path) -> float:
     """Samples/s of the training step on one batch held in memory."""
     config = model_config(manifest, setting)
-    cfg = train_config(setting, args, tmp / "unused")
+    device = torch.device(args.device)
+    # As the trainer does: "auto" precision settled for the device (bf16 + channels-last).
+    cfg = train_config(setting, args, tmp / "unused").for_device(device)
     model = build_model(config, 0)
     dataset = dataset_for(manifest, model, config, cfg, train=True)
     batch = next(iter(row_loader(dataset, [[(1, r) for r in range(args.batch_size)]])))
-    device = torch.device(args.device)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -15,5 +15,5 @@ print(torch.__version__, torch.cuda.get_device_name(), 'bf16:', torch.cuda.is_bf
 "$PY" -m pytest -q -p no:cacheprovider -k cuda tests/test_batched_frontend.py \
   tests/test_features_audio.py tests/test_features_image.py 2>&1 | tee "$OUT/pytest.txt"
 "$PY" benchmarks/precision.py --device cuda 2>&1 | tee "$OUT/precision.txt"
-"$PY" benchmarks/throughput.py --device cuda --settings before,after,after-bf16 2>&1 \
+"$PY" benchmarks/throughput.py --device cuda --settings before,after,after-cl,after-bf16 2>&1 \
   | tee "$OUT/throughput.txt"

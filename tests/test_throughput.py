@@ -194,3 +194,4 @@ def test_auto_precision_is_bf16_with_channels_last_only_where_the_device_has_bf1
     plain = TrainConfig(precision="auto").for_device(cpu)
     assert (plain.precision, plain.channels_last) == ("fp32", False)
     assert TrainConfig(precision="fp32").for_device(cpu).precision == "fp32"
+    assert TrainConfig().precision == "auto"  # the default since the 3-seed avdigits comparison

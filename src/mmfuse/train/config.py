@@ -59,7 +59,7 @@ class TrainConfig(JsonConfig):
     decoded_cache_max_gb: float = 20.0  # per input; over it that input decodes every epoch
     # Speed.
     # "auto": bf16 autocast with channels-last where the device has bf16 units, else fp32.
-    precision: str = "fp32"  # "auto" | "fp32" | "bf16" (autocast)
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" (autocast)
     channels_last: bool = False
     # Robustness training.
     augment: bool = True  # random crops/flips/jitter for images and video, random audio crops
