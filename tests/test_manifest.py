@@ -157,3 +157,19 @@ def test_folder_without_classes_is_a_clear_error(tmp_path):
 def test_public_api():
     assert mmfuse.read_manifest is read_manifest
     assert callable(mmfuse.validate) and issubclass(mmfuse.MediaError, mmfuse.MmfuseError)
+
+
+def test_column_values_are_every_rows_value_at_once(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "img": ["a.jpg", None, "  ", "d.jpg"],
+            "caption": ["x", float("nan"), "z", ""],
+            "weight": [1.5, float("nan"), 3.0, 4.0],
+            "y": [0, 1, 0, 1],
+        }
+    )
+    m = read_manifest(frame, label="y", modalities={"caption": "text"}, root=tmp_path)
+    for column in ("img", "caption", "weight"):
+        values = m.column_values(column)
+        assert values == [m.value(r, column) for r in range(len(m))]
+    assert m.column_values("img")[1:3] == [None, None]  # empty and blank cells are missing
