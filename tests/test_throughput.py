@@ -7,6 +7,8 @@ they must report.
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -98,6 +100,25 @@ def test_a_damaged_store_entry_is_decoded_again(media, tmp_path):
     value = media.value(0, "image")
     again = store.fetch(value, lambda: dataset.loader.decode("image", value))
     assert again.dtype == torch.uint8 and again.ndim == 3
+
+
+def test_deleting_the_store_while_it_fills_costs_entries_not_the_run(media, tmp_path):
+    config = tiny_model_config(media.classes)
+    model = build_model(config, 0)
+    dataset = make_dataset(media, config, model, train=True, seed=0)
+    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    store = dataset.decoded["image"]
+    value = media.value(0, "image")
+
+    def decode():
+        return dataset.loader.decode("image", value)
+
+    first = store.fetch(value, decode)
+    shutil.rmtree(store.dir)  # "deleting the folder is always safe"
+    again = store.fetch(value, decode)  # its folder is gone: read, not stored, no error
+    assert torch.equal(again, first) and not store.dir.exists()
+    store.fetch(value, decode)  # the next write makes the folders again
+    assert len(store) == 1
 
 
 def test_the_augmentation_still_varies_per_epoch_from_the_store(media, tmp_path):
