@@ -18,6 +18,7 @@ from mmfuse.features.image import (
     RandomResizedCrop,
     ResizeShorter,
     crop,
+    resize,
 )
 
 SPEC = ImageSpec(size=32, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
@@ -184,3 +185,12 @@ def test_cuda_matches_cpu():
         gpu = transform(x.cuda(), seeded(0))
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(gpu.cpu(), cpu, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_resize_to_the_same_size_is_what_interpolate_gives(dtype):
+    # `resize` skips interpolate at scale 1; this holds it to interpolate's own answer.
+    x = (torch.rand(2, 3, 55, 73, generator=torch.Generator().manual_seed(0)) * 255).to(dtype)
+    direct = torch.nn.functional.interpolate(x, size=(55, 73), mode="bilinear", antialias=True)
+    assert torch.equal(resize(x, (55, 73)), direct)
+    assert resize(x, (48, 64)).shape == (2, 3, 48, 64)

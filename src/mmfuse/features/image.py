@@ -233,6 +233,10 @@ class Normalize(ImageOp):
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear antialiased resize of `…×C×H×W` to `size` (h, w); keeps uint8 as uint8."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        # Exactly what interpolate returns at scale 1, without its cost: frames read from the
+        # decoded-sample store are already at this size.
+        return x
     flat = x.reshape(-1, *x.shape[-3:])  # N×C×H×W, every leading dim folded into N
     # uint8 antialiased bilinear exists on CPU only; elsewhere go through float and round back.
     direct = flat.is_floating_point() or flat.device.type == "cpu"
