@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run (CI has none): the tests that skip without one,
 # one training step under fp32 / channels-last / bf16, and the data path against the compute
-# ceiling. Run from a clone with mmfuse's dependencies importable, e.g. after `make setup`:
+# ceiling, and the per-stage profile of a training run. Run from a clone with mmfuse's dependencies importable, e.g. after `make setup`:
 #   bash scripts/cuda-checks.sh [OUT_DIR]
 set -u
 OUT="${1:-cuda-checks}"
@@ -17,3 +17,12 @@ print(torch.__version__, torch.cuda.get_device_name(), 'bf16:', torch.cuda.is_bf
 "$PY" benchmarks/precision.py --device cuda 2>&1 | tee "$OUT/precision.txt"
 "$PY" benchmarks/throughput.py --device cuda --settings before,after,after-cl,after-bf16 2>&1 \
   | tee "$OUT/throughput.txt"
+# Where an epoch's time goes on the device: the per-stage profile of a `fast` run on avdigits
+# (generated first; needs espeak-ng), epochs 2+ are the ones to read.
+"$PY" - <<'PY' 2>&1 | tee "$OUT/avdigits.txt"
+from mmfuse.data.avdigits import ensure_avdigits
+print(ensure_avdigits(600, progress=False)["train"].parent)
+PY
+DATA="$(tail -1 "$OUT/avdigits.txt")"
+"$PY" -m mmfuse train "$DATA/train.csv" --val "$DATA/val.csv" --preset fast --device cuda \
+  --epochs 4 --profile --out "$(mktemp -d)/run-fast" 2>&1 | grep -E "profile|^epoch" | tee "$OUT/profile.txt"
