@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks that need a CUDA GPU, in one run (CI has none): the tests that skip without one,
-# one training step under fp32 / channels-last / bf16, and the data path against the compute
-# ceiling, and the per-stage profile of a training run. Run from a clone with mmfuse's dependencies importable, e.g. after `make setup`:
+# one training step under fp32 / channels-last / bf16, the data path against the compute
+# ceiling, and the per-stage profile of a training run. Run from a clone with mmfuse's
+# dependencies importable, e.g. after `make setup`:
 #   bash scripts/cuda-checks.sh [OUT_DIR]
 set -u
 OUT="${1:-cuda-checks}"
