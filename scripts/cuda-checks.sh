@@ -26,4 +26,5 @@ print(ensure_avdigits(600, progress=False)["train"].parent)
 PY
 DATA="$(tail -1 "$OUT/avdigits.txt")"
 "$PY" -m mmfuse train "$DATA/train.csv" --val "$DATA/val.csv" --preset fast --device cuda \
-  --epochs 4 --profile --out "$(mktemp -d)/run-fast" 2>&1 | grep -E "profile|^epoch" | tee "$OUT/profile.txt"
+  --epochs 4 --profile --out "$(mktemp -d)/run-fast" 2>"$OUT/train-stderr.txt" \
+  | grep -E "profile|^epoch" | tee "$OUT/profile.txt"
