@@ -102,7 +102,25 @@ def score_dataset(name: str, args) -> list[tuple]:
         f"({best[0]}); log loss {'lower' if rows[-1][3] < min(r[3] for r in rows[:-1]) else 'NOT lower'} "
         "than every member's"
     )
+    print_validation_pick(clf.validation_, rows)
     return rows
+
+
+def print_validation_pick(validation: dict, rows: list[tuple]) -> None:
+    """The member the validation split ranks first: the one model a user would have kept
+    without an ensemble (the best on the test split is known only after the fact)."""
+    scores = validation.get("members")
+    if not scores:
+        return
+    pick = min if validation["metric"] == "log_loss" else max
+    name = pick(scores, key=scores.get)
+    member = next(r for r in rows if r[0] == name)
+    ens = rows[-1]
+    print(
+        f"the member validation ranks first: {name} (test accuracy {member[2]:.4f}, log loss "
+        f"{member[3]:.4f}); the ensemble {ens[2] - member[2]:+.4f} accuracy, "
+        f"{ens[3] - member[3]:+.4f} log loss against it"
+    )
 
 
 def dump_members(clf, paths: dict, file: Path) -> None:

@@ -252,6 +252,8 @@ def test_classifier_trains_an_ensemble_end_to_end(tmp_path):
     clf = tiny_classifier(tmp_path / "run", ensemble=["fusion=attention,late"], epochs=1)
     clf.fit(tmp_path / "train" / "manifest.csv", val=tmp_path / "val" / "manifest.csv")
     assert set(clf.weights_) == {"attention-seed0", "late-seed0"}
+    assert clf.validation_["metric"] == "log_loss"
+    assert set(clf.validation_["members"]) == set(clf.weights_)
     folder = clf.save(tmp_path / "model")
     again = MultimodalClassifier.load(folder)
     assert again.get_params()["ensemble"] == {"fusion": ["attention", "late"], "seeds": 1}

@@ -217,6 +217,8 @@ class MultimodalClassifier(BaseEstimator):
         self._set_fitted(run.model, run.config, members[0].train_config)
         self.ensemble_spec_ = spec.to_dict()
         self.weights_ = dict(run.model.weights)
+        # Each member's and the ensemble's score on the validation split ({"metric", ...}).
+        self.validation_ = dict(run.validation)
         self.run_dir_ = run_dir
         self.history_ = run.histories
         self.skipped_ = []
