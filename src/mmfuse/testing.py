@@ -52,10 +52,9 @@ def cut_windows(
     """Every `window`-second stretch of `recording`, `stride` seconds apart from `first`, as a
     clip of its own holding what a live window of it holds: the pictures copied (exact where
     every frame is a key frame, as in `write_scene`'s recordings), the sound decoded and cut to
-    the sample, each
-    stream from its own start (`ffmpeg -i ... -ss`, FLAC in Matroska). Copying the sound
-    instead keeps whole AAC frames: 40 ms past the window, which moved the anomaly detector's
-    audio score of a normal window by 0.8 of its standard deviation on average."""
+    the sample, each stream from its own start (`ffmpeg -i ... -ss`, FLAC in Matroska). Copying
+    the sound instead keeps whole AAC frames: 40 ms past the window, which moved the anomaly
+    detector's audio score of a normal window by 0.8 of its standard deviation on average."""
     out_dir, recording, clips = Path(out_dir), Path(recording), []
     start = first
     while start + window <= duration + 1e-9:

@@ -340,8 +340,7 @@ class Pipeline(nn.Module):
     def finish(self, staged: Staged) -> torch.Tensor:
         """The batch half, on the batch's device: `ToFloat` and the ops after it."""
         x = staged.data
-        for i in range(self.split, len(self.ops)):
-            op = self.ops[i]
+        for i, op in enumerate(list(self.ops)[self.split :], start=self.split):
             prefix = f"{i}."
             params = {k[len(prefix) :]: v for k, v in staged.params.items() if k.startswith(prefix)}
             x = op.transform(x, {k: v.to(x.device) for k, v in params.items()})

@@ -33,6 +33,7 @@ def epoch_batches(
 
 
 def batches_per_epoch(n: int, size: int, dist: DistInfo) -> int:
+    """`len(epoch_batches(n, ..., size, dist))`, without drawing the order."""
     return math.ceil(math.ceil(n / dist.world) / size)
 
 

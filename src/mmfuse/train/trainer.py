@@ -41,7 +41,7 @@ from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train._ckpt_io import no_space_is_an_error
-from mmfuse.train.batches import FitBatches, batches_per_epoch, epoch_batches, epoch_order
+from mmfuse.train.batches import FitBatches, batches_per_epoch, epoch_order
 from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
 from mmfuse.train.config import TrainConfig
@@ -241,17 +241,18 @@ class Trainer:
         """One epoch from where the state stands (a mid-epoch checkpoint, or its start)."""
         cfg, state = self.config, run.state
         first = state.batch
-        batches = epoch_batches(len(train), cfg.seed, epoch, self.batch_size, self.dist)
+        # How many batches the epoch has: the stream (`FitBatches`) holds the batches themselves.
+        n_batches = batches_per_epoch(len(train), self.batch_size, self.dist)
         if run.stream is None:
             run.stream = iter(run.loader)
         # This epoch's share of the fit's one stream; the workers are already reading the next.
-        mine = itertools.islice(run.stream, len(batches) - first)
+        mine = itertools.islice(run.stream, n_batches - first)
         clock = run.step.clock = StageClock(cfg.profile, self.device)
         self.model.train()
         # A resumed epoch goes on from the sums its mid-epoch checkpoint saved.
         total, count, seen = (state.epoch_loss, state.epoch_rows, 0) if first else (0.0, 0, 0)
         start = time.perf_counter()
-        bar = progress(mine, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", len(batches), first)
+        bar = progress(mine, cfg.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches, first)
         for b, batch in enumerate(clock.batches(bar), start=first):
             note_skipped(self.skipped, batch["skipped"], cfg.on_bad_sample)
             if "inputs" in batch:
@@ -270,7 +271,7 @@ class Trainer:
             state.step += 1
             due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
             # The epoch-end checkpoint covers the last batch.
-            if due and b + 1 < len(batches):
+            if due and b + 1 < n_batches:
                 state.pause_at(epoch, b + 1, total, count)
                 self._save(run)
         took = time.perf_counter() - start
