@@ -67,7 +67,8 @@ class MultimodalClassifier(BaseEstimator):
         ensemble: train several members and average their probabilities with weights chosen
             on `val`: parts such as `["fusion=attention,gated,late", "seeds=3"]` or a dict
             `{"fusion": [...], "preset": [...], "seeds": 3}` (see `train.ensemble_spec`). The
-            weights optimise log loss, or `train_options["monitor"]` when given.
+            weights optimise log loss, or `train_options["monitor"]` when given. `"folds": 5`
+            trains each member on 5 folds of `X` and `val` pooled (`train.folds`).
     """
 
     def __init__(
@@ -209,6 +210,7 @@ class MultimodalClassifier(BaseEstimator):
             run_dir,
             val=val,
             metric=metric,
+            folds=spec.folds,
             resume=resume,
             robustness=robustness,
             log=log,

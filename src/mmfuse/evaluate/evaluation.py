@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from mmfuse.distributed import DistInfo
 from mmfuse.evaluate.ablation import ablation_scores, ablation_variants
 from mmfuse.evaluate.calibration import expected_calibration_error, reliability_bins, untempered
@@ -79,6 +81,50 @@ def evaluate_model(
     return result
 
 
+def evaluate_probabilities(
+    proba: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    tasks: Mapping[str, Sequence[str]],
+    temperatures: Mapping[str, float],
+    out_dir: str | Path | None = None,
+    *,
+    raw: Mapping[str, np.ndarray] | None = None,
+    members: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    members_raw: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+    weights: Mapping[str, float] | None = None,
+    title: str = "mmfuse evaluation",
+    extra: Mapping | None = None,
+) -> dict:
+    """`evaluate_model`'s result (no ablation or robustness) from probabilities already made,
+    `{task: N×C}`: an ensemble's out-of-fold predictions, whose rows no single model predicted.
+    `raw`: the same with calibration off; `members`: each member's probabilities, scored beside
+    it with `weights` (`members_raw`: theirs with calibration off). With `out_dir`, also writes the report there."""
+    predictions = {"proba": {"all": dict(proba)}, "labels": dict(labels), "skipped": []}
+    before = None if raw is None else {"proba": {"all": dict(raw)}}
+    result: dict = {
+        "metrics": _task_metrics(predictions, tasks, temperatures, before),
+        "calibration": calibration_curves(predictions, tasks, temperatures, before),
+        "skipped": [],
+    }
+    if members is not None:
+        members_raw = members_raw or {}
+        result["members"] = {
+            name: _task_metrics(
+                {"proba": {"all": p}, "labels": labels},
+                tasks,
+                {},
+                {"proba": {"all": members_raw[name]}} if name in members_raw else None,
+            )
+            for name, p in members.items()
+        }
+        for metrics in result["members"].values():  # a member's only temperatures are its own
+            metrics.pop("ece_members_calibrated", None)
+        result["weights"] = dict(weights or {})
+    if out_dir is not None:
+        _write(out_dir, result, history=None, title=title, extra=extra)
+    return result
+
+
 def _ablation_keep(names: list[str], modalities: dict[str, str]) -> dict | None:
     """`ablation_variants` of the inputs; an ensemble's `image@<member>` (the image read for
     that member) is kept or dropped with `image`."""
@@ -119,7 +165,7 @@ def _uncalibrated(model, predict: Callable[[], dict]) -> dict | None:
     `untempered` undoes exactly."""
     if not hasattr(model, "members"):
         return None
-    parts = [model, *model.members.values()]
+    parts = model.tempered_parts()
     saved = [part.temperatures() for part in parts]
     try:
         for part in parts:

@@ -127,6 +127,13 @@ class EnsembleModel(nn.Module):
         one = EnsembleModel(self.members, {member: 1.0}, self.routes)
         return one.to(self.temperature.device)
 
+    def tempered_parts(self) -> list[nn.Module]:
+        """Every module with a temperature: itself, its members and, in a bag, theirs."""
+        out: list[nn.Module] = [self]
+        for member in self.members.values():
+            out += member.tempered_parts() if isinstance(member, EnsembleModel) else [member]
+        return out
+
     temperatures = MultimodalModel.temperatures
     set_temperatures = MultimodalModel.set_temperatures
 
@@ -144,7 +151,8 @@ class EnsembleModel(nn.Module):
         encode_fn: EncodeFn | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """Each active member's `encode`, keyed `<member>/<input>`; `encode_fn(member, inputs,
-        mask)` replaces it (the ONNX export's full-batch encoding)."""
+        mask)` replaces it (the ONNX export's full-batch encoding). A member that is itself an
+        ensemble (a bag of fold models) encodes through its own members, `<member>/<fold>/...`."""
         if features:
             raise ConfigError(
                 "an ensemble's members encode their inputs themselves (their encoders differ), "
@@ -156,7 +164,10 @@ class EnsembleModel(nn.Module):
             route = self.routes[member]
             own = {n: inputs[route[n]] for n in model.names if route[n] in inputs}
             own_mask = self._member_mask(member, mask)
-            encoded = (encode_fn or _encode)(model, own, own_mask)
+            if isinstance(model, EnsembleModel):  # a bag of fold models (`train.folds`)
+                encoded = model.encode(own, own_mask, encode_fn=encode_fn)
+            else:
+                encoded = (encode_fn or _encode)(model, own, own_mask)
             for whole, part in zip(out, encoded):
                 whole.update({f"{member}/{k}": v for k, v in part.items()})
         return out

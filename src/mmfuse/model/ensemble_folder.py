@@ -7,7 +7,8 @@
         members/<name>/    config.json, labels.json, model.safetensors (a model folder each)
         metrics.json, report.md, *.png
 
-Only members of weight > 0 are written. Each member folder loads on its own with `load_model`;
+A member trained on folds (`--ensemble folds=K`) is a bag of K fold models, itself a folder of
+this kind (`members/<name>/members/fold0/`, ...). Only members of weight > 0 are written. Each member folder loads on its own with `load_model`;
 the ensemble's temperature lives in config.json (members' own in their safetensors).
 """
 
@@ -63,7 +64,11 @@ def save_ensemble(
         folder = path / MEMBERS / name
         if name in active:
             own = model.member_train.get(name, train_config)
-            save_model(folder, model.members[name], model.member_configs[name], train_config=own)
+            member, member_config = model.members[name], model.member_configs[name]
+            if isinstance(member, EnsembleModel):  # a bag of fold models: a folder of folders
+                save_ensemble(folder, member, member_config, train_config=own)
+            else:
+                save_model(folder, member, member_config, train_config=own)
         elif folder.is_dir():
             shutil.rmtree(folder)
     saved = {

@@ -15,10 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mmfuse.data.manifest import Manifest
 from mmfuse.errors import MmfuseError
-from mmfuse.evaluate.calibration import fit_temperature
-from mmfuse.evaluate.evaluation import evaluate_model
+from mmfuse.evaluate.calibration import fit_temperature, untempered
+from mmfuse.evaluate.evaluation import evaluate_model, evaluate_probabilities
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
@@ -26,6 +28,7 @@ from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.config import TrainConfig
+from mmfuse.train.folds import Bag, fold_rows, pool_rows, train_bag
 from mmfuse.train.run import train_model
 from mmfuse.train.selection import bagged_weights
 
@@ -99,25 +102,31 @@ def ensemble_dataset(manifest: Manifest, model: EnsembleModel, config: ModelConf
     )
 
 
+def member_probas(model: EnsembleModel, data: MultimodalDataset, options: PredictOptions):
+    """`({member: {task: N×C}}, {task: labels})`: each member's own prediction of `data`."""
+    probas, labels = {}, {}
+    for name in model.members:
+        out = predict_dataset(model.only(name), data, options)
+        probas[name], labels = out["proba"]["all"], out["labels"]
+    return probas, labels
+
+
 def choose_weights(
     model: EnsembleModel,
-    val_set: MultimodalDataset,
-    options: PredictOptions,
+    probas: Mapping[str, Mapping[str, np.ndarray]],
+    labels: Mapping[str, np.ndarray],
     metric: str,
     *,
     calibrate: bool,
     seed: int = 0,
     log: Callable[[str], None],
+    rows: str = "validation",
 ) -> dict:
-    """Set `model`'s weights by bagged greedy selection on `val_set` (bootstraps drawn from
-    `seed`) and its temperature when `calibrate`; returns the validation scores `{"metric",
-    "members", "ensemble", "shrink"}`."""
+    """Set `model`'s weights by bagged greedy selection on the members' `probas` of held-out
+    rows (bootstraps drawn from `seed`) and its temperature when `calibrate`; returns the
+    scores on those rows `{"metric", "members", "ensemble", "shrink", "rows"}`."""
     from mmfuse.train.selection import score
 
-    probas, labels = {}, None
-    for name in model.members:
-        out = predict_dataset(model.only(name), val_set, options)
-        probas[name], labels = out["proba"]["all"], out["labels"]
     selection = bagged_weights(probas, labels, metric, seed=seed)
     weights = model.weights = selection.weights
     task = model.tasks[0]
@@ -130,10 +139,16 @@ def choose_weights(
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
     log(
-        f"ensemble weights ({metric} on validation, bagged selection, "
+        f"ensemble weights ({metric} on {rows}, bagged selection, "
         f"{selection.shrink:.0%} toward equal weights): {shown}"
     )
-    return {"metric": metric, "members": scores, "ensemble": ens, "shrink": selection.shrink}
+    return {
+        "metric": metric,
+        "members": scores,
+        "ensemble": ens,
+        "shrink": selection.shrink,
+        "rows": rows,
+    }
 
 
 def train_ensemble(
@@ -144,6 +159,7 @@ def train_ensemble(
     val: Manifest | None = None,
     test: Manifest | None = None,
     metric: str = "log_loss",
+    folds: int = 0,
     resume: bool = False,
     evaluate: bool = True,
     ablation: bool = True,
@@ -151,46 +167,98 @@ def train_ensemble(
     log: Callable[[str], None] = print,
 ) -> EnsembleRun:
     """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
-    writing the report into `out_dir`. Without `val` the members weigh the same."""
+    writing the report into `out_dir`. Without `val` the members weigh the same.
+
+    `folds` >= 2: k-fold bagging (`train.folds`): each member is a bag of models trained on
+    folds of `train` and `val` pooled, weighed on their out-of-fold predictions; the report
+    is on `test`, else on the out-of-fold predictions (no row of `val` is held out then)."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
     if len(set(names)) != len(names):
         raise MmfuseError(f"ensemble member names {names} repeat; name each member once")
-    models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
-    configs = {m.name: m.model_config for m in members}
-    uniform = dict.fromkeys(names, 1 / len(names))
-    model, config = build_ensemble(models, configs, uniform)
     first = members[0].train_config
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
+    weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
+    if folds:
+        bags = _train_bags(train, val, members, out_dir, folds, resume=resume, log=log)
+        models, configs, histories = ({n: getattr(b, k) for n, b in bags.items()}
+                                      for k in ("model", "config", "history"))  # fmt: skip
+    else:
+        bags = None
+        models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
+        configs = {m.name: m.model_config for m in members}
+    model, config = build_ensemble(models, configs, dict.fromkeys(names, 1 / len(names)))
     validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
-    if val is not None:
+    if bags is not None:
+        labels = _common_labels(bags)
+        probas = {n: b.proba for n, b in bags.items()}
+        validation = choose_weights(model, probas, labels, **weigh, rows="out-of-fold rows")
+    elif val is not None:
         val_set = ensemble_dataset(val, model, config, first.seed)
-        validation = choose_weights(
-            model, val_set, options, metric, calibrate=first.calibrate, seed=first.seed, log=log
-        )
-    evaluation, report = None, None
-    target = test if test is not None else val
-    if evaluate and target is not None:
-        evaluation = evaluate_model(
-            model,
-            ensemble_dataset(target, model, config, first.seed),
-            out_dir,
-            options=options,
-            ablation=ablation,
-            robustness=robustness,
-            title=f"mmfuse ensemble: {target.source}",
-            extra={"members": len(names), "selection": _validation_text(validation)},
-            log=log,
-        )
-        report = out_dir / "report.md"
+        validation = choose_weights(model, *member_probas(model, val_set, options), **weigh)
+    evaluation = None
+    if evaluate:
+        extra = {"members": len(names), "selection": _validation_text(validation)}
+        target = test if test is not None else (None if bags else val)
+        if target is not None:
+            data = ensemble_dataset(target, model, config, first.seed)
+            evaluation = evaluate_model(model, data, out_dir, options=options, ablation=ablation,
+                                        robustness=robustness, extra=extra, log=log,
+                                        title=f"mmfuse ensemble: {target.source}")  # fmt: skip
+        elif bags is not None:
+            evaluation = _out_of_fold_report(model, config, bags, out_dir, extra)
+    report = out_dir / "report.md" if evaluation is not None else None
     return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
+
+
+def _train_bags(train, val, members, out_dir: Path, folds: int, *, resume: bool, log):
+    """`{member: Bag}`: each member trained on every fold of `train` and `val` pooled."""
+    pool = pool_rows(train, val)
+    held_out = fold_rows(pool, folds, members[0].train_config.seed)
+    log(f"{folds}-fold bagging over {len(pool)} rows (training and validation pooled)")
+    return {
+        m.name: train_bag(pool, m, held_out, out_dir / MEMBERS / m.name, resume=resume, log=log)
+        for m in members
+    }
+
+
+def _common_labels(bags: Mapping[str, Bag]) -> dict[str, np.ndarray]:
+    """Labels of the rows every bag predicted out of fold (-1 elsewhere: left out)."""
+    parts = [b.labels for b in bags.values()]
+    return {t: np.where(np.all([p[t] >= 0 for p in parts], axis=0), parts[0][t], -1)
+            for t in parts[0]}  # fmt: skip
+
+
+def _out_of_fold_report(model: EnsembleModel, config: ModelConfig, bags, out_dir: Path, extra):
+    """The report of the ensemble's and its members' out-of-fold predictions."""
+    w = model.weights
+    tasks = {h.task: h.classes for h in config.heads}
+    labels = _common_labels(bags)
+    t_own = model.temperatures()
+    mix = {t: sum(w[n] * b.proba[t] for n, b in bags.items()) for t in tasks}
+    proba = {t: untempered(mix[t], 1.0 / t_own.get(t, 1.0)) for t in tasks}
+    raw = {t: sum(w[n] * b.raw[t] for n, b in bags.items()) for t in tasks}
+    return evaluate_probabilities(
+        proba,
+        labels,
+        tasks,
+        t_own,
+        out_dir,
+        raw=raw,
+        members={n: b.proba for n, b in bags.items()},
+        members_raw={n: b.raw for n, b in bags.items()},
+        weights=w,
+        title="mmfuse ensemble: out-of-fold predictions of the training and validation rows",
+        extra=extra,
+    )
 
 
 def _validation_text(validation: Mapping) -> str:
     if "members" not in validation:
         return str(validation.get("weights"))
     members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
-    return f"{validation['metric']} on validation: members {members}; ensemble " + (
+    rows = validation.get("rows", "validation")
+    return f"{validation['metric']} on {rows}: members {members}; ensemble " + (
         f"{validation['ensemble']:.4f} (bagged selection, {validation['shrink']:.0%} toward "
         "equal weights)"
     )

@@ -2,6 +2,8 @@
 
 Each part sets one axis; the members are every combination of the axes given (fusion method ×
 encoder preset × seed), the classifier's own setting standing in for an axis not given.
+`folds=K` trains each member on K folds of the training and validation rows pooled (k-fold
+bagging, `train.folds`) instead of once on the training rows.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from mmfuse.model.config import ConfigError
 
-KEYS = ("fusion", "preset", "seeds")
+KEYS = ("fusion", "preset", "seeds", "folds")
 EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
 # Metrics greedy selection can optimise: log loss is minimised, the others maximised.
 SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
@@ -35,6 +37,7 @@ class EnsembleSpec:
     fusion: list[str] | None = None
     preset: list[str] | None = None
     seeds: int = 1
+    folds: int = 0  # 0: no bagging; K >= 2: each member a bag of K fold models
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
         """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
@@ -45,14 +48,17 @@ class EnsembleSpec:
         ):
             name = f"{f}-seed{s}" if not self.preset else f"{p}-{f}-seed{s}"
             plans.append(MemberPlan(name, f, p, s))
-        if len(plans) < 2:
+        if len(plans) < 2 and not self.folds:  # one member on folds is a bag of K models
             raise ConfigError(
-                f"the ensemble {self.to_dict()} has one member; give at least two, e.g. {EXAMPLE}"
+                f"the ensemble {self.to_dict()} has one member; give at least two, e.g. {EXAMPLE}, "
+                "or bag one over folds: folds=5"
             )
         return plans
 
     def to_dict(self) -> dict:
         out: dict = {"seeds": self.seeds}
+        if self.folds:
+            out["folds"] = self.folds
         out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
         return out
 
@@ -77,15 +83,21 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
             values = spec[key]
             values = values.split(",") if isinstance(values, str) else list(values)
             setattr(out, key, [v.strip() for v in values if v.strip()])
-    seeds = spec.get("seeds", 1)
-    try:
-        out.seeds = int(seeds)
-    except (TypeError, ValueError):
-        out.seeds = 0
-    if out.seeds < 1 or isinstance(seeds, bool):
-        raise ConfigError(f"ensemble seeds={seeds!r}: give a number of seeds >= 1, e.g. seeds=3")
+    out.seeds = _count(spec, "seeds", 1, 1, "a number of seeds >= 1, e.g. seeds=3")
+    out.folds = _count(spec, "folds", 0, 2, "a number of folds >= 2, e.g. folds=5")
     _check_values(out)
     return out
+
+
+def _count(spec: Mapping, key: str, default: int, least: int, what: str) -> int:
+    value = spec.get(key, default)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if isinstance(value, bool) or (n < least and not (key == "folds" and value == default)):
+        raise ConfigError(f"ensemble {key}={value!r}: give {what}")
+    return n
 
 
 def _part(text: str) -> tuple[str, str]:

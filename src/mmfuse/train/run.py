@@ -127,6 +127,7 @@ class TrainRun:
     fit: FitResult
     evaluation: dict | None
     report: Path | None
+    val_set: MultimodalDataset | None = None  # the validation samples, features prepared
 
 
 def train_model(
@@ -184,4 +185,4 @@ def train_model(
             log=log if main else None,
         )
         report = out_dir / "report.md" if main else None
-    return TrainRun(model, trainer, fit, evaluation, report)
+    return TrainRun(model, trainer, fit, evaluation, report, val_set)

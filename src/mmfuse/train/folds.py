@@ -1,0 +1,160 @@
+"""Members trained on folds: k-fold bagging, as AutoGluon's `num_bag_folds`.
+
+With `--ensemble folds=K` the training and validation rows are pooled and split into K
+stratified folds; each member is trained K times, each time on K - 1 folds with the fold left
+out as its validation split (best epoch and calibration), and the member becomes the bag of
+those K models (their mean probability). Every pooled row is then predicted once by the model
+that did not see it: the out-of-fold predictions, on which the ensemble's weights and its
+temperature are chosen. A validation split of a few dozen rows cannot rank members (one row
+is several points), and one cut from elsewhere than the test rows ranks them wrongly; the
+out-of-fold rows are every row the user gave, and every member's model also trains on more of
+them.
+
+Each fold model is an ordinary `train_model` run in `members/<member>/members/fold<k>/`; when
+it is done, its folder gets the model and `oof.npz` (its fold's predictions at T = 1 and its
+temperature), so a resumed run loads finished folds and predicts nothing again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mmfuse.data.manifest import Manifest
+from mmfuse.evaluate.calibration import untempered
+from mmfuse.model.config import ConfigError, ModelConfig
+from mmfuse.model.ensemble import EnsembleModel
+from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
+from mmfuse.model.saved import CONFIG, load_model, save_model
+from mmfuse.train.run import train_model
+
+OOF = "oof.npz"
+
+
+@dataclass
+class Bag:
+    """A member trained on folds: the bag of its fold models, the config it presents, and its
+    out-of-fold probabilities over the pooled rows (`{task: N×C}`, calibrated and at T = 1)."""
+
+    model: EnsembleModel
+    config: ModelConfig
+    proba: dict[str, np.ndarray]
+    raw: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]  # -1 where the row has no label or its fold could not read it
+    history: list[dict]
+
+
+def pool_rows(train: Manifest, val: Manifest | None) -> Manifest:
+    """The training and validation rows as one manifest (paths are absolute already)."""
+    if val is None:
+        return train
+    frame = pd.concat([train.frame, val.frame[list(train.frame.columns)]], ignore_index=True)
+    return replace(
+        train,
+        frame=frame,
+        source=f"{train.source} + {val.source}",
+        text_files=train.text_files | val.text_files,
+    )
+
+
+def fold_rows(manifest: Manifest, folds: int, seed: int) -> list[np.ndarray]:
+    """Each fold's held-out rows, stratified by the first label (as far as each class has
+    rows: a class rarer than `folds` is missing from some folds), shuffled from `seed`."""
+    from sklearn.model_selection import StratifiedKFold
+
+    n = len(manifest)
+    if folds < 2 or folds > n:
+        raise ConfigError(
+            f"ensemble folds={folds} with {n} rows; give 2 <= folds <= the number of rows"
+        )
+    y = manifest.frame[manifest.label].astype(str).to_numpy() if manifest.label else np.zeros(n)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has fewer members than folds"
+        warnings.simplefilter("ignore", UserWarning)
+        return [held for _, held in splitter.split(np.zeros(n), y)]
+
+
+def _rows(manifest: Manifest, rows: np.ndarray) -> Manifest:
+    return replace(manifest, frame=manifest.frame.iloc[rows].reset_index(drop=True))
+
+
+def train_bag(
+    pool: Manifest,
+    member,
+    held_out: list[np.ndarray],
+    folder: Path,
+    *,
+    resume: bool,
+    log: Callable[[str], None],
+) -> Bag:
+    """Train `member` (a `train.ensemble.Member`) once per fold in `folder/members/fold<k>/`
+    (resuming: finished folds are loaded) and return its bag with the out-of-fold predictions."""
+    n = len(pool)
+    models, configs, raws, temps, rows, history = {}, {}, [], [], [], []
+    for k, held in enumerate(held_out):
+        name, fold_dir = f"fold{k}", folder / MEMBERS / f"fold{k}"
+        if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
+            log(f"{member.name} {name}/{len(held_out)}: done before, loaded from {fold_dir}")
+            models[name], _, _ = load_model(fold_dir, "cpu")
+        else:
+            log(f"{member.name} {name}/{len(held_out)}: training on {n - len(held)} rows")
+            keep = np.setdiff1d(np.arange(n), held)
+            run = train_model(
+                _rows(pool, keep),
+                member.model_config,
+                member.train_config,
+                fold_dir,
+                val=_rows(pool, held),
+                resume=resume,
+                evaluate=False,
+                log=log,
+            )
+            _save_fold(fold_dir, run, held, member)
+            models[name] = run.model.cpu()
+            history += [{"fold": k, **r} for r in run.fit.history]
+        configs[name] = member.model_config
+        saved = np.load(fold_dir / OOF, allow_pickle=False)
+        rows.append(saved["rows"])
+        raws.append({t: (saved[f"raw/{t}"], saved[f"label/{t}"]) for t in models[name].tasks})
+        temps.append(models[name].temperatures())
+    model, config = build_ensemble(models, configs, dict.fromkeys(models, 1 / len(models)))
+    model.member_train = dict.fromkeys(models, member.train_config.to_dict())
+    proba, raw, labels = _out_of_fold(n, config, rows, raws, temps)
+    return Bag(model, config, proba, raw, labels, history)
+
+
+def _save_fold(fold_dir: Path, run, held: np.ndarray, member) -> None:
+    """The fold's model folder and `oof.npz`: its held-out rows (pooled row numbers) that it
+    could read, and its probabilities on them at T = 1. Written last: the fold is then done."""
+    out = run.trainer.predict(run.val_set)
+    arrays = {"rows": held[np.asarray(out["rows"], dtype=np.int64)]}
+    temperatures = run.model.temperatures()
+    for task, p in out["proba"]["all"].items():
+        arrays[f"raw/{task}"] = untempered(p, temperatures.get(task, 1.0)).astype(np.float32)
+        arrays[f"label/{task}"] = np.asarray(out["labels"][task], dtype=np.int64)
+    save_model(fold_dir, run.model, member.model_config, train_config=member.train_config.to_dict())
+    np.savez(fold_dir / OOF, **arrays)
+
+
+def _out_of_fold(n: int, config: ModelConfig, rows, parts, temps):
+    """`(calibrated, at T = 1, labels)` over the `n` pooled rows from each fold's part
+    (`{task: (probabilities at T = 1, labels)}`); a row no fold could read is uniform and
+    unlabelled."""
+    classes = {h.task: len(h.classes) for h in config.heads}
+    proba = {t: np.full((n, c), 1 / c) for t, c in classes.items()}
+    raw = {t: p.copy() for t, p in proba.items()}
+    labels = {t: np.full(n, -1, dtype=np.int64) for t in classes}
+    for r, part, temperature in zip(rows, parts, temps):
+        for t in classes:
+            p, y = part[t]
+            raw[t][r], labels[t][r] = p, y
+            proba[t][r] = untempered(p, 1.0 / temperature.get(t, 1.0))
+    return proba, raw, labels
+
+
+__all__ = ["OOF", "Bag", "fold_rows", "pool_rows", "train_bag"]

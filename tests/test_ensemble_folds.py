@@ -1,0 +1,186 @@
+"""k-fold bagged ensembles (`--ensemble folds=K`): folds, out-of-fold predictions, the nested
+folder, resume, and prediction through the classifier, the Predictor and ONNX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmfuse.classifier import MultimodalClassifier
+from mmfuse.data.manifest import read_manifest
+from mmfuse.data.synthetic import make_shapes
+from mmfuse.infer.engine import PredictOptions, predict_dataset
+from mmfuse.model.config import ConfigError, FusionConfig
+from mmfuse.model.ensemble import EnsembleModel
+from mmfuse.model.saved import load_model
+from mmfuse.train.ensemble import Member, ensemble_dataset, train_ensemble
+from mmfuse.train.ensemble_spec import parse_ensemble
+from mmfuse.train.folds import fold_rows, pool_rows
+from train_helpers import quick_config, state_dicts_equal, tiny_classifier, tiny_model_config
+
+FOLDS = 3
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("folds")
+    make_shapes(root / "train", 5, 3, seed=0)
+    make_shapes(root / "val", 3, 3, seed=1)
+    make_shapes(root / "test", 2, 3, seed=2)
+    return root, *(read_manifest(root / s / "manifest.csv") for s in ("train", "val", "test"))
+
+
+def _members(classes):
+    late = tiny_model_config({"label": classes}, fusion=FusionConfig("late", 32))
+    return [
+        Member("attention-seed0", tiny_model_config({"label": classes}), quick_config(seed=0)),
+        Member("late-seed0", late, quick_config(seed=0)),
+    ]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def bagged(shapes):
+    """A 3-fold ensemble killed while training its second member's second fold, resumed."""
+    root, train, val, test = shapes
+    members = _members(train.classes["label"])
+    seen: list[str] = []
+
+    def kill(message: str) -> None:
+        seen.append(message)
+        if message.startswith("late-seed0 fold1/3: training"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_ensemble(train, members, root / "run", val=val, test=test, folds=FOLDS, log=kill)
+    log: list[str] = []
+    run = train_ensemble(
+        train, members, root / "run", val=val, test=test, folds=FOLDS, resume=True, log=log.append
+    )
+    return root, train, val, test, members, run, log
+
+
+def test_folds_cover_every_pooled_row_once_and_keep_the_classes_apart(shapes):
+    _, train, val, _ = shapes
+    pool = pool_rows(train, val)
+    assert len(pool) == len(train) + len(val)
+    held = fold_rows(pool, FOLDS, seed=0)
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(pool)))
+    labels = pool.frame["label"].to_numpy()
+    for part in held:  # stratified: each class's rows spread evenly over the folds
+        counts = [int((labels[part] == c).sum()) for c in train.classes["label"]]
+        assert max(counts) - min(counts) <= 1
+    assert [h.tolist() for h in fold_rows(pool, FOLDS, seed=0)] == [h.tolist() for h in held]
+
+
+def test_a_bad_folds_value_is_one_sentence():
+    with pytest.raises(ConfigError, match="folds >= 2"):
+        parse_ensemble("folds=1")
+    spec = parse_ensemble(["folds=5"])
+    assert spec.folds == 5 and spec.to_dict() == {"seeds": 1, "folds": 5}
+    assert [m.name for m in spec.members("gated", None, 0)] == ["gated-seed0"]  # one bag is fine
+
+
+def test_each_member_is_a_bag_of_fold_models_resumed_where_it_stopped(bagged):
+    *_, run, log = bagged
+    assert any(line.startswith("attention-seed0 fold2/3: done before") for line in log)
+    assert any(line.startswith("late-seed0 fold0/3: done before") for line in log)
+    assert any(line.startswith("late-seed0 fold1/3: training") for line in log)
+    for name in ("attention-seed0", "late-seed0"):
+        bag = run.model.members[name]
+        assert isinstance(bag, EnsembleModel)
+        assert list(bag.members) == ["fold0", "fold1", "fold2"]
+        assert bag.weights == pytest.approx(dict.fromkeys(bag.members, 1 / 3))
+    folds = run.model.members["late-seed0"].members
+    assert state_dicts_equal(folds["fold0"].state_dict(), folds["fold1"].state_dict())  # differ
+
+
+def test_weights_come_from_out_of_fold_predictions_of_every_pooled_row(bagged):
+    root, train, val, *_, run, log = bagged
+    assert run.validation["rows"] == "out-of-fold rows"
+    assert sum(run.model.weights.values()) == pytest.approx(1.0)
+    assert any("on out-of-fold rows" in line for line in log)
+    # Each fold model's saved predictions are its own held-out rows, as it predicts them now.
+    pool = pool_rows(train, val)
+    held = fold_rows(pool, FOLDS, seed=0)
+    fold_dir = root / "run" / "members" / "late-seed0" / "members" / "fold1"
+    saved = np.load(fold_dir / "oof.npz", allow_pickle=False)
+    assert sorted(saved["rows"].tolist()) == sorted(held[1].tolist())
+    model, config, _ = load_model(fold_dir)
+    model.set_temperatures(dict.fromkeys(model.tasks, 1.0))
+    part = pool_rows(train, val)
+    part = type(part)(**{**part.__dict__, "frame": part.frame.iloc[held[1]].reset_index(drop=True)})
+    # As the trainer predicted them: at its precision (bf16 where the CPU has it, whose
+    # rounding of logits / T the saved T = 1 probabilities carry: hence 2e-3).
+    settled = quick_config().for_device(torch.device("cpu"))
+    options = PredictOptions(
+        batch_size=settled.batch_size,
+        precision=settled.precision,
+        channels_last=settled.channels_last,
+    )
+    out = predict_dataset(model, ensemble_dataset(part, model, config, 0), options)
+    np.testing.assert_allclose(out["proba"]["all"]["label"], saved["raw/label"], atol=2e-3)
+
+
+def test_the_report_is_on_test_with_each_bag_beside_the_ensemble(bagged):
+    root = bagged[0]
+    saved = json.loads((root / "run" / "metrics.json").read_text())
+    assert set(saved["members"]) == {"attention-seed0", "late-seed0"}
+    for metrics in [saved["metrics"], *saved["members"].values()]:
+        assert {"accuracy", "log_loss", "ece", "ece_uncalibrated"} <= set(metrics)
+    assert "out-of-fold rows" in (root / "run" / "report.md").read_text()
+
+
+def test_the_nested_folder_loads_and_predicts_through_every_path(bagged, tmp_path):
+    from mmfuse.infer.predictor import Predictor
+    from mmfuse.ship.onnx import export_onnx
+    from mmfuse.ship.runtime import onnx_matches_torch
+
+    root, *_, run, _ = bagged
+    clf = MultimodalClassifier(ensemble=["folds=3", "fusion=attention,late"])
+    clf._set_fitted(run.model, run.config, quick_config())
+    folder = clf.save(tmp_path / "model")
+    active = sorted(run.model.active())
+    assert sorted(p.name for p in (folder / "members").iterdir()) == active
+    for name in active:
+        assert (folder / "members" / name / "members" / "fold2" / "model.safetensors").is_file()
+    loaded = MultimodalClassifier.load(folder)
+    data = root / "test" / "manifest.csv"
+    np.testing.assert_allclose(loaded.predict_proba(data), clf.predict_proba(data), atol=1e-6)
+    frame = read_manifest(data).frame.head(3)
+    samples = [
+        {
+            "image": str(root / "test" / r.image),
+            "audio": str(root / "test" / r.audio),
+            "text": r.text,
+        }
+        for r in frame.itertuples()
+    ]
+    samples[2]["audio"] = None
+    out = Predictor(folder).predict(samples)
+    assert sum(out[0].probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    summary = export_onnx(folder, tmp_path / "bagged.onnx")
+    assert onnx_matches_torch(folder, summary["path"], samples) < 1e-4
+
+
+def test_without_a_test_split_the_report_is_out_of_fold(shapes, tmp_path):
+    root, *_ = shapes
+    clf = tiny_classifier(tmp_path / "run", ensemble=["fusion=attention,late", "folds=2"])
+    clf.fit(root / "train" / "manifest.csv", val=root / "val" / "manifest.csv")
+    assert clf.validation_["rows"] == "out-of-fold rows"
+    metrics = clf.evaluation_["metrics"]
+    assert {"accuracy", "log_loss", "ece", "ece_uncalibrated"} <= set(metrics)
+    assert set(clf.evaluation_["members"]) == {"attention-seed0", "late-seed0"}
+    assert "out-of-fold" in (tmp_path / "run" / "report.md").read_text()
+    again = MultimodalClassifier.load(clf.save(tmp_path / "model"))
+    assert again.get_params()["ensemble"] == {
+        "fusion": ["attention", "late"],
+        "seeds": 1,
+        "folds": 2,
+    }
