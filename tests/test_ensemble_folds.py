@@ -184,3 +184,39 @@ def test_without_a_test_split_the_report_is_out_of_fold(shapes, tmp_path):
         "seeds": 1,
         "folds": 2,
     }
+
+
+def test_identical_frozen_encoders_run_once_and_predict_the_same(bagged):
+    """Every fold model of a frozen pretrained encoder holds the same encoder: the ensemble
+    encodes each input once per distinct encoder, and predicts what its models predict."""
+    import copy
+
+    root, *_, run, _ = bagged
+    model = copy.deepcopy(run.model).eval()
+    leaves = list(model.leaves())
+    first = leaves[0][1].encoders["image"].state_dict()
+    calls = []
+    for prefix, leaf, _route in leaves:
+        encoder = leaf.encoders["image"]
+        encoder.load_state_dict(first)  # as a frozen pretrained encoder would be everywhere
+        for method in ("forward", "forward_tokens"):
+            original = getattr(encoder, method)
+
+            def counted(*args, _original=original, **kwargs):
+                calls.append(prefix)
+                return _original(*args, **kwargs)
+
+            setattr(encoder, method, counted)
+    for part in model.tempered_parts():
+        part.set_temperatures(dict.fromkeys(part.tasks, 1.0))
+    test = read_manifest(root / "test" / "manifest.csv")
+    data = ensemble_dataset(test, model, run.config, 0)
+    got = predict_dataset(model, data, PredictOptions(batch_size=64))["proba"]["all"]["label"]
+    tokens = {getattr(leaf.fusion, "uses_tokens", False) for _, leaf, _ in leaves}
+    assert len(calls) == len(tokens)  # one batch: one call per kind of output asked for
+    want = 0.0
+    for member, bag in model.members.items():
+        for fold in bag.members:
+            alone = predict_dataset(bag.members[fold], data, PredictOptions(batch_size=64))
+            want = want + model.weights[member] / len(bag.members) * alone["proba"]["all"]["label"]
+    np.testing.assert_allclose(got, want, atol=1e-5)

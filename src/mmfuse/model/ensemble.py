@@ -158,6 +158,8 @@ class EnsembleModel(nn.Module):
                 "an ensemble's members encode their inputs themselves (their encoders differ), "
                 "so cached features cannot be passed; predict from the inputs"
             )
+        if encode_fn is None:
+            return self._encode_shared(inputs, mask)
         out: tuple[dict, dict, dict] = ({}, {}, {})
         for member in self.active():
             model = self.members[member]
@@ -167,10 +169,65 @@ class EnsembleModel(nn.Module):
             if isinstance(model, EnsembleModel):  # a bag of fold models (`train.folds`)
                 encoded = model.encode(own, own_mask, encode_fn=encode_fn)
             else:
-                encoded = (encode_fn or _encode)(model, own, own_mask)
+                encoded = encode_fn(model, own, own_mask)
             for whole, part in zip(out, encoded):
                 whole.update({f"{member}/{k}": v for k, v in part.items()})
         return out
+
+    def leaves(self, prefix: str = "", outer: Mapping[str, str] | None = None):
+        """Every active model inside, bags opened: `(its keys' prefix, model, {its input:
+        this ensemble's input})`."""
+        for member in self.active():
+            model = self.members[member]
+            route = {n: (outer or {}).get(e, e) for n, e in self.routes[member].items()}
+            if isinstance(model, EnsembleModel):
+                yield from model.leaves(f"{prefix}{member}/", route)
+            else:
+                yield f"{prefix}{member}/", model, route
+
+    def _encode_shared(self, inputs: Mapping, mask: Tensor):
+        """`encode`, with an input that several models read through identical frozen encoders
+        (a pretrained encoder in every member and fold) encoded once."""
+        feats, tokens, token_mask = {}, {}, {}
+        done: dict[tuple, tuple] = {}
+        for prefix, model, route in self.leaves():
+            want = getattr(model.fusion, "uses_tokens", False)
+            for name in model.names:
+                shared = route[name]
+                key = (shared, self._encoder_group(model, name, shared), want)
+                if key not in done:
+                    present = mask[:, self.names.index(shared)]
+                    done[key] = model.encode_input(name, inputs.get(shared), present, want)
+                feats[prefix + name], t, t_mask = done[key]
+                if t is not None:
+                    tokens[prefix + name], token_mask[prefix + name] = t, t_mask
+        return feats, tokens, token_mask
+
+    def _encoder_group(self, model: MultimodalModel, name: str, shared: str) -> int:
+        """Which earlier encoder of ensemble input `shared` this one equals (same class, same
+        tensors, not training), else a new group; settled once per `eval()`."""
+        groups = self.__dict__.setdefault("_groups", {})
+        if (id(model), name) not in groups:
+            encoder = model.encoders[name]
+            state = encoder.state_dict()
+            group = len(groups)
+            for (_, other_name), (g, other, other_state) in list(groups.items()):
+                if (
+                    not encoder.training
+                    and other is not None
+                    and type(other) is type(encoder)
+                    and other_name == name
+                    and other_state.keys() == state.keys()
+                    and all(torch.equal(state[k], other_state[k]) for k in state)
+                ):
+                    group = g
+                    break
+            groups[(id(model), name)] = (group, encoder, state)
+        return groups[(id(model), name)][0]
+
+    def train(self, mode: bool = True) -> EnsembleModel:
+        self.__dict__.pop("_groups", None)  # weights may change while training: compare again
+        return super().train(mode)
 
     def classify(
         self,

@@ -110,26 +110,32 @@ class MultimodalModel(nn.Module):
         tokens: dict[str, Tensor] = {}
         token_mask: dict[str, Tensor] = {}
         want_tokens = getattr(self.fusion, "uses_tokens", False) and not vectors
-        batch = mask.shape[0]
         for j, name in enumerate(self.names):
-            encoder = self.encoders[name]
             if name in features:
                 feats[name] = features[name]
                 continue
-            rows = mask[:, j].nonzero().flatten()  # only rows that have this input
-            if rows.numel() == 0:  # no row has it: nothing to encode, the mask hides it
-                feats[name] = torch.zeros(batch, encoder.output_dim, device=mask.device)
-                continue
-            x = _take(inputs[name], rows)
-            if want_tokens:
-                t = encoder.forward_tokens(x)  # b×T×D
-                tokens[name] = _scatter(t, rows, batch)
-                token_mask[name] = _scatter(token_validity(x, t), rows, batch)
-                # The vector is only a shape placeholder once tokens are given.
-                feats[name] = t.new_zeros(batch, encoder.output_dim)
-            else:
-                feats[name] = _scatter(encoder(x), rows, batch)  # B×D
+            feats[name], t, t_mask = self.encode_input(
+                name, inputs.get(name), mask[:, j], want_tokens
+            )
+            if t is not None:
+                tokens[name], token_mask[name] = t, t_mask
         return feats, tokens, token_mask
+
+    def encode_input(self, name: str, x, present: Tensor, want_tokens: bool):
+        """`(B×D vector, B×T×D tokens or None, B×T token mask or None)` of input `name` on
+        the rows where `present` (B bool) holds; absent rows are zeros."""
+        encoder = self.encoders[name]
+        batch = present.shape[0]
+        rows = present.nonzero().flatten()  # only rows that have this input
+        if rows.numel() == 0:  # no row has it: nothing to encode, the mask hides it
+            return torch.zeros(batch, encoder.output_dim, device=present.device), None, None
+        x = _take(x, rows)
+        if not want_tokens:
+            return _scatter(encoder(x), rows, batch), None, None  # B×D
+        t = encoder.forward_tokens(x)  # b×T×D
+        # The vector is only a shape placeholder once tokens are given.
+        vector = t.new_zeros(batch, encoder.output_dim)
+        return vector, _scatter(t, rows, batch), _scatter(token_validity(x, t), rows, batch)
 
     def classify(
         self,
