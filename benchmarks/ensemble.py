@@ -18,7 +18,10 @@ weights; `mmfuse serve` of the ensemble folder and of one member's folder (`memb
 itself a model folder) each answer `--requests` sequential `POST /predict` of one sample with
 its 4 inputs (image, audio, video, text) after 5 warm-ups. Printed: p50/p90 ms of each, and
 the ratio of the p50s (the target: under 3). The load average is printed at start and end: on
-a shared machine a high one inflates both, the ratio less so.
+a shared machine a high one inflates both, the ratio less so. `--latency --latency-preset
+medium --folds 5`: the same with the `medium` preset's frozen pretrained encoders and each
+member a bag of 5 fold models (15 models; identical frozen encoders run once per request),
+against one fold model.
 """
 
 from __future__ import annotations
@@ -57,8 +60,9 @@ def splits(name: str, args) -> tuple[dict, dict | None]:
     return ensure_real_task(name, size=args.size), None
 
 
-def score_dataset(name: str, args) -> list[tuple]:
-    """`[(model, weight, accuracy, log loss, ECE, ECE before)]`, members first."""
+def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
+    """`[(model, weight, accuracy, log loss, ECE, ECE before)]`, members first; `folds`: each
+    member a bag of that many fold models (k-fold bagging over train + val)."""
     from mmfuse.classifier import MultimodalClassifier
 
     paths, encoders = splits(name, args)
@@ -71,7 +75,7 @@ def score_dataset(name: str, args) -> list[tuple]:
         device="cpu",
         verbose=False,
         fusion_dim=64,
-        ensemble={"fusion": args.fusion.split(","), "seeds": args.seeds},
+        ensemble={"fusion": args.fusion.split(","), "seeds": args.seeds, "folds": folds},
         train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
     )
@@ -88,7 +92,8 @@ def score_dataset(name: str, args) -> list[tuple]:
         dump_members(clf, paths, Path(args.dump) / f"{name}.npz")
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
-    print(f"\n## {name} (test split; training {took:.0f} s, load {loadavg()})\n")
+    how = f"{folds}-fold bagged members" if folds else "members trained once"
+    print(f"\n## {name}, {how} (test split; training {took:.0f} s, load {loadavg()})\n")
     print(
         f"ensemble ECE with its members calibrated, its own T at 1: {e['ece_members_calibrated']:.4f}"
     )
@@ -104,6 +109,21 @@ def score_dataset(name: str, args) -> list[tuple]:
     )
     print_validation_pick(clf.validation_, rows)
     return rows
+
+
+def print_summary(summary: list[tuple]) -> None:
+    """Per task and way of training: the ensemble against its best member on test, and
+    against the best member trained once (the first `--folds` value's members)."""
+    print("\n## Summary (test split)\n")
+    print("| task | members | best member: accuracy, log loss | ensemble | ensemble − best |")
+    print("|---|---|---|---|---|")
+    for name, folds, rows in summary:
+        acc = max(r[2] for r in rows[:-1])
+        loss = min(r[3] for r in rows[:-1])
+        e = rows[-1]
+        how = f"{folds}-fold bags" if folds else "trained once"
+        print(f"| {name} | {how} | {acc:.4f}, {loss:.4f} | {e[2]:.4f}, {e[3]:.4f} | "
+              f"{e[2] - acc:+.4f}, {e[3] - loss:+.4f} |")  # fmt: skip
 
 
 def print_validation_pick(validation: dict, rows: list[tuple]) -> None:
@@ -145,8 +165,10 @@ def dump_members(clf, paths: dict, file: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------- latency
-def latency_models(root: Path) -> tuple[Path, Path, dict]:
-    """`(ensemble folder, one member's folder, httpx files of one 4-input sample)`."""
+def latency_models(root: Path, args) -> tuple[Path, Path, dict]:
+    """`(ensemble folder, one member's folder, httpx files of one 4-input sample)`. With
+    `--latency-preset`, that preset's encoders; with `--folds K` (one value), each member a
+    bag of K fold models and "one member" one fold model."""
     import pandas as pd
 
     from mmfuse.classifier import MultimodalClassifier
@@ -158,13 +180,15 @@ def latency_models(root: Path) -> tuple[Path, Path, dict]:
         m: {"encoder": e, "options": dict(o)}
         for m, (e, o) in {"image": IMAGE, "audio": AUDIO, "video": VIDEO, "text": TEXT}.items()
     }
+    folds = int(args.folds.split(",")[-1])
     clf = MultimodalClassifier(
-        encoders=encoders,
+        encoders=None if args.latency_preset else encoders,
+        preset=args.latency_preset,
         epochs=1,
         fusion_dim=64,
         device="cpu",
         verbose=False,
-        ensemble={"fusion": FUSIONS.split(",")},
+        ensemble={"fusion": FUSIONS.split(","), "folds": folds},
         train_options={"tensorboard": False, "augment": False},
         out_dir=root / "run",
     )
@@ -177,7 +201,8 @@ def latency_models(root: Path) -> tuple[Path, Path, dict]:
         m: (Path(row[m]).name, (base / row[m]).read_bytes()) for m in ("image", "audio", "video")
     }
     files["text"] = (None, str(row["text"]))
-    return folder, folder / "members" / "attention-seed0", files
+    single = folder / "members" / "attention-seed0"
+    return folder, single / "members" / "fold0" if folds else single, files
 
 
 def p50_of(model: Path, files: dict, n: int, root: Path) -> list[float]:
@@ -198,7 +223,7 @@ def latency(args) -> None:
     print(f"load average at start: {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="mmfuse-ensemble-latency-") as tmp:
         root = Path(tmp)
-        ensemble, single, files = latency_models(root)
+        ensemble, single, files = latency_models(root, args)
         times = {}
         for name, folder in (("single", single), ("ensemble of 3", ensemble)):
             times[name] = p50_of(folder, files, args.requests, root)
@@ -222,16 +247,31 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=1, help="members per fusion method (seeds)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--folds",
+        default="0",
+        help="comma-separated: 0 = members trained once on train, weighed on val; K = "
+        "k-fold bagged members over train + val (e.g. 0,5 compares both in one run)",
+    )
     p.add_argument("--dump", help="folder: save each member's val/test probabilities there")
     p.add_argument("--latency", action="store_true", help="measure serving p50, 1 model vs 3")
     p.add_argument("--requests", type=int, default=100)
+    p.add_argument(
+        "--latency-preset",
+        help="--latency with this preset's encoders (default: the demo's small ones)",
+    )
     args = p.parse_args()
     if args.latency:
         latency(args)
         return 0
     print(f"load average at start: {loadavg()}")
+    summary = []
     for name in args.data.split(","):
-        score_dataset(name.strip(), args)
+        for folds in (int(k) for k in args.folds.split(",")):
+            rows = score_dataset(name.strip(), args, folds)
+            summary.append((name.strip(), folds, rows))
+    if len(summary) > 1:
+        print_summary(summary)
     print(f"\nload average at end: {loadavg()}")
     return 0
 

@@ -202,8 +202,8 @@ def test_identical_frozen_encoders_run_once_and_predict_the_same(bagged):
         for method in ("forward", "forward_tokens"):
             original = getattr(encoder, method)
 
-            def counted(*args, _original=original, **kwargs):
-                calls.append(prefix)
+            def counted(*args, _original=original, _prefix=prefix, **kwargs):
+                calls.append(_prefix)
                 return _original(*args, **kwargs)
 
             setattr(encoder, method, counted)
@@ -220,3 +220,59 @@ def test_identical_frozen_encoders_run_once_and_predict_the_same(bagged):
             alone = predict_dataset(bag.members[fold], data, PredictOptions(batch_size=64))
             want = want + model.weights[member] / len(bag.members) * alone["proba"]["all"]["label"]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_bags_uncalibrated_ece_sets_its_folds_temperatures_to_one(bagged):
+    import copy
+
+    from mmfuse.evaluate.evaluation import evaluate_model
+
+    root, *_, run, _ = bagged
+    model = copy.deepcopy(run.model).eval()
+    test = read_manifest(root / "test" / "manifest.csv")
+    data = ensemble_dataset(test, model, run.config, 0)
+
+    def members():
+        result = evaluate_model(model, data, options=PredictOptions(), ablation=False)
+        return result["members"]["late-seed0"]
+
+    before = members()
+    for fold in model.members["late-seed0"].members.values():
+        fold.set_temperatures({"label": 3.0})
+    after = members()
+    assert after["ece_uncalibrated"] == pytest.approx(before["ece_uncalibrated"])
+    assert after["log_loss"] != pytest.approx(before["log_loss"])
+
+
+def test_the_onnx_graph_holds_a_shared_encoder_once(bagged, tmp_path):
+    import copy
+
+    import onnx
+
+    from mmfuse.ship.onnx import export_onnx
+    from mmfuse.ship.runtime import onnx_matches_torch
+
+    root, *_, run, _ = bagged
+    sizes = {}
+    for shared in (False, True):
+        model = copy.deepcopy(run.model)
+        if shared:
+            leaves = list(model.leaves())
+            first = leaves[0][1].encoders["image"].state_dict()
+            for _, leaf, _ in leaves:
+                leaf.encoders["image"].load_state_dict(first)
+        clf = MultimodalClassifier(ensemble=["folds=3", "fusion=attention,late"])
+        clf._set_fitted(model, run.config, quick_config())
+        folder = clf.save(tmp_path / f"model-{shared}")
+        summary = export_onnx(folder, tmp_path / f"{shared}.onnx")
+        frame = read_manifest(root / "test" / "manifest.csv").frame.head(2)
+        samples = [
+            {"image": str(root / "test" / r.image), "audio": str(root / "test" / r.audio),
+             "text": r.text}
+            for r in frame.itertuples()
+        ]  # fmt: skip
+        assert onnx_matches_torch(folder, summary["path"], samples) < 1e-4
+        sizes[shared] = len(onnx.load(summary["path"]).graph.node)
+    # The exporter shares equal weights by itself; the encoder's computation is shared only
+    # if the ensemble runs it once: six image encoders' nodes become one encoder's.
+    assert sizes[True] < sizes[False]

@@ -148,14 +148,14 @@ def _write(out_dir, result: dict, **kwargs) -> None:
 
 def _ensemble_parts(model, dataset, options, dist) -> dict:
     """`{"members": each member's metrics on the same rows, "weights"}` of an ensemble."""
-    members = {
-        name: _task_metrics(
-            predict_dataset(model.only(name), dataset, options, dist=dist),
-            dataset.tasks,
-            member.temperatures(),
-        )
-        for name, member in model.members.items()
-    }
+    members = {}
+    for name, member in model.members.items():
+        alone = model.only(name)
+        predict = lambda alone=alone: predict_dataset(alone, dataset, options, dist=dist)  # noqa: E731
+        # A bag of fold models: calibration off is every fold's temperature at 1 too.
+        raw = _uncalibrated(member, predict) if hasattr(member, "members") else None
+        members[name] = _task_metrics(predict(), dataset.tasks, member.temperatures(), raw)
+        members[name].pop("ece_members_calibrated", None)
     return {"members": members, "weights": dict(model.weights)}
 
 

@@ -26,7 +26,9 @@ VARIANT = "@"  # `<input>@<member>`: the same column, preprocessed for that memb
 # The smallest mixture probability kept before the log (a float32 softmax can give 0).
 _TINY = 1e-12
 
-EncodeFn = Callable[[MultimodalModel, Mapping, Tensor], tuple[dict, dict, dict]]
+# (model, input name, its batch value, B bool: rows that have it, tokens wanted) →
+# (B×D vector, tokens or None, token mask or None): `MultimodalModel.encode_input`'s contract.
+EncodeInput = Callable[[MultimodalModel, str, object, Tensor, bool], tuple]
 
 
 def variant_base(name: str) -> str:
@@ -148,31 +150,33 @@ class EnsembleModel(nn.Module):
         mask: Tensor,
         features: Mapping[str, Tensor] | None = None,
         *,
-        encode_fn: EncodeFn | None = None,
+        encode_input: EncodeInput | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """Each active member's `encode`, keyed `<member>/<input>`; `encode_fn(member, inputs,
-        mask)` replaces it (the ONNX export's full-batch encoding). A member that is itself an
-        ensemble (a bag of fold models) encodes through its own members, `<member>/<fold>/...`."""
+        """Each active model's encoding, keyed `<member>/<input>` (`<member>/<fold>/<input>`
+        inside a bag), with an input that several models read through identical encoders (a
+        frozen pretrained encoder in every member and fold) encoded once.
+        `encode_input(model, name, x, present, want_tokens)` replaces `model.encode_input`
+        (the ONNX export's full-batch encoding)."""
         if features:
             raise ConfigError(
                 "an ensemble's members encode their inputs themselves (their encoders differ), "
                 "so cached features cannot be passed; predict from the inputs"
             )
-        if encode_fn is None:
-            return self._encode_shared(inputs, mask)
-        out: tuple[dict, dict, dict] = ({}, {}, {})
-        for member in self.active():
-            model = self.members[member]
-            route = self.routes[member]
-            own = {n: inputs[route[n]] for n in model.names if route[n] in inputs}
-            own_mask = self._member_mask(member, mask)
-            if isinstance(model, EnsembleModel):  # a bag of fold models (`train.folds`)
-                encoded = model.encode(own, own_mask, encode_fn=encode_fn)
-            else:
-                encoded = encode_fn(model, own, own_mask)
-            for whole, part in zip(out, encoded):
-                whole.update({f"{member}/{k}": v for k, v in part.items()})
-        return out
+        encode_input = encode_input or _encode_input
+        feats, tokens, token_mask = {}, {}, {}
+        done: dict[tuple, tuple] = {}
+        for prefix, model, route in self.leaves():
+            want = getattr(model.fusion, "uses_tokens", False)
+            for name in model.names:
+                shared = route[name]
+                key = (shared, self._encoder_group(model, name), want)
+                if key not in done:
+                    present = mask[:, self.names.index(shared)]
+                    done[key] = encode_input(model, name, inputs.get(shared), present, want)
+                feats[prefix + name], t, t_mask = done[key]
+                if t is not None:
+                    tokens[prefix + name], token_mask[prefix + name] = t, t_mask
+        return feats, tokens, token_mask
 
     def leaves(self, prefix: str = "", outer: Mapping[str, str] | None = None):
         """Every active model inside, bags opened: `(its keys' prefix, model, {its input:
@@ -185,26 +189,8 @@ class EnsembleModel(nn.Module):
             else:
                 yield f"{prefix}{member}/", model, route
 
-    def _encode_shared(self, inputs: Mapping, mask: Tensor):
-        """`encode`, with an input that several models read through identical frozen encoders
-        (a pretrained encoder in every member and fold) encoded once."""
-        feats, tokens, token_mask = {}, {}, {}
-        done: dict[tuple, tuple] = {}
-        for prefix, model, route in self.leaves():
-            want = getattr(model.fusion, "uses_tokens", False)
-            for name in model.names:
-                shared = route[name]
-                key = (shared, self._encoder_group(model, name, shared), want)
-                if key not in done:
-                    present = mask[:, self.names.index(shared)]
-                    done[key] = model.encode_input(name, inputs.get(shared), present, want)
-                feats[prefix + name], t, t_mask = done[key]
-                if t is not None:
-                    tokens[prefix + name], token_mask[prefix + name] = t, t_mask
-        return feats, tokens, token_mask
-
-    def _encoder_group(self, model: MultimodalModel, name: str, shared: str) -> int:
-        """Which earlier encoder of ensemble input `shared` this one equals (same class, same
+    def _encoder_group(self, model: MultimodalModel, name: str) -> int:
+        """Which earlier encoder of the same input name this one equals (same class, same
         tensors, not training), else a new group; settled once per `eval()`."""
         groups = self.__dict__.setdefault("_groups", {})
         if (id(model), name) not in groups:
@@ -292,5 +278,5 @@ def _member_part(member: str, rows: Tensor | None, *parts: Mapping | None) -> li
     return out
 
 
-def _encode(model: MultimodalModel, inputs: Mapping, mask: Tensor):
-    return model.encode(inputs, mask)
+def _encode_input(model: MultimodalModel, name: str, x, present: Tensor, want_tokens: bool):
+    return model.encode_input(name, x, present, want_tokens)

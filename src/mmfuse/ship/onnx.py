@@ -97,8 +97,9 @@ class FullBatchModel(nn.Module):
             else:
                 batch.setdefault(spec.input, {})[spec.key] = value
         if isinstance(self.model, EnsembleModel):
-            # One graph for the whole ensemble: each member encodes, the weighted mean follows.
-            encoded = self.model.encode(batch, mask, encode_fn=encode_all)
+            # One graph for the whole ensemble: each member encodes (identical frozen encoders
+            # once), the weighted mean follows.
+            encoded = self.model.encode(batch, mask, encode_input=encode_input_all)
         else:
             encoded = encode_all(self.model, batch, mask)
         feats, tokens, token_mask = encoded
@@ -118,16 +119,23 @@ def encode_all(
     tokens: dict[str, Tensor] = {}
     token_mask: dict[str, Tensor] = {}
     want_tokens = getattr(model.fusion, "uses_tokens", False)
-    for name in model.names:
-        encoder, x = model.encoders[name], inputs[name]
-        if not want_tokens:
-            feats[name] = _export_forward(encoder, x)  # B×D
-            continue
-        t = encoder.forward_tokens(x)  # B×T×D
-        token_mask[name] = token_validity(x, t)  # B×T
-        tokens[name] = t
-        feats[name] = torch.zeros_like(t[:, 0, :])  # B×D, a shape placeholder once tokens exist
+    for j, name in enumerate(model.names):
+        feats[name], t, t_mask = encode_input_all(
+            model, name, inputs[name], mask[:, j], want_tokens
+        )
+        if t is not None:
+            tokens[name], token_mask[name] = t, t_mask
     return feats, tokens, token_mask
+
+
+def encode_input_all(model: MultimodalModel, name: str, x, present: Tensor, want_tokens: bool):
+    """`MultimodalModel.encode_input` on every row of the batch, `present` or not."""
+    encoder = model.encoders[name]
+    if not want_tokens:
+        return _export_forward(encoder, x), None, None  # B×D
+    t = encoder.forward_tokens(x)  # B×T×D
+    # The vector is a shape placeholder once tokens exist.
+    return torch.zeros_like(t[:, 0, :]), t, token_validity(x, t)
 
 
 def _export_forward(encoder: nn.Module, x) -> Tensor:
