@@ -167,11 +167,9 @@ def train_ensemble(
     log: Callable[[str], None] = print,
 ) -> EnsembleRun:
     """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
-    writing the report into `out_dir`. Without `val` the members weigh the same.
-
-    `folds` >= 2: k-fold bagging (`train.folds`): each member is a bag of models trained on
-    folds of `train` and `val` pooled, weighed on their out-of-fold predictions; the report
-    is on `test`, else on the out-of-fold predictions (no row of `val` is held out then)."""
+    writing the report into `out_dir`. Without `val` the members weigh the same. `folds` >= 2:
+    each member a bag of models trained on folds of `train` and `val` pooled (`train.folds`),
+    weighed on their out-of-fold predictions, the report on `test` else on those."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
     if len(set(names)) != len(names):
@@ -179,14 +177,9 @@ def train_ensemble(
     first = members[0].train_config
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
     weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
-    if folds:
-        bags = _train_bags(train, val, members, out_dir, folds, resume=resume, log=log)
-        models, configs, histories = ({n: getattr(b, k) for n, b in bags.items()}
-                                      for k in ("model", "config", "history"))  # fmt: skip
-    else:
-        bags = None
-        models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
-        configs = {m.name: m.model_config for m in members}
+    bags, models, configs, histories = _train(
+        train, val, members, out_dir, folds, resume=resume, log=log
+    )
     model, config = build_ensemble(models, configs, dict.fromkeys(names, 1 / len(names)))
     validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
     if bags is not None:
@@ -202,13 +195,32 @@ def train_ensemble(
         target = test if test is not None else (None if bags else val)
         if target is not None:
             data = ensemble_dataset(target, model, config, first.seed)
-            evaluation = evaluate_model(model, data, out_dir, options=options, ablation=ablation,
-                                        robustness=robustness, extra=extra, log=log,
-                                        title=f"mmfuse ensemble: {target.source}")  # fmt: skip
+            evaluation = evaluate_model(
+                model,
+                data,
+                out_dir,
+                options=options,
+                ablation=ablation,
+                robustness=robustness,
+                title=f"mmfuse ensemble: {target.source}",
+                extra=extra,
+                log=log,
+            )
         elif bags is not None:
             evaluation = _out_of_fold_report(model, config, bags, out_dir, extra)
     report = out_dir / "report.md" if evaluation is not None else None
     return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
+
+
+def _train(train, val, members, out_dir: Path, folds: int, *, resume: bool, log):
+    """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`."""
+    if not folds:
+        models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
+        return None, models, {m.name: m.model_config for m in members}, histories
+    bags = _train_bags(train, val, members, out_dir, folds, resume=resume, log=log)
+    models = {n: b.model for n, b in bags.items()}
+    configs = {n: b.config for n, b in bags.items()}
+    return bags, models, configs, {n: b.history for n, b in bags.items()}
 
 
 def _train_bags(train, val, members, out_dir: Path, folds: int, *, resume: bool, log):
@@ -225,8 +237,8 @@ def _train_bags(train, val, members, out_dir: Path, folds: int, *, resume: bool,
 def _common_labels(bags: Mapping[str, Bag]) -> dict[str, np.ndarray]:
     """Labels of the rows every bag predicted out of fold (-1 elsewhere: left out)."""
     parts = [b.labels for b in bags.values()]
-    return {t: np.where(np.all([p[t] >= 0 for p in parts], axis=0), parts[0][t], -1)
-            for t in parts[0]}  # fmt: skip
+    everywhere = {t: np.all([p[t] >= 0 for p in parts], axis=0) for t in parts[0]}
+    return {t: np.where(kept, parts[0][t], -1) for t, kept in everywhere.items()}
 
 
 def _out_of_fold_report(model: EnsembleModel, config: ModelConfig, bags, out_dir: Path, extra):
