@@ -61,6 +61,7 @@ def test_evaluate_predict_and_export_take_the_ensemble(trained, tmp_path):
         (["--ensemble", "size=3"], "allowed keys: fusion, preset, seeds"),
         (["--ensemble", "seeds=1"], "at least two"),
         (["--ensemble", "seeds=2", "--monitor", "top_5"], "log_loss, accuracy"),
+        (["--ensemble", "folds=1"], "folds >= 2"),
     ],
 )
 def test_a_bad_ensemble_flag_is_a_usage_error(trained, tmp_path, flags, says):
@@ -73,3 +74,23 @@ def test_an_ensemble_run_is_not_overwritten_without_resume(trained):
     root, model_dir, _ = trained
     code, _, err = run(train_args(root, model_dir, "--ensemble", "seeds=2"))
     assert code == 2 and "--resume" in one_error_line(err)
+
+
+def test_folds_bag_each_member_and_report_out_of_fold(trained, tmp_path):
+    root = trained[0]
+    out_dir = tmp_path / "bagged"
+    code, out, err = run(train_args(root, out_dir, "--ensemble", "folds=2"))
+    assert code == 0, err
+    assert "2-fold bagging over 18 rows" in out and "fold1/2: training" in out
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert saved["ensemble"]["spec"] == {"seeds": 1, "folds": 2}
+    bag = out_dir / "members" / "attention-seed0"
+    assert json.loads((bag / "config.json").read_text())["ensemble"]["members"] == [
+        "fold0",
+        "fold1",
+    ]
+    assert "out-of-fold" in (out_dir / "report.md").read_text()
+    code, _, err = run(
+        ["predict", out_dir, root / "val" / "manifest.csv", "--out", tmp_path / "p.csv"]
+    )
+    assert code == 0, err

@@ -53,7 +53,10 @@ def pool_rows(train: Manifest, val: Manifest | None) -> Manifest:
     """The training and validation rows as one manifest (paths are absolute already)."""
     if val is None:
         return train
-    frame = pd.concat([train.frame, val.frame[list(train.frame.columns)]], ignore_index=True)
+    # A column the validation table lacks is missing in its rows (None), as a cell would be.
+    frame = pd.concat(
+        [train.frame, val.frame.reindex(columns=train.frame.columns)], ignore_index=True
+    )
     return replace(
         train,
         frame=frame,
