@@ -75,7 +75,12 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
         device="cpu",
         verbose=False,
         fusion_dim=64,
-        ensemble={"fusion": args.fusion.split(","), "seeds": args.seeds, "folds": folds},
+        ensemble={
+            "fusion": args.fusion.split(","),
+            "seeds": args.seeds,
+            "folds": folds,
+            "jobs": args.jobs if folds else 1,
+        },
         train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
     )
@@ -92,7 +97,7 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
         dump_members(clf, paths, Path(args.dump) / f"{name}.npz")
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
-    how = f"{folds}-fold bagged members" if folds else "members trained once"
+    how = f"{folds}-fold bagged members, jobs={args.jobs}" if folds else "members trained once"
     print(f"\n## {name}, {how} (test split; training {took:.0f} s, load {loadavg()})\n")
     print(
         f"ensemble ECE with its members calibrated, its own T at 1: {e['ece_members_calibrated']:.4f}"
@@ -253,6 +258,7 @@ def main() -> int:
         help="comma-separated: 0 = members trained once on train, weighed on val; K = "
         "k-fold bagged members over train + val (e.g. 0,5 compares both in one run)",
     )
+    p.add_argument("--jobs", type=int, default=1, help="fold models trained at once (folds)")
     p.add_argument("--dump", help="folder: save each member's val/test probabilities there")
     p.add_argument("--latency", action="store_true", help="measure serving p50, 1 model vs 3")
     p.add_argument("--requests", type=int, default=100)

@@ -276,3 +276,35 @@ def test_the_onnx_graph_holds_a_shared_encoder_once(bagged, tmp_path):
     # The exporter shares equal weights by itself; the encoder's computation is shared only
     # if the ensemble runs it once: six image encoders' nodes become one encoder's.
     assert sizes[True] < sizes[False]
+
+
+def test_jobs_train_fold_models_in_parallel_processes_like_one_at_a_time(shapes, tmp_path):
+    from dataclasses import replace
+
+    root, train, val, _ = shapes
+    # fp32: bf16's rounding would make the thread count's float-order differences visible.
+    members = [
+        replace(m, train_config=replace(m.train_config, precision="fp32"))
+        for m in _members(train.classes["label"])
+    ]
+    runs = {}
+    for jobs in (1, 2):
+        log: list[str] = []
+        runs[jobs] = train_ensemble(
+            train, members, tmp_path / f"jobs{jobs}", val=val, folds=2, jobs=jobs,
+            evaluate=False, log=log.append,
+        )  # fmt: skip
+    assert any("2 at a time" in line for line in log)
+    assert sum(line.endswith(": done") for line in log) == 4
+    for name in ("attention-seed0", "late-seed0"):
+        one, two = (runs[j].model.members[name] for j in (1, 2))
+        for fold in ("fold0", "fold1"):
+            # Same data, seed and steps; only the thread count differs (float sums' order).
+            a, b = one.members[fold].state_dict(), two.members[fold].state_dict()
+            for key in a:
+                # The temperature's fit on a handful of rows amplifies the weights' differences.
+                tol = 1e-2 if key == "temperature" else 1e-3
+                torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=tol)
+    assert runs[2].model.weights == pytest.approx(runs[1].model.weights, abs=0.05)
+    with pytest.raises(ConfigError, match="give folds too"):
+        parse_ensemble("jobs=2")

@@ -211,6 +211,7 @@ class MultimodalClassifier(BaseEstimator):
             val=val,
             metric=metric,
             folds=spec.folds,
+            jobs=spec.jobs,
             resume=resume,
             robustness=robustness,
             log=log,

@@ -28,7 +28,7 @@ from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.folds import Bag, fold_rows, pool_rows, train_bag
+from mmfuse.train.folds import Bag, fold_rows, pool_rows, train_bags
 from mmfuse.train.run import train_model
 from mmfuse.train.selection import bagged_weights
 
@@ -160,6 +160,7 @@ def train_ensemble(
     test: Manifest | None = None,
     metric: str = "log_loss",
     folds: int = 0,
+    jobs: int = 1,
     resume: bool = False,
     evaluate: bool = True,
     ablation: bool = True,
@@ -168,8 +169,9 @@ def train_ensemble(
 ) -> EnsembleRun:
     """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
     writing the report into `out_dir`. Without `val` the members weigh the same. `folds` >= 2:
-    each member a bag of models trained on folds of `train` and `val` pooled (`train.folds`),
-    weighed on their out-of-fold predictions, the report on `test` else on those."""
+    each member a bag of models trained on folds of `train` and `val` pooled (`train.folds`,
+    `jobs` at a time), weighed on their out-of-fold predictions, the report on `test` else on
+    those."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
     if len(set(names)) != len(names):
@@ -178,7 +180,7 @@ def train_ensemble(
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
     weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
     bags, models, configs, histories = _train(
-        train, val, members, out_dir, folds, resume=resume, log=log
+        train, val, members, out_dir, folds, resume=resume, jobs=jobs, log=log
     )
     model, config = build_ensemble(models, configs, dict.fromkeys(names, 1 / len(names)))
     validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
@@ -212,26 +214,18 @@ def train_ensemble(
     return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
 
 
-def _train(train, val, members, out_dir: Path, folds: int, *, resume: bool, log):
+def _train(train, val, members, out_dir: Path, folds: int, *, resume: bool, jobs: int, log):
     """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`."""
     if not folds:
         models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
         return None, models, {m.name: m.model_config for m in members}, histories
-    bags = _train_bags(train, val, members, out_dir, folds, resume=resume, log=log)
-    models = {n: b.model for n, b in bags.items()}
-    configs = {n: b.config for n, b in bags.items()}
-    return bags, models, configs, {n: b.history for n, b in bags.items()}
-
-
-def _train_bags(train, val, members, out_dir: Path, folds: int, *, resume: bool, log):
-    """`{member: Bag}`: each member trained on every fold of `train` and `val` pooled."""
     pool = pool_rows(train, val)
     held_out = fold_rows(pool, folds, members[0].train_config.seed)
     log(f"{folds}-fold bagging over {len(pool)} rows (training and validation pooled)")
-    return {
-        m.name: train_bag(pool, m, held_out, out_dir / MEMBERS / m.name, resume=resume, log=log)
-        for m in members
-    }
+    bags = train_bags(pool, members, held_out, out_dir, resume=resume, jobs=jobs, log=log)
+    models = {n: b.model for n, b in bags.items()}
+    configs = {n: b.config for n, b in bags.items()}
+    return bags, models, configs, {n: b.history for n, b in bags.items()}
 
 
 def _common_labels(bags: Mapping[str, Bag]) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mmfuse.model.config import ConfigError
 
-KEYS = ("fusion", "preset", "seeds", "folds")
+KEYS = ("fusion", "preset", "seeds", "folds", "jobs")
 EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
 # Metrics greedy selection can optimise: log loss is minimised, the others maximised.
 SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
@@ -38,6 +38,7 @@ class EnsembleSpec:
     preset: list[str] | None = None
     seeds: int = 1
     folds: int = 0  # 0: no bagging; K >= 2: each member a bag of K fold models
+    jobs: int = 1  # fold models trained at once, each in its own process
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
         """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
@@ -59,6 +60,8 @@ class EnsembleSpec:
         out: dict = {"seeds": self.seeds}
         if self.folds:
             out["folds"] = self.folds
+        if self.jobs != 1:
+            out["jobs"] = self.jobs
         out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
         return out
 
@@ -85,6 +88,12 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
             setattr(out, key, [v.strip() for v in values if v.strip()])
     out.seeds = _count(spec, "seeds", 1, 1, "a number of seeds >= 1, e.g. seeds=3")
     out.folds = _count(spec, "folds", 0, 2, "a number of folds >= 2, e.g. folds=5")
+    out.jobs = _count(spec, "jobs", 1, 1, "how many fold models to train at once, e.g. jobs=2")
+    if out.jobs > 1 and not out.folds:
+        raise ConfigError(
+            f"ensemble jobs={out.jobs} trains fold models in parallel; give folds too, e.g. "
+            "folds=5 jobs=2"
+        )
     _check_values(out)
     return out
 

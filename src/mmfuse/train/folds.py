@@ -17,13 +17,16 @@ temperature), so a resumed run loads finished folds and predicts nothing again.
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from mmfuse.data.manifest import Manifest
 from mmfuse.evaluate.calibration import untempered
@@ -86,45 +89,100 @@ def _rows(manifest: Manifest, rows: np.ndarray) -> Manifest:
     return replace(manifest, frame=manifest.frame.iloc[rows].reset_index(drop=True))
 
 
-def train_bag(
+def train_bags(
     pool: Manifest,
-    member,
+    members: Sequence,
     held_out: list[np.ndarray],
-    folder: Path,
+    out_dir: Path,
     *,
     resume: bool,
+    jobs: int = 1,
     log: Callable[[str], None],
-) -> Bag:
-    """Train `member` (a `train.ensemble.Member`) once per fold in `folder/members/fold<k>/`
-    (resuming: finished folds are loaded) and return its bag with the out-of-fold predictions."""
-    n = len(pool)
-    models, configs, raws, temps, rows, history = {}, {}, [], [], [], []
-    for k, held in enumerate(held_out):
-        name, fold_dir = f"fold{k}", folder / MEMBERS / f"fold{k}"
-        if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
-            log(f"{member.name} {name}/{len(held_out)}: done before, loaded from {fold_dir}")
-            models[name], _, _ = load_model(fold_dir, "cpu")
-        else:
-            log(f"{member.name} {name}/{len(held_out)}: training on {n - len(held)} rows")
-            keep = np.setdiff1d(np.arange(n), held)
-            run = train_model(
-                _rows(pool, keep),
-                member.model_config,
-                member.train_config,
-                fold_dir,
-                val=_rows(pool, held),
-                resume=resume,
-                evaluate=False,
-                log=log,
+) -> dict[str, Bag]:
+    """`{member: Bag}`: each member (a `train.ensemble.Member`) trained once per fold in
+    `out_dir/members/<member>/members/fold<k>/` (resuming: finished folds are loaded), `jobs`
+    fold models at a time, each in a process of its own with its share of the threads."""
+    todo = []
+    for m in members:
+        for k in range(len(held_out)):
+            fold_dir = _fold_dir(out_dir, m, k)
+            if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
+                log(f"{m.name} fold{k}/{len(held_out)}: done before, loaded from {fold_dir}")
+            else:
+                todo.append((m, k))
+    histories: dict[str, list] = {m.name: [] for m in members}
+    if jobs > 1 and len(todo) > 1:
+        _train_parallel(pool, todo, held_out, out_dir, histories, resume=resume, jobs=jobs, log=log)
+    else:
+        for m, k in todo:
+            log(
+                f"{m.name} fold{k}/{len(held_out)}: training on {len(pool) - len(held_out[k])} rows"
             )
-            _save_fold(fold_dir, run, held, member)
-            models[name] = run.model.cpu()
-            history += [{"fold": k, **r} for r in run.fit.history]
-        configs[name] = member.model_config
+            histories[m.name] += train_fold(pool, m, k, held_out[k], out_dir, resume, log)
+    return {m.name: _bag(len(pool), m, len(held_out), out_dir, histories[m.name]) for m in members}
+
+
+def _fold_dir(out_dir: Path, member, k: int) -> Path:
+    return out_dir / MEMBERS / member.name / MEMBERS / f"fold{k}"
+
+
+def train_fold(pool: Manifest, member, k: int, held: np.ndarray, out_dir: Path, resume, log):
+    """Train `member` on every pooled row but `held`, validated on `held`; write its folder and
+    `oof.npz`; return its history (each epoch with `"fold": k`)."""
+    fold_dir = _fold_dir(out_dir, member, k)
+    run = train_model(
+        _rows(pool, np.setdiff1d(np.arange(len(pool)), held)),
+        member.model_config,
+        member.train_config,
+        fold_dir,
+        val=_rows(pool, held),
+        resume=resume,
+        evaluate=False,
+        log=log,
+    )
+    _save_fold(fold_dir, run, held, member)
+    return [{"fold": k, **r} for r in run.fit.history]
+
+
+def _fold_job(pool, member, k, held, out_dir, resume, threads) -> list[dict]:
+    """`train_fold` in a worker process: `threads` torch threads, loading in this process (the
+    cores are shared out between the jobs already), silent (the parent says when it is done;
+    its epochs are in its folder's metrics.jsonl)."""
+    torch.set_num_threads(threads)
+    config = replace(member.train_config, workers=0, progress=False)
+    member = replace(member, train_config=config)
+    return train_fold(pool, member, k, held, out_dir, resume, lambda s: None)
+
+
+def _train_parallel(pool, todo, held_out, out_dir, histories, *, resume, jobs, log) -> None:
+    """The folds of `todo` in `jobs` processes (spawned: a fresh interpreter each, as CUDA and
+    torch threads need), their histories added to `histories`."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    log(f"training {len(todo)} fold models, {jobs} at a time ({threads} threads each)")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as workers:
+        futures = {
+            workers.submit(_fold_job, pool, m, k, held_out[k], out_dir, resume, threads): (m, k)
+            for m, k in todo
+        }
+        for future in as_completed(futures):
+            m, k = futures[future]
+            histories[m.name] += future.result()  # a fold's error is raised here
+            log(f"{m.name} fold{k}/{len(held_out)}: done")
+
+
+def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
+    """The bag of `member`'s finished fold models, read from their folders."""
+    models, raws, temps, rows = {}, [], [], []
+    for k in range(folds):
+        fold_dir = _fold_dir(out_dir, member, k)
+        models[f"fold{k}"], _, _ = load_model(fold_dir, "cpu")
         saved = np.load(fold_dir / OOF, allow_pickle=False)
         rows.append(saved["rows"])
-        raws.append({t: (saved[f"raw/{t}"], saved[f"label/{t}"]) for t in models[name].tasks})
-        temps.append(models[name].temperatures())
+        tasks = models[f"fold{k}"].tasks
+        raws.append({t: (saved[f"raw/{t}"], saved[f"label/{t}"]) for t in tasks})
+        temps.append(models[f"fold{k}"].temperatures())
+    configs = dict.fromkeys(models, member.model_config)
     model, config = build_ensemble(models, configs, dict.fromkeys(models, 1 / len(models)))
     model.member_train = dict.fromkeys(models, member.train_config.to_dict())
     proba, raw, labels = _out_of_fold(n, config, rows, raws, temps)
@@ -160,4 +218,4 @@ def _out_of_fold(n: int, config: ModelConfig, rows, parts, temps):
     return proba, raw, labels
 
 
-__all__ = ["OOF", "Bag", "fold_rows", "pool_rows", "train_bag"]
+__all__ = ["OOF", "Bag", "fold_rows", "pool_rows", "train_bags", "train_fold"]
