@@ -281,7 +281,7 @@ def test_the_onnx_graph_holds_a_shared_encoder_once(bagged, tmp_path):
 def test_jobs_train_fold_models_in_parallel_processes_like_one_at_a_time(shapes, tmp_path):
     from dataclasses import replace
 
-    root, train, val, _ = shapes
+    _, train, val, _ = shapes
     # fp32: bf16's rounding would make the thread count's float-order differences visible.
     members = [
         replace(m, train_config=replace(m.train_config, precision="fp32"))
