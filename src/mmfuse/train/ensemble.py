@@ -168,10 +168,8 @@ def train_ensemble(
     log: Callable[[str], None] = print,
 ) -> EnsembleRun:
     """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
-    writing the report into `out_dir`. Without `val` the members weigh the same. `folds` >= 2:
-    each member a bag of models trained on folds of `train` and `val` pooled (`train.folds`,
-    `jobs` at a time), weighed on their out-of-fold predictions, the report on `test` else on
-    those."""
+    writing the report into `out_dir`; without `val` the members weigh the same. `folds`,
+    `jobs`: bagged members (`train.folds`), the report on `test` else out of fold."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
     if len(set(names)) != len(names):
