@@ -112,6 +112,8 @@ def test_weights_come_from_out_of_fold_predictions_of_every_pooled_row(bagged):
     fold_dir = root / "run" / "members" / "late-seed0" / "members" / "fold1"
     saved = np.load(fold_dir / "oof.npz", allow_pickle=False)
     assert sorted(saved["rows"].tolist()) == sorted(held[1].tolist())
+    # A finished fold keeps its model folder, not its checkpoints (copies of every weight).
+    assert not [p.name for p in fold_dir.iterdir() if p.name.startswith(("ckpt-", "best-"))]
     model, config, _ = load_model(fold_dir)
     model.set_temperatures(dict.fromkeys(model.tasks, 1.0))
     part = pool_rows(train, val)

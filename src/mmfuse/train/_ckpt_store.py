@@ -133,6 +133,17 @@ def prune(run_dir: Path, tag: str, keep: int, newest: Path) -> None:
     _ckpt_io.remove_abandoned_scratch(run_dir)
 
 
+def remove_all(run_dir: Path) -> None:
+    """Remove every checkpoint folder of `run_dir` (any tag): a run whose model folder is
+    written and will not be resumed (a finished fold model) needs none of them."""
+    for child in list(run_dir.iterdir()) if run_dir.is_dir() else []:
+        if FOLDER.fullmatch(child.name) and child.is_dir():
+            trash = run_dir / _ckpt_io.scratch_name("trash", child.name)
+            os.replace(child, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+    _ckpt_io.remove_abandoned_scratch(run_dir)
+
+
 def _looks_complete(path: Path) -> bool:
     # Sizes only: hashing every kept checkpoint on every save would re-read gigabytes.
     try:

@@ -64,6 +64,7 @@ from mmfuse.train._ckpt_format import (
     verify_checkpoint,
 )
 from mmfuse.train._ckpt_store import best_checkpoint, latest_checkpoint, mark_best
+from mmfuse.train._ckpt_store import remove_all as remove_checkpoints
 from mmfuse.train.rng_state import capture_rng_state, restore_rng_state
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "mark_best",
+    "remove_checkpoints",
     "restore_rng_state",
     "save_checkpoint",
     "verify_checkpoint",

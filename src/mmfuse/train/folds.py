@@ -34,6 +34,7 @@ from mmfuse.model.config import ConfigError, ModelConfig
 from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
+from mmfuse.train.checkpoint import remove_checkpoints
 from mmfuse.train.run import train_model
 
 OOF = "oof.npz"
@@ -200,6 +201,9 @@ def _save_fold(fold_dir: Path, run, held: np.ndarray, member) -> None:
         arrays[f"label/{task}"] = np.asarray(out["labels"][task], dtype=np.int64)
     save_model(fold_dir, run.model, member.model_config, train_config=member.train_config.to_dict())
     np.savez(fold_dir / OOF, **arrays)
+    # Done: a resumed run loads the folder, so its checkpoints (each a copy of every weight,
+    # frozen encoders included) are only disk to the K × members fold models.
+    remove_checkpoints(fold_dir)
 
 
 def _out_of_fold(n: int, config: ModelConfig, rows, parts, temps):
