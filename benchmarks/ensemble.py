@@ -232,12 +232,30 @@ def latency(args) -> None:
         times = {}
         for name, folder in (("single", single), ("ensemble of 3", ensemble)):
             times[name] = p50_of(folder, files, args.requests, root)
+        size, unshared = folder_mb(ensemble), weights_mb(ensemble)
     print("\n| model | p50 ms | p90 ms |\n|---|---:|---:|")
     for name, t in times.items():
         print(f"| {name} | {np.percentile(t, 50):.1f} | {np.percentile(t, 90):.1f} |")
     ratio = np.percentile(times["ensemble of 3"], 50) / np.percentile(times["single"], 50)
     print(f"\nensemble p50 / single p50 = {ratio:.2f} (target < 3)")
+    print(f"ensemble folder {size:.1f} MB (its models' weights, a copy each: {unshared:.1f} MB)")
     print(f"load average at end: {loadavg()}")
+
+
+def folder_mb(folder: Path) -> float:
+    """What a model folder weighs: its weights and configs (not a run's checkpoints)."""
+    files = [*folder.rglob("*.safetensors"), *folder.rglob("*.json")]
+    return sum(f.stat().st_size for f in files if not any(p.name[:5] in ("ckpt-", "best-")
+               for p in f.parents)) / 2**20  # fmt: skip
+
+
+def weights_mb(folder: Path) -> float:
+    """The weights of every model in an ensemble folder, as if each kept its own copy."""
+    from mmfuse.model.saved import load_model
+
+    model, _, _ = load_model(folder)
+    tensors = [t for _, leaf, _ in model.leaves() for t in leaf.state_dict().values()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def main() -> int:

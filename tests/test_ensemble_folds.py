@@ -310,3 +310,40 @@ def test_jobs_train_fold_models_in_parallel_processes_like_one_at_a_time(shapes,
     assert runs[2].model.weights == pytest.approx(runs[1].model.weights, abs=0.05)
     with pytest.raises(ConfigError, match="give folds too"):
         parse_ensemble("jobs=2")
+
+
+def test_weights_members_hold_alike_are_saved_once(bagged, tmp_path):
+    import copy
+    import shutil
+
+    from mmfuse.errors import CheckpointError
+
+    root, *_, run, _ = bagged
+    model = copy.deepcopy(run.model)
+    leaves = list(model.leaves())
+    first = leaves[0][1].encoders["image"].state_dict()
+    for _, leaf, _ in leaves:
+        leaf.encoders["image"].load_state_dict(first)  # as a frozen pretrained encoder
+    clf = MultimodalClassifier(ensemble=["folds=3", "fusion=attention,late"])
+    clf._set_fitted(model, run.config, quick_config())
+    folder = clf.save(tmp_path / "model")
+    assert (folder / "shared.safetensors").is_file()
+    fold = folder / "members" / "late-seed0" / "members" / "fold1"
+    link = json.loads((fold / "config.json").read_text())["shared_weights"]
+    assert link["file"] == "../../../../shared.safetensors"
+    assert all(key.startswith("encoders.image.") for key in link["tensors"])
+    loaded, _, _ = load_model(folder)
+    for (_, a, _), (_, b, _) in zip(model.leaves(), loaded.leaves()):
+        assert not state_dicts_equal(a.state_dict(), b.state_dict())  # no difference
+    data = root / "test" / "manifest.csv"
+    again = MultimodalClassifier.load(folder)
+    np.testing.assert_allclose(again.predict_proba(data), clf.predict_proba(data), atol=1e-6)
+    alone = tmp_path / "alone"
+    shutil.copytree(fold, alone)
+    with pytest.raises(CheckpointError, match="load the whole ensemble folder"):
+        load_model(alone)
+    # Saved again without anything alike: no shared file is left behind.
+    clf._set_fitted(run.model, run.config, quick_config())
+    clf.save(folder)
+    assert not (folder / "shared.safetensors").exists()
+    assert "shared_weights" not in json.loads((fold / "config.json").read_text())

@@ -8,19 +8,25 @@
         metrics.json, report.md, *.png
 
 A member trained on folds (`--ensemble folds=K`) is a bag of K fold models, itself a folder of
-this kind (`members/<name>/members/fold0/`, ...). Only members of weight > 0 are written. Each member folder loads on its own with `load_model`;
+this kind (`members/<name>/members/fold0/`, ...). Only members of weight > 0 are written.
+Weights that members hold alike (a frozen pretrained encoder in every member and fold) are
+written once, into `shared.safetensors` at the top; such a member's config.json names that file
+(relative path) and which of its tensors are there, so it loads inside its ensemble folder. Each member folder loads on its own with `load_model`;
 the ensemble's temperature lives in config.json (members' own in their safetensors).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from mmfuse._version import __version__
 from mmfuse.errors import CheckpointError
@@ -30,6 +36,7 @@ from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.model.saved import CONFIG, FORMAT, LABELS, copy_report, load_model, save_model
 
 MEMBERS = "members"
+SHARED = "shared.safetensors"
 
 
 def build_ensemble(
@@ -55,10 +62,16 @@ def save_ensemble(
     train_config: dict | None = None,
     spec: dict | None = None,
     report_dir: str | os.PathLike | None = None,
+    shared: SharedWeights | None = None,
 ) -> Path:
     """Write the ensemble folder: members of weight > 0 under `members/`, and no folder for
-    a member of weight 0 (one its training left there is removed)."""
+    a member of weight 0 (one its training left there is removed). A weight that several
+    members hold bit for bit (a frozen pretrained encoder's) is written once, into
+    `shared.safetensors` beside the top config.json (`shared`: the top call's, for a bag)."""
     path = Path(path)
+    top = shared is None
+    if top:
+        shared = shared_weights(model, path)
     active = model.active()
     for name in model.members:
         folder = path / MEMBERS / name
@@ -66,11 +79,15 @@ def save_ensemble(
             own = model.member_train.get(name, train_config)
             member, member_config = model.members[name], model.member_configs[name]
             if isinstance(member, EnsembleModel):  # a bag of fold models: a folder of folders
-                save_ensemble(folder, member, member_config, train_config=own)
+                save_ensemble(folder, member, member_config, train_config=own, shared=shared)
             else:
-                save_model(folder, member, member_config, train_config=own)
+                kept = shared.keys.get(id(member), {})
+                link = (os.path.relpath(shared.root / SHARED, folder), kept) if kept else None
+                save_model(folder, member, member_config, train_config=own, shared=link)
         elif folder.is_dir():
             shutil.rmtree(folder)
+    if top:
+        shared.write()
     saved = {
         "format": FORMAT,
         "mmfuse_version": __version__,
@@ -88,6 +105,48 @@ def save_ensemble(
     (path / CONFIG).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     copy_report(report_dir, path)
     return path
+
+
+@dataclass
+class SharedWeights:
+    """The tensors several members hold alike, by content hash, and per member (by `id`)
+    which of its state's keys are among them."""
+
+    root: Path
+    tensors: dict[str, torch.Tensor]
+    keys: dict[int, dict[str, str]]
+
+    def write(self) -> None:
+        """`shared.safetensors` (none when nothing is shared: a stale one is removed)."""
+        file = self.root / SHARED
+        if self.tensors:
+            save_file(self.tensors, file)
+        elif file.is_file():
+            file.unlink()
+
+
+def shared_weights(model: EnsembleModel, root: Path) -> SharedWeights:
+    """Which weights of `model`'s active models (bags opened) two or more of them hold bit
+    for bit; tensors under 1,024 values are left in place (not worth a lookup)."""
+    seen: dict[str, list] = {}
+    for _, leaf, _ in model.leaves():
+        for key, tensor in leaf.state_dict().items():
+            if tensor.numel() >= 1024:
+                seen.setdefault(_content_hash(tensor), []).append((leaf, key, tensor))
+    tensors, keys = {}, {}
+    for digest, holders in seen.items():
+        if len({id(leaf) for leaf, _, _ in holders}) > 1:
+            tensors[digest] = holders[0][2].detach().cpu().contiguous()
+            for leaf, key, _ in holders:
+                keys.setdefault(id(leaf), {})[key] = digest
+    return SharedWeights(root, tensors, keys)
+
+
+def _content_hash(tensor: torch.Tensor) -> str:
+    t = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{t.dtype}{tuple(t.shape)}".encode())
+    digest.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def load_ensemble(path: Path, saved: dict, device: str | torch.device = "cpu"):

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from mmfuse._version import __version__
@@ -43,8 +43,11 @@ def save_model(
     *,
     train_config: dict | None = None,
     report_dir: str | os.PathLike | None = None,
+    shared: tuple[str, dict[str, str]] | None = None,
 ) -> Path:
-    """Write the model folder; copy report.md, metrics.json and PNGs from `report_dir`."""
+    """Write the model folder; copy report.md, metrics.json and PNGs from `report_dir`.
+    `shared`: `(file, {state key: name in it})`, tensors an ensemble keeps once in `file`
+    (a path relative to this folder), left out of model.safetensors."""
     path = Path(path)
     bad = first_nonfinite(model)
     if bad is not None:
@@ -53,7 +56,12 @@ def save_model(
             f"not written: weight {bad!r} holds NaN or Inf, so the model would predict nothing; "
             "retrain (a lower --lr, or fix the data that made the loss non-finite)",
         )
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    elsewhere = shared[1] if shared else {}
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if k not in elsewhere
+    }
     labels = {h.task: h.classes for h in config.heads}
     saved = {
         "format": FORMAT,
@@ -61,6 +69,8 @@ def save_model(
         "model": config.to_dict(),
         "train": train_config,
     }
+    if shared:
+        saved["shared_weights"] = {"file": shared[0], "tensors": dict(elsewhere)}
     try:
         path.mkdir(parents=True, exist_ok=True)
         save_file(state, path / WEIGHTS, metadata={"format": str(FORMAT)})
@@ -175,6 +185,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"cannot be read as safetensors ({e}); the file is missing or damaged: copy it "
             "again, or retrain",
         ) from None
+    state.update(_shared_part(path, saved.get("shared_weights"), device))
     own = model.state_dict()
     if saved["format"] < 2:  # written before calibration existed: uncalibrated, T = 1
         state.setdefault("temperature", own["temperature"])
@@ -194,3 +205,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         ) from None
     model.to(device).eval()
     return model, config, saved.get("train")
+
+
+def _shared_part(path: Path, link, device) -> dict:
+    """The tensors a member of an ensemble keeps in the ensemble's shared file (none: {})."""
+    if not link:
+        return {}
+    file = path / link["file"]
+    try:
+        with safe_open(file, framework="pt", device=str(device)) as f:
+            return {key: f.get_tensor(name) for key, name in link["tensors"].items()}
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise CheckpointError(
+            path,
+            f"keeps {len(link['tensors'])} weights in {link['file']}, the ensemble folder's "
+            f"shared file, which cannot be read ({e}); load the whole ensemble folder, or copy "
+            "it again",
+        ) from None
