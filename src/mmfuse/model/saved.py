@@ -6,6 +6,8 @@
         model.safetensors  every weight (encoders, fusion, heads)
         metrics.json, report.md, *.png   the evaluation, when there was one
 
+A member of an ensemble may keep some tensors in the ensemble's `shared.safetensors` instead
+(config.json's `shared_weights`: the file's path relative to the folder, and which tensors).
 The model is rebuilt from config.json (each encoder's preprocessing follows from its name and
 options), then the weights are loaded strictly: a missing or extra tensor is an error. Encoders
 are built without reading their pretrained weights (model.safetensors replaces them), so a
