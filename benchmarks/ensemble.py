@@ -79,7 +79,7 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
             "fusion": args.fusion.split(","),
             "seeds": args.seeds,
             "folds": folds,
-            "jobs": args.jobs if folds else 1,
+            "jobs": args.jobs,
         },
         train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
@@ -97,7 +97,8 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
         dump_members(clf, paths, Path(args.dump) / f"{name}.npz")
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
-    how = f"{folds}-fold bagged members, jobs={args.jobs}" if folds else "members trained once"
+    how = f"{folds}-fold bagged members" if folds else "members trained once"
+    how += f", jobs={args.jobs}"
     print(f"\n## {name}, {how} (test split; training {took:.0f} s, load {loadavg()})\n")
     print(
         f"ensemble ECE with its members calibrated, its own T at 1: {e['ece_members_calibrated']:.4f}"
@@ -276,7 +277,7 @@ def main() -> int:
         help="comma-separated: 0 = members trained once on train, weighed on val; K = "
         "k-fold bagged members over train + val (e.g. 0,5 compares both in one run)",
     )
-    p.add_argument("--jobs", type=int, default=1, help="fold models trained at once (folds)")
+    p.add_argument("--jobs", type=int, default=1, help="members or fold models trained at once")
     p.add_argument("--dump", help="folder: save each member's val/test probabilities there")
     p.add_argument("--latency", action="store_true", help="measure serving p50, 1 model vs 3")
     p.add_argument("--requests", type=int, default=100)

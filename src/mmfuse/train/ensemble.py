@@ -12,7 +12,7 @@ temperature is fitted on the weighted mean, and the ensemble is evaluated on `te
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.folds import Bag, fold_rows, pool_rows, train_bags
+from mmfuse.train.parallel import SILENT, in_processes, quiet
 from mmfuse.train.run import train_model
 from mmfuse.train.selection import bagged_weights
 
@@ -60,34 +61,52 @@ def train_members(
     out_dir: Path,
     *,
     resume: bool,
+    jobs: int = 1,
     log: Callable[[str], None],
 ) -> tuple[dict, dict]:
     """`({name: trained model}, {name: history})`, each member trained (or, resuming, loaded
-    when its folder is complete) in `out_dir/members/<name>/`."""
-    models, histories = {}, {}
+    when its folder is complete) in `out_dir/members/<name>/`, `jobs` at a time."""
+    histories: dict[str, list] = {m.name: [] for m in members}
+    todo = []
     for i, m in enumerate(members, start=1):
         folder = out_dir / MEMBERS / m.name
         if resume and (folder / CONFIG).is_file():
             log(f"member {i}/{len(members)} {m.name}: done before, loaded from {folder}")
-            models[m.name], _, _ = load_model(folder, "cpu")
-            histories[m.name] = []
-            continue
-        log(f"member {i}/{len(members)} {m.name}: training")
-        run = train_model(
-            train,
-            m.model_config,
-            m.train_config,
-            folder,
-            val=val,
-            resume=resume,
-            evaluate=False,
-            log=log,
-        )
-        # Written last: a member folder with config.json is a finished member.
-        save_model(folder, run.model, m.model_config, train_config=m.train_config.to_dict())
-        models[m.name] = run.model.cpu()
-        histories[m.name] = run.fit.history
+        else:
+            todo.append((i, m))
+    if jobs > 1 and len(todo) > 1:
+        calls = [(m.name, _member_job, (train, val, m, out_dir, resume)) for _, m in todo]
+        histories |= in_processes(jobs, calls, log)
+    else:
+        for i, m in todo:
+            log(f"member {i}/{len(members)} {m.name}: training")
+            histories[m.name] = train_member(train, val, m, out_dir, resume, log)
+    models = {m.name: load_model(out_dir / MEMBERS / m.name, "cpu")[0] for m in members}
     return models, histories
+
+
+def train_member(train, val, member: Member, out_dir: Path, resume: bool, log) -> list[dict]:
+    """Train `member` in `out_dir/members/<name>/` and write its model folder there (last: a
+    member folder with config.json is a finished member); return its history."""
+    folder = out_dir / MEMBERS / member.name
+    run = train_model(
+        train,
+        member.model_config,
+        member.train_config,
+        folder,
+        val=val,
+        resume=resume,
+        evaluate=False,
+        log=log,
+    )
+    save_model(folder, run.model, member.model_config, train_config=member.train_config.to_dict())
+    return run.fit.history
+
+
+def _member_job(train, val, member: Member, out_dir: Path, resume: bool) -> list[dict]:
+    """`train_member` in a worker process (`train.parallel`)."""
+    member = replace(member, train_config=quiet(member.train_config))
+    return train_member(train, val, member, out_dir, resume, SILENT)
 
 
 def ensemble_dataset(manifest: Manifest, model: EnsembleModel, config: ModelConfig, seed: int):
@@ -215,7 +234,9 @@ def train_ensemble(
 def _train(train, val, members, out_dir: Path, folds: int, *, resume: bool, jobs: int, log):
     """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`."""
     if not folds:
-        models, histories = train_members(train, val, members, out_dir, resume=resume, log=log)
+        models, histories = train_members(
+            train, val, members, out_dir, resume=resume, jobs=jobs, log=log
+        )
         return None, models, {m.name: m.model_config for m in members}, histories
     pool = pool_rows(train, val)
     held_out = fold_rows(pool, folds, members[0].train_config.seed)

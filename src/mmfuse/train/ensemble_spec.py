@@ -38,7 +38,7 @@ class EnsembleSpec:
     preset: list[str] | None = None
     seeds: int = 1
     folds: int = 0  # 0: no bagging; K >= 2: each member a bag of K fold models
-    jobs: int = 1  # fold models trained at once, each in its own process
+    jobs: int = 1  # members (or fold models) trained at once, each in its own process
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
         """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
@@ -88,12 +88,7 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
             setattr(out, key, [v.strip() for v in values if v.strip()])
     out.seeds = _count(spec, "seeds", 1, 1, "a number of seeds >= 1, e.g. seeds=3")
     out.folds = _count(spec, "folds", 0, 2, "a number of folds >= 2, e.g. folds=5")
-    out.jobs = _count(spec, "jobs", 1, 1, "how many fold models to train at once, e.g. jobs=2")
-    if out.jobs > 1 and not out.folds:
-        raise ConfigError(
-            f"ensemble jobs={out.jobs} trains fold models in parallel; give folds too, e.g. "
-            "folds=5 jobs=2"
-        )
+    out.jobs = _count(spec, "jobs", 1, 1, "how many models to train at once, e.g. jobs=2")
     _check_values(out)
     return out
 

@@ -17,16 +17,13 @@ temperature), so a resumed run loads finished folds and predicts nothing again.
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from mmfuse.data.manifest import Manifest
 from mmfuse.evaluate.calibration import untempered
@@ -35,6 +32,7 @@ from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.checkpoint import remove_checkpoints
+from mmfuse.train.parallel import SILENT, in_processes, quiet
 from mmfuse.train.run import train_model
 
 OOF = "oof.npz"
@@ -113,7 +111,17 @@ def train_bags(
                 todo.append((m, k))
     histories: dict[str, list] = {m.name: [] for m in members}
     if jobs > 1 and len(todo) > 1:
-        _train_parallel(pool, todo, held_out, out_dir, histories, resume=resume, jobs=jobs, log=log)
+        calls = [
+            (
+                f"{m.name} fold{k}/{len(held_out)}",
+                _fold_job,
+                (pool, m, k, held_out[k], out_dir, resume),
+            )
+            for m, k in todo
+        ]
+        done = in_processes(jobs, calls, log)
+        for (m, _), (name, _, _) in zip(todo, calls):
+            histories[m.name] += done[name]
     else:
         for m, k in todo:
             log(
@@ -145,31 +153,10 @@ def train_fold(pool: Manifest, member, k: int, held: np.ndarray, out_dir: Path, 
     return [{"fold": k, **r} for r in run.fit.history]
 
 
-def _fold_job(pool, member, k, held, out_dir, resume, threads) -> list[dict]:
-    """`train_fold` in a worker process: `threads` torch threads, loading in this process (the
-    cores are shared out between the jobs already), silent (the parent says when it is done;
-    its epochs are in its folder's metrics.jsonl)."""
-    torch.set_num_threads(threads)
-    config = replace(member.train_config, workers=0, progress=False)
-    member = replace(member, train_config=config)
-    return train_fold(pool, member, k, held, out_dir, resume, lambda s: None)
-
-
-def _train_parallel(pool, todo, held_out, out_dir, histories, *, resume, jobs, log) -> None:
-    """The folds of `todo` in `jobs` processes (spawned: a fresh interpreter each, as CUDA and
-    torch threads need), their histories added to `histories`."""
-    threads = max(1, torch.get_num_threads() // jobs)
-    log(f"training {len(todo)} fold models, {jobs} at a time ({threads} threads each)")
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as workers:
-        futures = {
-            workers.submit(_fold_job, pool, m, k, held_out[k], out_dir, resume, threads): (m, k)
-            for m, k in todo
-        }
-        for future in as_completed(futures):
-            m, k = futures[future]
-            histories[m.name] += future.result()  # a fold's error is raised here
-            log(f"{m.name} fold{k}/{len(held_out)}: done")
+def _fold_job(pool, member, k, held, out_dir, resume) -> list[dict]:
+    """`train_fold` in a worker process (`train.parallel`)."""
+    member = replace(member, train_config=quiet(member.train_config))
+    return train_fold(pool, member, k, held, out_dir, resume, SILENT)
 
 
 def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
