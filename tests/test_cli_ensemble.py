@@ -82,6 +82,7 @@ def test_folds_bag_each_member_and_report_out_of_fold(trained, tmp_path):
     code, out, err = run(train_args(root, out_dir, "--ensemble", "folds=2"))
     assert code == 0, err
     assert "2-fold bagging over 18 rows" in out and "fold1/2: training" in out
+    assert "scores out of fold" in out
     saved = json.loads((out_dir / "config.json").read_text())
     assert saved["ensemble"]["spec"] == {"seeds": 1, "folds": 2}
     bag = out_dir / "members" / "attention-seed0"

@@ -229,6 +229,9 @@ def _save_and_report(clf, out: Path) -> None:
     model_dir = clf.save(out)
     if clf.evaluation_ is not None:
         print()
+        if getattr(clf, "validation_", {}).get("rows") == "out-of-fold rows":
+            print("scores out of fold: each training and --val row predicted by the fold model")
+            print("that did not train on it (--ensemble folds; no row was held out)")
         print(format_table(clf.evaluation_["metrics"]))
         if "members" in clf.evaluation_:
             print()

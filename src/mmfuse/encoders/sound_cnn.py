@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mmfuse.encoders.base import Encoder, EncoderError, check_shape, register
-from mmfuse.features.sfx_mel import FRAME, HOP, N_MELS, SAMPLE_RATE, log_mel_frames
+from mmfuse.features.sfx_mel import FRAME, HOP, N_MELS, SAMPLE_RATE, log_mel_frames, sliding
 from mmfuse.features.spec import AudioSpec
 
 BLOCK = 100  # frames per embedded block
@@ -92,8 +92,9 @@ class SoundCNN(Encoder):
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, ("B", "N"), "audio encoder 'sound-cnn' (44.1 kHz waveform)")
         blocks = spectrogram_blocks(log_mel_frames(x) / SPEC_MAX)  # B×K×100×96
-        b, k = blocks.shape[:2]
-        return self.net(blocks.flatten(0, 1)).view(b, k, -1)  # B×K×D
+        # -1 for B: a traced (ONNX) graph keeps the batch size free.
+        k = blocks.shape[1]
+        return self.net(blocks.flatten(0, 1)).view(-1, k, self.output_dim)  # B×K×D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_tokens(x)  # B×K×D
@@ -115,7 +116,7 @@ def spectrogram_blocks(spec: torch.Tensor) -> torch.Tensor:
     """
     if spec.shape[1] < BLOCK:
         spec = nn.functional.pad(spec, (0, 0, 0, BLOCK - spec.shape[1]))
-    return spec.unfold(1, BLOCK, BLOCK_HOP).transpose(2, 3)  # B×K×100×M
+    return sliding(spec, BLOCK, BLOCK_HOP, dim=1).transpose(2, 3)  # B×K×100×M
 
 
 def block_count(frames: torch.Tensor) -> torch.Tensor:
@@ -125,8 +126,9 @@ def block_count(frames: torch.Tensor) -> torch.Tensor:
 
 def content_frames(x: torch.Tensor) -> torch.Tensor:
     """Per clip of `B×N`, the frames its audio spans once trailing zeros (padding) are cut."""
-    hops = max(1, -(-x.shape[-1] // HOP))  # an empty clip counts as one silent hop
-    chunks = nn.functional.pad(x, (0, hops * HOP - x.shape[-1])).view(x.shape[0], hops, HOP)
+    # An empty clip counts as one silent hop; a positive ceiling division (see frame_count).
+    hops = max(1, (x.shape[-1] + HOP - 1) // HOP)
+    chunks = nn.functional.pad(x, (0, hops * HOP - x.shape[-1])).view(-1, hops, HOP)
     sounding = (chunks != 0).any(dim=-1)  # B×hops
     # The last sounding hop, counted from 1 (0 for silence), is ceil(length / HOP).
     last = (sounding * torch.arange(1, hops + 1, device=x.device)).amax(dim=-1)
