@@ -349,3 +349,51 @@ def test_weights_members_hold_alike_are_saved_once(bagged, tmp_path):
     clf.save(folder)
     assert not (folder / "shared.safetensors").exists()
     assert "shared_weights" not in json.loads((fold / "config.json").read_text())
+
+
+def test_encoders_alike_in_weights_but_not_options_are_not_shared():
+    from mmfuse.encoders import build
+    from mmfuse.model.ensemble import _same_encoder
+
+    def tiny(**options):
+        torch.manual_seed(0)
+        return build("image", "efficientnet-lite-tiny", **options).eval()
+
+    head, stages, again = tiny(features="head"), tiny(features="stages"), tiny(features="head")
+    assert state_dicts_equal(head.state_dict(), stages.state_dict()) == []  # same tensors
+    assert _same_encoder(head, head.state_dict(), again, again.state_dict())
+    assert not _same_encoder(head, head.state_dict(), stages, stages.state_dict())
+    again.train()
+    assert not _same_encoder(head, head.state_dict(), again, again.state_dict())
+
+
+def test_what_a_user_gets_wrong_about_folds_is_one_sentence(shapes, tmp_path):
+    from mmfuse.data.manifest import Manifest
+
+    _, train, val, _ = shapes
+    pool = pool_rows(train, val)
+    with pytest.raises(ConfigError, match=r"no class has 9 rows .* give folds=8 or fewer"):
+        fold_rows(pool, 9, seed=0)  # 24 rows, 8 of each class
+    assert parse_ensemble("folds=0").folds == 0  # off, as a flag's string too
+    odd = val.frame.copy()
+    odd.loc[2, "label"] = "hexagon"
+    other = Manifest(**{**val.__dict__, "frame": odd})
+    with pytest.raises(ConfigError, match="row 2: class 'hexagon' of 'label' is not in the"):
+        pool_rows(train, other)
+
+
+def test_a_resumed_fold_must_come_from_the_same_rows(bagged, tmp_path):
+    root, train, val, _, members, *_ = bagged
+    fewer = type(val)(**{**val.__dict__, "frame": val.frame.iloc[:-1].reset_index(drop=True)})
+    with pytest.raises(ConfigError, match="trained on other training/validation rows"):
+        train_ensemble(train, members, root / "run", val=fewer, folds=FOLDS, resume=True,
+                       evaluate=False, log=lambda s: None)  # fmt: skip
+
+
+def test_an_error_in_a_training_process_is_its_own_sentence():
+    from mmfuse.data.manifest import read_manifest
+    from mmfuse.errors import MmfuseError
+    from mmfuse.train.parallel import in_processes
+
+    with pytest.raises(MmfuseError, match=r"nowhere\.csv"):
+        in_processes(2, [("a", read_manifest, ("nowhere.csv",)), ("b", len, ([],))], print)

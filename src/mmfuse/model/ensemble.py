@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from mmfuse.encoders.base import EncoderError
 from mmfuse.model.config import ConfigError, FusionConfig, InputConfig, ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 
@@ -190,22 +191,16 @@ class EnsembleModel(nn.Module):
                 yield f"{prefix}{member}/", model, route
 
     def _encoder_group(self, model: MultimodalModel, name: str) -> int:
-        """Which earlier encoder of the same input name this one equals (same class, same
-        tensors, not training), else a new group; settled once per `eval()`."""
+        """Which earlier encoder of the same input name this one equals (same registered
+        config, preprocessing and tensors, neither training), else a new group; settled again
+        after `train()`/`eval()`, `to()` and `load_state_dict`."""
         groups = self.__dict__.setdefault("_groups", {})
         if (id(model), name) not in groups:
             encoder = model.encoders[name]
             state = encoder.state_dict()
             group = len(groups)
             for (_, other_name), (g, other, other_state) in list(groups.items()):
-                if (
-                    not encoder.training
-                    and other is not None
-                    and type(other) is type(encoder)
-                    and other_name == name
-                    and other_state.keys() == state.keys()
-                    and all(torch.equal(state[k], other_state[k]) for k in state)
-                ):
+                if other_name == name and _same_encoder(encoder, state, other, other_state):
                     group = g
                     break
             groups[(id(model), name)] = (group, encoder, state)
@@ -214,6 +209,14 @@ class EnsembleModel(nn.Module):
     def train(self, mode: bool = True) -> EnsembleModel:
         self.__dict__.pop("_groups", None)  # weights may change while training: compare again
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_groups", None)  # moved or cast: the kept tensors are stale
+        return super()._apply(fn, *args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        self.__dict__.pop("_groups", None)
+        return super().load_state_dict(*args, **kwargs)
 
     def classify(
         self,
@@ -276,6 +279,21 @@ def _member_part(member: str, rows: Tensor | None, *parts: Mapping | None) -> li
         own = {k[len(prefix) :]: v for k, v in (d or {}).items() if k.startswith(prefix)}
         out.append(own if rows is None else {k: v[rows] for k, v in own.items()})
     return out
+
+
+def _same_encoder(a: nn.Module, a_state: dict, b: nn.Module, b_state: dict) -> bool:
+    """Whether `a` and `b` give the same output for the same input: both in eval mode, built
+    from the same registered config (options such as pooling included), the same preprocessing,
+    bit-identical tensors. An encoder without a registered config is never shared."""
+    if a.training or b.training or type(a) is not type(b) or a_state.keys() != b_state.keys():
+        return False
+    configs = []
+    for encoder in (a, b):
+        try:
+            configs.append((encoder.config(), encoder.input_spec.to_dict()))
+        except (AttributeError, EncoderError):
+            return False
+    return configs[0] == configs[1] and all(torch.equal(a_state[k], b_state[k]) for k in a_state)
 
 
 def _encode_input(model: MultimodalModel, name: str, x, present: Tensor, want_tokens: bool):

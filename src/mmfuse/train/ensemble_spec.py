@@ -99,7 +99,7 @@ def _count(spec: Mapping, key: str, default: int, least: int, what: str) -> int:
         n = int(value)
     except (TypeError, ValueError):
         n = -1
-    if isinstance(value, bool) or (n < least and not (key == "folds" and value == default)):
+    if isinstance(value, bool) or (n < least and not (key == "folds" and n == default)):
         raise ConfigError(f"ensemble {key}={value!r}: give {what}")
     return n
 

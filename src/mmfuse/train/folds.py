@@ -17,6 +17,8 @@ temperature), so a resumed run loads finished folds and predicts nothing again.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +57,15 @@ def pool_rows(train: Manifest, val: Manifest | None) -> Manifest:
     """The training and validation rows as one manifest (paths are absolute already)."""
     if val is None:
         return train
+    for label in train.labels:
+        known = set(train.classes[label])
+        for row, value in enumerate(val.column_values(label)):
+            if value is not None and str(value) not in known:
+                raise ConfigError(
+                    f"{val.source} row {row}: class {value!r} of {label!r} is not in the "
+                    "training rows, and folds pool both; add rows of it to the training data, "
+                    "or drop that row"
+                )
     # A column the validation table lacks is missing in its rows (None), as a cell would be.
     frame = pd.concat(
         [train.frame, val.frame.reindex(columns=train.frame.columns)], ignore_index=True
@@ -78,10 +89,23 @@ def fold_rows(manifest: Manifest, folds: int, seed: int) -> list[np.ndarray]:
             f"ensemble folds={folds} with {n} rows; give 2 <= folds <= the number of rows"
         )
     y = manifest.frame[manifest.label].astype(str).to_numpy() if manifest.label else np.zeros(n)
+    largest = int(pd.Series(y).value_counts().max())
+    if largest < folds:
+        raise ConfigError(
+            f"ensemble folds={folds}: no class has {folds} rows (the largest has {largest}), "
+            f"so the folds cannot be stratified; give folds={largest} or fewer"
+        )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "the least populated class has fewer members than folds"
         warnings.simplefilter("ignore", UserWarning)
         return [held for _, held in splitter.split(np.zeros(n), y)]
+
+
+def pool_id(pool: Manifest) -> str:
+    """A hash of the pooled rows (their order too): a resumed fold must have been trained on
+    these very rows, as its saved row numbers point into them."""
+    values = pd.util.hash_pandas_object(pool.frame.astype(str), index=False).to_numpy()
+    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
 
 
 def _rows(manifest: Manifest, rows: np.ndarray) -> Manifest:
@@ -106,6 +130,7 @@ def train_bags(
         for k in range(len(held_out)):
             fold_dir = _fold_dir(out_dir, m, k)
             if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
+                _check_same_rows(fold_dir, pool, len(held_out))
                 log(f"{m.name} fold{k}/{len(held_out)}: done before, loaded from {fold_dir}")
             else:
                 todo.append((m, k))
@@ -115,7 +140,7 @@ def train_bags(
             (
                 f"{m.name} fold{k}/{len(held_out)}",
                 _fold_job,
-                (pool, m, k, held_out[k], out_dir, resume),
+                (pool, m, k, held_out, out_dir, resume),
             )
             for m, k in todo
         ]
@@ -127,18 +152,28 @@ def train_bags(
             log(
                 f"{m.name} fold{k}/{len(held_out)}: training on {len(pool) - len(held_out[k])} rows"
             )
-            histories[m.name] += train_fold(pool, m, k, held_out[k], out_dir, resume, log)
+            histories[m.name] += train_fold(pool, m, k, held_out, out_dir, resume, log)
     return {m.name: _bag(len(pool), m, len(held_out), out_dir, histories[m.name]) for m in members}
+
+
+def _check_same_rows(fold_dir: Path, pool: Manifest, folds: int) -> None:
+    with np.load(fold_dir / OOF, allow_pickle=False) as saved:
+        same = "pool" in saved.files and str(saved["pool"]) == f"{pool_id(pool)}/{folds}"
+    if not same:
+        raise ConfigError(
+            f"{fold_dir} was trained on other training/validation rows or folds than this run "
+            "has now; resume with the same files and --ensemble, or give a new --out"
+        )
 
 
 def _fold_dir(out_dir: Path, member, k: int) -> Path:
     return out_dir / MEMBERS / member.name / MEMBERS / f"fold{k}"
 
 
-def train_fold(pool: Manifest, member, k: int, held: np.ndarray, out_dir: Path, resume, log):
-    """Train `member` on every pooled row but `held`, validated on `held`; write its folder and
-    `oof.npz`; return its history (each epoch with `"fold": k`)."""
-    fold_dir = _fold_dir(out_dir, member, k)
+def train_fold(pool: Manifest, member, k: int, held_out: list, out_dir: Path, resume, log):
+    """Train `member` on every pooled row but fold `k`'s (`held_out[k]`), validated on those;
+    write its folder and `oof.npz`; return its history (each epoch with `"fold": k`)."""
+    fold_dir, held = _fold_dir(out_dir, member, k), held_out[k]
     run = train_model(
         _rows(pool, np.setdiff1d(np.arange(len(pool)), held)),
         member.model_config,
@@ -149,14 +184,14 @@ def train_fold(pool: Manifest, member, k: int, held: np.ndarray, out_dir: Path, 
         evaluate=False,
         log=log,
     )
-    _save_fold(fold_dir, run, held, member)
+    _save_fold(fold_dir, run, held, member, pool, len(held_out))
     return [{"fold": k, **r} for r in run.fit.history]
 
 
-def _fold_job(pool, member, k, held, out_dir, resume) -> list[dict]:
+def _fold_job(pool, member, k, held_out, out_dir, resume) -> list[dict]:
     """`train_fold` in a worker process (`train.parallel`)."""
     member = replace(member, train_config=quiet(member.train_config))
-    return train_fold(pool, member, k, held, out_dir, resume, SILENT)
+    return train_fold(pool, member, k, held_out, out_dir, resume, SILENT)
 
 
 def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
@@ -177,7 +212,7 @@ def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
     return Bag(model, config, proba, raw, labels, history)
 
 
-def _save_fold(fold_dir: Path, run, held: np.ndarray, member) -> None:
+def _save_fold(fold_dir: Path, run, held: np.ndarray, member, pool: Manifest, folds: int):
     """The fold's model folder and `oof.npz`: its held-out rows (pooled row numbers) that it
     could read, and its probabilities on them at T = 1. Written last: the fold is then done."""
     out = run.trainer.predict(run.val_set)
@@ -186,8 +221,13 @@ def _save_fold(fold_dir: Path, run, held: np.ndarray, member) -> None:
     for task, p in out["proba"]["all"].items():
         arrays[f"raw/{task}"] = untempered(p, temperatures.get(task, 1.0)).astype(np.float32)
         arrays[f"label/{task}"] = np.asarray(out["labels"][task], dtype=np.int64)
+    arrays["pool"] = np.array(f"{pool_id(pool)}/{folds}")
     save_model(fold_dir, run.model, member.model_config, train_config=member.train_config.to_dict())
-    np.savez(fold_dir / OOF, **arrays)
+    # Renamed into place whole: a fold with oof.npz is done, so it must never be half written.
+    tmp = fold_dir / f".{OOF}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, fold_dir / OOF)
     # Done: a resumed run loads the folder, so its checkpoints (each a copy of every weight,
     # frozen encoders included) are only disk to the K × members fold models.
     remove_checkpoints(fold_dir)

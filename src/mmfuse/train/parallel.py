@@ -11,8 +11,11 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 
 import torch
+
+from mmfuse.errors import MmfuseError
 
 
 def in_processes(
@@ -26,17 +29,32 @@ def in_processes(
     log(f"training {len(calls)} models, {jobs} at a time ({threads} torch threads each)")
     context = multiprocessing.get_context("spawn")
     results = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as workers:
+    workers = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    try:
         futures = {workers.submit(_call, threads, fn, args): name for name, fn, args in calls}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             log(f"{futures[future]}: done")
+    except BrokenProcessPool:
+        raise MmfuseError(
+            f"a training process of jobs={jobs} ended without a word (out of memory, killed, or "
+            "a script that trains at import: put the training under `if __name__ == "
+            '"__main__":`); retry with jobs=1, or resume with --resume'
+        ) from None
+    finally:
+        # On an error, the models not started are dropped, not trained for nothing.
+        workers.shutdown(wait=True, cancel_futures=True)
     return results
 
 
 def _call(threads: int, fn: Callable, args: tuple):
+    """`fn(*args)` with `threads` torch threads; an mmfuse error comes back as one that
+    pickles (some keep only their sentence), so the parent raises the same sentence."""
     torch.set_num_threads(threads)
-    return fn(*args)
+    try:
+        return fn(*args)
+    except MmfuseError as e:
+        raise MmfuseError(str(e)) from None
 
 
 def quiet(train_config):
