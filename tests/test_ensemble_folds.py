@@ -337,6 +337,16 @@ def test_weights_members_hold_alike_are_saved_once(bagged, tmp_path):
     loaded, _, _ = load_model(folder)
     for (_, a, _), (_, b, _) in zip(model.leaves(), loaded.leaves()):
         assert not state_dicts_equal(a.state_dict(), b.state_dict())  # no difference
+    # ... and in memory one tensor, not one per fold model.
+    pointers = {
+        p.data_ptr()
+        for _, leaf, _ in loaded.leaves()
+        for p in leaf.encoders["image"].parameters()
+        if p.numel() >= 1024
+    }
+    per_model = sum(p.numel() >= 1024 for p in loaded.members["late-seed0"].members["fold0"]
+                    .encoders["image"].parameters())  # fmt: skip
+    assert per_model > 0 and len(pointers) == per_model
     data = root / "test" / "manifest.csv"
     again = MultimodalClassifier.load(folder)
     np.testing.assert_allclose(again.predict_proba(data), clf.predict_proba(data), atol=1e-6)
