@@ -95,3 +95,25 @@ def test_folds_bag_each_member_and_report_out_of_fold(trained, tmp_path):
         ["predict", out_dir, root / "val" / "manifest.csv", "--out", tmp_path / "p.csv"]
     )
     assert code == 0, err
+
+
+def test_groups_name_an_ignored_column_that_keeps_rows_together(trained, tmp_path):
+    import shutil
+
+    root = trained[0]
+    grouped = tmp_path / "grouped"
+    for split in ("train", "val"):
+        shutil.copytree(root / split, grouped / split)
+        table = pd.read_csv(grouped / split / "manifest.csv")
+        table["take"] = [f"{split}-{i // 2}" for i in range(len(table))]
+        table.to_csv(grouped / split / "manifest.csv", index=False)
+    shutil.copy(root / "config.json", grouped / "config.json")
+    flags = ["--ensemble", "folds=2", "--ensemble", "groups=take", "--modality", "take=ignore"]
+    code, _, err = run(train_args(grouped, tmp_path / "out", *flags))
+    assert code == 0, err
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["ensemble"]["spec"]["groups"] == "take"
+    assert "take" not in saved["model"]["inputs"]
+    code, _, err = run(train_args(grouped, tmp_path / "out2", "--ensemble", "folds=2",
+                                  "--ensemble", "groups=speaker"))  # fmt: skip
+    assert code == 2 and "no such column" in one_error_line(err)

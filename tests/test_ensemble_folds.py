@@ -407,3 +407,27 @@ def test_an_error_in_a_training_process_is_its_own_sentence():
 
     with pytest.raises(MmfuseError, match=r"nowhere\.csv"):
         in_processes(2, [("a", read_manifest, ("nowhere.csv",)), ("b", len, ([],))], print)
+
+
+def test_groups_keep_their_rows_in_one_fold(shapes):
+    from mmfuse.data.manifest import Manifest
+
+    _, train, val, _ = shapes
+    pool = pool_rows(train, val)
+    frame = pool.frame.copy()
+    frame["recording"] = [f"r{i // 6}" for i in range(len(frame))]  # 4 recordings of 6 rows
+    frame.loc[0, "recording"] = None  # a row without one is a group of its own
+    grouped = Manifest(**{**pool.__dict__, "frame": frame})
+    held = fold_rows(grouped, 3, seed=0, groups="recording")
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(frame)))
+    fold_of = {int(r): k for k, part in enumerate(held) for r in part}
+    for _, rows in frame.iloc[1:].groupby("recording").groups.items():
+        assert len({fold_of[int(r)] for r in rows}) == 1
+    with pytest.raises(ConfigError, match="no such column"):
+        fold_rows(grouped, 3, seed=0, groups="speaker")
+    with pytest.raises(ConfigError, match=r"5 groups cannot fill 6 folds"):
+        fold_rows(grouped, 6, seed=0, groups="recording")
+    spec = parse_ensemble(["folds=3", "groups=recording"])
+    assert spec.groups == "recording" and spec.to_dict()["groups"] == "recording"
+    with pytest.raises(ConfigError, match="give folds too"):
+        parse_ensemble("groups=recording")

@@ -212,6 +212,7 @@ class MultimodalClassifier(BaseEstimator):
             metric=metric,
             folds=spec.folds,
             jobs=spec.jobs,
+            groups=spec.groups,
             resume=resume,
             robustness=robustness,
             log=log,

@@ -180,6 +180,7 @@ def train_ensemble(
     metric: str = "log_loss",
     folds: int = 0,
     jobs: int = 1,
+    groups: str | None = None,
     resume: bool = False,
     evaluate: bool = True,
     ablation: bool = True,
@@ -188,7 +189,7 @@ def train_ensemble(
 ) -> EnsembleRun:
     """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
     writing the report into `out_dir`; without `val` the members weigh the same. `folds`,
-    `jobs`: bagged members (`train.folds`), the report on `test` else out of fold."""
+    `jobs`, `groups`: bagged members (`train.folds`), the report on `test` else out of fold."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
     if len(set(names)) != len(names):
@@ -197,7 +198,7 @@ def train_ensemble(
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
     weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
     bags, models, configs, histories = _train(
-        train, val, members, out_dir, folds, resume=resume, jobs=jobs, log=log
+        train, val, members, out_dir, (folds, groups), resume=resume, jobs=jobs, log=log
     )
     model, config = build_ensemble(models, configs, dict.fromkeys(names, 1 / len(names)))
     validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
@@ -231,15 +232,17 @@ def train_ensemble(
     return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
 
 
-def _train(train, val, members, out_dir: Path, folds: int, *, resume: bool, jobs: int, log):
-    """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`."""
+def _train(train, val, members, out_dir: Path, plan: tuple, *, resume: bool, jobs: int, log):
+    """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`; `plan`:
+    `(folds, groups)`."""
+    folds, groups = plan
     if not folds:
         models, histories = train_members(
             train, val, members, out_dir, resume=resume, jobs=jobs, log=log
         )
         return None, models, {m.name: m.model_config for m in members}, histories
     pool = pool_rows(train, val)
-    held_out = fold_rows(pool, folds, members[0].train_config.seed)
+    held_out = fold_rows(pool, folds, members[0].train_config.seed, groups)
     log(f"{folds}-fold bagging over {len(pool)} rows (training and validation pooled)")
     bags = train_bags(pool, members, held_out, out_dir, resume=resume, jobs=jobs, log=log)
     models = {n: b.model for n, b in bags.items()}

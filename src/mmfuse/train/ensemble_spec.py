@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mmfuse.model.config import ConfigError
 
-KEYS = ("fusion", "preset", "seeds", "folds", "jobs")
+KEYS = ("fusion", "preset", "seeds", "folds", "jobs", "groups")
 EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
 # Metrics greedy selection can optimise: log loss is minimised, the others maximised.
 SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
@@ -39,6 +39,7 @@ class EnsembleSpec:
     seeds: int = 1
     folds: int = 0  # 0: no bagging; K >= 2: each member a bag of K fold models
     jobs: int = 1  # members (or fold models) trained at once, each in its own process
+    groups: str | None = None  # a column whose rows stay in one fold (with folds)
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
         """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
@@ -62,6 +63,8 @@ class EnsembleSpec:
             out["folds"] = self.folds
         if self.jobs != 1:
             out["jobs"] = self.jobs
+        if self.groups:
+            out["groups"] = self.groups
         out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
         return out
 
@@ -89,6 +92,12 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
     out.seeds = _count(spec, "seeds", 1, 1, "a number of seeds >= 1, e.g. seeds=3")
     out.folds = _count(spec, "folds", 0, 2, "a number of folds >= 2, e.g. folds=5")
     out.jobs = _count(spec, "jobs", 1, 1, "how many models to train at once, e.g. jobs=2")
+    out.groups = str(spec["groups"]).strip() or None if spec.get("groups") else None
+    if out.groups and not out.folds:
+        raise ConfigError(
+            f"ensemble groups={out.groups} keeps each group in one fold; give folds too, e.g. "
+            f"folds=5 groups={out.groups}"
+        )
     _check_values(out)
     return out
 

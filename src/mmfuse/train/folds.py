@@ -78,10 +78,14 @@ def pool_rows(train: Manifest, val: Manifest | None) -> Manifest:
     )
 
 
-def fold_rows(manifest: Manifest, folds: int, seed: int) -> list[np.ndarray]:
+def fold_rows(
+    manifest: Manifest, folds: int, seed: int, groups: str | None = None
+) -> list[np.ndarray]:
     """Each fold's held-out rows, stratified by the first label (as far as each class has
-    rows: a class rarer than `folds` is missing from some folds), shuffled from `seed`."""
-    from sklearn.model_selection import StratifiedKFold
+    rows: a class rarer than `folds` is missing from some folds), shuffled from `seed`.
+    `groups`: a column whose rows with one value (a speaker, a recording, a photograph) stay in
+    one fold, so no fold model is scored on rows nearly the same as rows it trained on."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     n = len(manifest)
     if folds < 2 or folds > n:
@@ -95,17 +99,46 @@ def fold_rows(manifest: Manifest, folds: int, seed: int) -> list[np.ndarray]:
             f"ensemble folds={folds}: no class has {folds} rows (the largest has {largest}), "
             f"so the folds cannot be stratified; give folds={largest} or fewer"
         )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    if groups is None:
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        by = None
+    else:
+        by = _group_values(manifest, groups, folds)
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # "the least populated class has fewer members than folds"
         warnings.simplefilter("ignore", UserWarning)
-        return [held for _, held in splitter.split(np.zeros(n), y)]
+        return [held for _, held in splitter.split(np.zeros(n), y, by)]
 
 
-def pool_id(pool: Manifest) -> str:
-    """A hash of the pooled rows (their order too): a resumed fold must have been trained on
-    these very rows, as its saved row numbers point into them."""
+def _group_values(manifest: Manifest, column: str, folds: int) -> np.ndarray:
+    """The group of each row; a row without a value is a group of its own."""
+    if column not in manifest.frame.columns:
+        raise ConfigError(
+            f"ensemble groups={column}: no such column in {manifest.source} (columns: "
+            f"{', '.join(map(str, manifest.frame.columns))}); name the column that groups the rows"
+        )
+    values = [
+        f"row {i}" if v is None else f"value {v}"
+        for i, v in enumerate(manifest.column_values(column))
+    ]
+    count = len(set(values))
+    if count < folds:
+        raise ConfigError(
+            f"ensemble groups={column}: {count} groups cannot fill {folds} folds; give "
+            f"folds={count} or fewer"
+        )
+    return np.array(values)
+
+
+def plan_id(pool: Manifest, held_out: list[np.ndarray]) -> str:
+    """A hash of the pooled rows (their order too) and of the folds cut from them: a resumed
+    fold must have been trained on these very rows and folds, as its saved row numbers point
+    into them."""
     values = pd.util.hash_pandas_object(pool.frame.astype(str), index=False).to_numpy()
-    return hashlib.sha256(values.tobytes()).hexdigest()[:16]
+    digest = hashlib.sha256(values.tobytes())
+    for held in held_out:
+        digest.update(np.asarray(held, dtype=np.int64).tobytes() + b"|")
+    return digest.hexdigest()[:16]
 
 
 def _rows(manifest: Manifest, rows: np.ndarray) -> Manifest:
@@ -130,7 +163,7 @@ def train_bags(
         for k in range(len(held_out)):
             fold_dir = _fold_dir(out_dir, m, k)
             if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
-                _check_same_rows(fold_dir, pool, len(held_out))
+                _check_same_rows(fold_dir, pool, held_out)
                 log(f"{m.name} fold{k}/{len(held_out)}: done before, loaded from {fold_dir}")
             else:
                 todo.append((m, k))
@@ -156,9 +189,9 @@ def train_bags(
     return {m.name: _bag(len(pool), m, len(held_out), out_dir, histories[m.name]) for m in members}
 
 
-def _check_same_rows(fold_dir: Path, pool: Manifest, folds: int) -> None:
+def _check_same_rows(fold_dir: Path, pool: Manifest, held_out: list) -> None:
     with np.load(fold_dir / OOF, allow_pickle=False) as saved:
-        same = "pool" in saved.files and str(saved["pool"]) == f"{pool_id(pool)}/{folds}"
+        same = "pool" in saved.files and str(saved["pool"]) == plan_id(pool, held_out)
     if not same:
         raise ConfigError(
             f"{fold_dir} was trained on other training/validation rows or folds than this run "
@@ -184,7 +217,7 @@ def train_fold(pool: Manifest, member, k: int, held_out: list, out_dir: Path, re
         evaluate=False,
         log=log,
     )
-    _save_fold(fold_dir, run, held, member, pool, len(held_out))
+    _save_fold(fold_dir, run, member, pool, held_out, k)
     return [{"fold": k, **r} for r in run.fit.history]
 
 
@@ -212,16 +245,16 @@ def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
     return Bag(model, config, proba, raw, labels, history)
 
 
-def _save_fold(fold_dir: Path, run, held: np.ndarray, member, pool: Manifest, folds: int):
+def _save_fold(fold_dir: Path, run, member, pool: Manifest, held_out: list, k: int) -> None:
     """The fold's model folder and `oof.npz`: its held-out rows (pooled row numbers) that it
     could read, and its probabilities on them at T = 1. Written last: the fold is then done."""
     out = run.trainer.predict(run.val_set)
-    arrays = {"rows": held[np.asarray(out["rows"], dtype=np.int64)]}
+    arrays = {"rows": held_out[k][np.asarray(out["rows"], dtype=np.int64)]}
     temperatures = run.model.temperatures()
     for task, p in out["proba"]["all"].items():
         arrays[f"raw/{task}"] = untempered(p, temperatures.get(task, 1.0)).astype(np.float32)
         arrays[f"label/{task}"] = np.asarray(out["labels"][task], dtype=np.int64)
-    arrays["pool"] = np.array(f"{pool_id(pool)}/{folds}")
+    arrays["pool"] = np.array(plan_id(pool, held_out))
     save_model(fold_dir, run.model, member.model_config, train_config=member.train_config.to_dict())
     # Renamed into place whole: a fold with oof.npz is done, so it must never be half written.
     tmp = fold_dir / f".{OOF}.{os.getpid()}.tmp"
@@ -249,4 +282,4 @@ def _out_of_fold(n: int, config: ModelConfig, rows, parts, temps):
     return proba, raw, labels
 
 
-__all__ = ["OOF", "Bag", "fold_rows", "pool_rows", "train_bags", "train_fold"]
+__all__ = ["OOF", "Bag", "fold_rows", "plan_id", "pool_rows", "train_bags", "train_fold"]
