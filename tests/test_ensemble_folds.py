@@ -431,3 +431,20 @@ def test_groups_keep_their_rows_in_one_fold(shapes):
     assert spec.groups == "recording" and spec.to_dict()["groups"] == "recording"
     with pytest.raises(ConfigError, match="give folds too"):
         parse_ensemble("groups=recording")
+
+
+def test_saving_over_a_larger_ensemble_leaves_no_stale_member(bagged, tmp_path):
+    from mmfuse.model.ensemble_folder import build_ensemble
+
+    *_, run, _ = bagged
+    clf = MultimodalClassifier(ensemble=["folds=3", "fusion=attention,late"])
+    clf._set_fitted(run.model, run.config, quick_config())
+    folder = clf.save(tmp_path / "model")
+    bag = run.model.members["late-seed0"]
+    two = {n: bag.members[n] for n in ("fold0", "fold1")}
+    configs = {n: bag.member_configs[n] for n in two}
+    smaller, config = build_ensemble(two, configs, {"fold0": 0.5, "fold1": 0.5})
+    clf._set_fitted(smaller, config, quick_config())
+    clf.save(folder)  # over the 2 × 3 bagged ensemble's folder
+    assert sorted(p.name for p in (folder / "members").iterdir()) == ["fold0", "fold1"]
+    assert isinstance(load_model(folder)[0], EnsembleModel)

@@ -87,6 +87,11 @@ def save_ensemble(
                 save_model(folder, member, member_config, train_config=own, shared=link)
         elif folder.is_dir():
             shutil.rmtree(folder)
+    # A model folder of a member this ensemble does not have (saved over one with more folds
+    # or members) would point into a shared file rewritten without its tensors.
+    for stale in sorted((path / MEMBERS).glob("*/" + CONFIG)):
+        if stale.parent.name not in model.members:
+            shutil.rmtree(stale.parent)
     if top:
         shared.write()
     saved = {
