@@ -135,10 +135,8 @@ def shared_weights(model: EnsembleModel, root: Path) -> SharedWeights:
     """Which weights of `model`'s active models (bags opened) two or more of them hold bit
     for bit; tensors under 1,024 values are left in place (not worth a lookup)."""
     seen: dict[str, list] = {}
-    for _, leaf, _ in model.leaves():
-        for key, tensor in leaf.state_dict().items():
-            if tensor.numel() >= 1024:
-                seen.setdefault(_content_hash(tensor), []).append((leaf, key, tensor))
+    for leaf, key, tensor, digest in _large_tensors(model, lambda leaf: leaf.state_dict().items()):
+        seen.setdefault(digest, []).append((leaf, key, tensor))
     tensors, keys = {}, {}
     for digest, holders in seen.items():
         if len({id(leaf) for leaf, _, _ in holders}) > 1:
@@ -153,14 +151,31 @@ def share_storage(model: EnsembleModel) -> None:
     member and fold) one tensor in memory: K × members copies of a 90 MB text encoder would
     otherwise all be resident. Tensors under 1,024 values are left alone."""
     first: dict[str, torch.Tensor] = {}
+
+    def named(leaf):
+        return [*leaf.named_parameters(), *leaf.named_buffers()]
+
     with torch.no_grad():
-        for _, leaf, _ in model.leaves():
-            for _, tensor in [*leaf.named_parameters(), *leaf.named_buffers()]:
-                if tensor.numel() < 1024:
-                    continue
-                kept = first.setdefault(_content_hash(tensor), tensor)
-                if kept is not tensor and kept.device == tensor.device:
-                    tensor.data = kept.data
+        for _, _, tensor, digest in _large_tensors(model, named):
+            kept = first.setdefault(digest, tensor)
+            if kept is not tensor and kept.device == tensor.device:
+                tensor.data = kept.data
+
+
+def _large_tensors(model: EnsembleModel, named):
+    """`(leaf, name, tensor, content hash)` of each tensor of 1,024 values or more in the
+    active models (`named(leaf)`: its `(name, tensor)` pairs). A storage already hashed (shared
+    by `share_storage`, or by a bag built before its ensemble) is not read again."""
+    by_storage: dict[tuple, str] = {}
+    for _, leaf, _ in model.leaves():
+        for name, tensor in named(leaf):
+            if tensor.numel() < 1024:
+                continue
+            where = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape),
+                     tensor.stride())  # fmt: skip
+            if where not in by_storage:
+                by_storage[where] = _content_hash(tensor)
+            yield leaf, name, tensor, by_storage[where]
 
 
 def _content_hash(tensor: torch.Tensor) -> str:
