@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -150,8 +151,7 @@ def _ensemble_parts(model, dataset, options, dist) -> dict:
     """`{"members": each member's metrics on the same rows, "weights"}` of an ensemble."""
     members = {}
     for name, member in model.members.items():
-        alone = model.only(name)
-        predict = lambda alone=alone: predict_dataset(alone, dataset, options, dist=dist)  # noqa: E731
+        predict = functools.partial(predict_dataset, model.only(name), dataset, options, dist=dist)
         # A bag of fold models: calibration off is every fold's temperature at 1 too.
         raw = _uncalibrated(member, predict) if hasattr(member, "members") else None
         members[name] = _task_metrics(predict(), dataset.tasks, member.temperatures(), raw)

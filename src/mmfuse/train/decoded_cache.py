@@ -81,10 +81,10 @@ class DecodedStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             about = self.dir / "decoding.json"
             if not about.exists():
-                _write_atomic(about, lambda f: f.write(json.dumps(self.description).encode()))
+                write_atomic(about, lambda f: f.write(json.dumps(self.description).encode()))
             self._made.add(path.parent)
         try:
-            _write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
+            write_atomic(path, lambda f: np.save(f, array, allow_pickle=False))
         except FileNotFoundError:  # the folder was deleted meanwhile ("always safe")
             self._made.discard(path.parent)
 
@@ -125,7 +125,9 @@ def _header(head: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     return dtype, shape, fortran
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
+    """`write(f)` into a temporary file beside `path`, renamed onto it whole: a reader sees
+    the old file or the complete new one."""
     # No fsync: after a power cut an entry may be cut short, which `fetch` treats as missing.
     tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
     try:

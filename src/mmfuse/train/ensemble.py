@@ -29,7 +29,7 @@ from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.folds import Bag, fold_rows, pool_rows, train_bags
-from mmfuse.train.parallel import SILENT, in_processes, quiet
+from mmfuse.train.parallel import in_processes, quiet, silent
 from mmfuse.train.run import train_model
 from mmfuse.train.selection import bagged_weights
 
@@ -106,7 +106,7 @@ def train_member(train, val, member: Member, out_dir: Path, resume: bool, log) -
 def _member_job(train, val, member: Member, out_dir: Path, resume: bool) -> list[dict]:
     """`train_member` in a worker process (`train.parallel`)."""
     member = replace(member, train_config=quiet(member.train_config))
-    return train_member(train, val, member, out_dir, resume, SILENT)
+    return train_member(train, val, member, out_dir, resume, silent)
 
 
 def ensemble_dataset(manifest: Manifest, model: EnsembleModel, config: ModelConfig, seed: int):
@@ -198,7 +198,7 @@ def train_ensemble(
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
     weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
     bags, models, configs, histories = _train(
-        train, val, members, out_dir, (folds, groups), resume=resume, jobs=jobs, log=log
+        train, val, members, out_dir, folds=folds, groups=groups, resume=resume, jobs=jobs, log=log
     )
     model, config = build_ensemble(models, configs, dict.fromkeys(names, 1 / len(names)))
     validation: dict = {"metric": metric, "weights": "uniform (no validation split)"}
@@ -227,15 +227,13 @@ def train_ensemble(
                 log=log,
             )
         elif bags is not None:
-            evaluation = _out_of_fold_report(model, config, bags, out_dir, extra)
+            evaluation = _out_of_fold_report(model, config, bags, labels, out_dir, extra)
     report = out_dir / "report.md" if evaluation is not None else None
     return EnsembleRun(model, config, configs, histories, validation, evaluation, report)
 
 
-def _train(train, val, members, out_dir: Path, plan: tuple, *, resume: bool, jobs: int, log):
-    """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`; `plan`:
-    `(folds, groups)`."""
-    folds, groups = plan
+def _train(train, val, members, out_dir: Path, *, folds, groups, resume: bool, jobs: int, log):
+    """`(bags or None, {name: model}, {name: its ModelConfig}, {name: history})`."""
     if not folds:
         models, histories = train_members(
             train, val, members, out_dir, resume=resume, jobs=jobs, log=log
@@ -257,11 +255,11 @@ def _common_labels(bags: Mapping[str, Bag]) -> dict[str, np.ndarray]:
     return {t: np.where(kept, parts[0][t], -1) for t, kept in everywhere.items()}
 
 
-def _out_of_fold_report(model: EnsembleModel, config: ModelConfig, bags, out_dir: Path, extra):
-    """The report of the ensemble's and its members' out-of-fold predictions."""
+def _out_of_fold_report(model: EnsembleModel, config, bags, labels, out_dir: Path, extra):
+    """The report of the ensemble's and its members' out-of-fold predictions (`labels`: the
+    rows every bag predicted, `_common_labels`)."""
     w = model.weights
     tasks = {h.task: h.classes for h in config.heads}
-    labels = _common_labels(bags)
     t_own = model.temperatures()
     mix = {t: sum(w[n] * b.proba[t] for n, b in bags.items()) for t in tasks}
     proba = {t: untempered(mix[t], 1.0 / t_own.get(t, 1.0)) for t in tasks}

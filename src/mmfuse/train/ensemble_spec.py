@@ -103,12 +103,13 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
 
 
 def _count(spec: Mapping, key: str, default: int, least: int, what: str) -> int:
+    """`spec[key]` as an int >= `least`, or the default (folds=0: off)."""
     value = spec.get(key, default)
     try:
         n = int(value)
     except (TypeError, ValueError):
         n = -1
-    if isinstance(value, bool) or (n < least and not (key == "folds" and n == default)):
+    if isinstance(value, bool) or (n < least and n != default):
         raise ConfigError(f"ensemble {key}={value!r}: give {what}")
     return n
 

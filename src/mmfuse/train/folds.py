@@ -18,7 +18,6 @@ temperature), so a resumed run loads finished folds and predicts nothing again.
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -34,7 +33,8 @@ from mmfuse.model.ensemble import EnsembleModel
 from mmfuse.model.ensemble_folder import MEMBERS, build_ensemble
 from mmfuse.model.saved import CONFIG, load_model, save_model
 from mmfuse.train.checkpoint import remove_checkpoints
-from mmfuse.train.parallel import SILENT, in_processes, quiet
+from mmfuse.train.decoded_cache import write_atomic
+from mmfuse.train.parallel import in_processes, quiet, silent
 from mmfuse.train.run import train_model
 
 OOF = "oof.npz"
@@ -158,12 +158,13 @@ def train_bags(
     """`{member: Bag}`: each member (a `train.ensemble.Member`) trained once per fold in
     `out_dir/members/<member>/members/fold<k>/` (resuming: finished folds are loaded), `jobs`
     fold models at a time, each in a process of its own with its share of the threads."""
+    plan = plan_id(pool, held_out)
     todo = []
     for m in members:
         for k in range(len(held_out)):
             fold_dir = _fold_dir(out_dir, m, k)
             if resume and (fold_dir / CONFIG).is_file() and (fold_dir / OOF).is_file():
-                _check_same_rows(fold_dir, pool, held_out)
+                _check_same_rows(fold_dir, plan)
                 log(f"{m.name} fold{k}/{len(held_out)}: done before, loaded from {fold_dir}")
             else:
                 todo.append((m, k))
@@ -173,7 +174,7 @@ def train_bags(
             (
                 f"{m.name} fold{k}/{len(held_out)}",
                 _fold_job,
-                (pool, m, k, held_out, out_dir, resume),
+                (pool, m, k, held_out, plan, out_dir, resume),
             )
             for m, k in todo
         ]
@@ -185,13 +186,13 @@ def train_bags(
             log(
                 f"{m.name} fold{k}/{len(held_out)}: training on {len(pool) - len(held_out[k])} rows"
             )
-            histories[m.name] += train_fold(pool, m, k, held_out, out_dir, resume, log)
+            histories[m.name] += train_fold(pool, m, k, held_out, plan, out_dir, resume, log)
     return {m.name: _bag(len(pool), m, len(held_out), out_dir, histories[m.name]) for m in members}
 
 
-def _check_same_rows(fold_dir: Path, pool: Manifest, held_out: list) -> None:
+def _check_same_rows(fold_dir: Path, plan: str) -> None:
     with np.load(fold_dir / OOF, allow_pickle=False) as saved:
-        same = "pool" in saved.files and str(saved["pool"]) == plan_id(pool, held_out)
+        same = "pool" in saved.files and str(saved["pool"]) == plan
     if not same:
         raise ConfigError(
             f"{fold_dir} was trained on other training/validation rows or folds than this run "
@@ -203,9 +204,12 @@ def _fold_dir(out_dir: Path, member, k: int) -> Path:
     return out_dir / MEMBERS / member.name / MEMBERS / f"fold{k}"
 
 
-def train_fold(pool: Manifest, member, k: int, held_out: list, out_dir: Path, resume, log):
+def train_fold(
+    pool: Manifest, member, k: int, held_out: list, plan: str, out_dir: Path, resume, log
+):
     """Train `member` on every pooled row but fold `k`'s (`held_out[k]`), validated on those;
-    write its folder and `oof.npz`; return its history (each epoch with `"fold": k`)."""
+    write its folder and `oof.npz` (with `plan`, the `plan_id` of the pool and folds); return
+    its history (each epoch with `"fold": k`)."""
     fold_dir, held = _fold_dir(out_dir, member, k), held_out[k]
     run = train_model(
         _rows(pool, np.setdiff1d(np.arange(len(pool)), held)),
@@ -217,14 +221,14 @@ def train_fold(pool: Manifest, member, k: int, held_out: list, out_dir: Path, re
         evaluate=False,
         log=log,
     )
-    _save_fold(fold_dir, run, member, pool, held_out, k)
+    _save_fold(fold_dir, run, member, held_out[k], plan)
     return [{"fold": k, **r} for r in run.fit.history]
 
 
-def _fold_job(pool, member, k, held_out, out_dir, resume) -> list[dict]:
+def _fold_job(pool, member, k, held_out, plan, out_dir, resume) -> list[dict]:
     """`train_fold` in a worker process (`train.parallel`)."""
     member = replace(member, train_config=quiet(member.train_config))
-    return train_fold(pool, member, k, held_out, out_dir, resume, SILENT)
+    return train_fold(pool, member, k, held_out, plan, out_dir, resume, silent)
 
 
 def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
@@ -245,22 +249,19 @@ def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
     return Bag(model, config, proba, raw, labels, history)
 
 
-def _save_fold(fold_dir: Path, run, member, pool: Manifest, held_out: list, k: int) -> None:
+def _save_fold(fold_dir: Path, run, member, held: np.ndarray, plan: str) -> None:
     """The fold's model folder and `oof.npz`: its held-out rows (pooled row numbers) that it
     could read, and its probabilities on them at T = 1. Written last: the fold is then done."""
     out = run.trainer.predict(run.val_set)
-    arrays = {"rows": held_out[k][np.asarray(out["rows"], dtype=np.int64)]}
+    arrays = {"rows": held[np.asarray(out["rows"], dtype=np.int64)]}
     temperatures = run.model.temperatures()
     for task, p in out["proba"]["all"].items():
         arrays[f"raw/{task}"] = untempered(p, temperatures.get(task, 1.0)).astype(np.float32)
         arrays[f"label/{task}"] = np.asarray(out["labels"][task], dtype=np.int64)
-    arrays["pool"] = np.array(plan_id(pool, held_out))
+    arrays["pool"] = np.array(plan)
     save_model(fold_dir, run.model, member.model_config, train_config=member.train_config.to_dict())
     # Renamed into place whole: a fold with oof.npz is done, so it must never be half written.
-    tmp = fold_dir / f".{OOF}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, fold_dir / OOF)
+    write_atomic(fold_dir / OOF, lambda f: np.savez(f, **arrays))
     # Done: a resumed run loads the folder, so its checkpoints (each a copy of every weight,
     # frozen encoders included) are only disk to the K × members fold models.
     remove_checkpoints(fold_dir)

@@ -65,10 +65,8 @@ def quiet(train_config):
     return replace(train_config, workers=0, progress=False)
 
 
-def _silent(_: str) -> None:
+def silent(_: str) -> None:
     """A worker's log: its epochs are in its folder's metrics.jsonl."""
 
 
-SILENT = _silent
-
-__all__ = ["SILENT", "in_processes", "quiet"]
+__all__ = ["in_processes", "quiet", "silent"]
