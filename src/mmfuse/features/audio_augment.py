@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from mmfuse.features._random import randint_below
+from mmfuse.features.draws import randint_below
 
 
 def spec_augment(

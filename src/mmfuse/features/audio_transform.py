@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.features._random import randint_below
 from mmfuse.features.audio import dct_matrix, log_mel
 from mmfuse.features.audio_augment import apply_masks, draw_masks
 from mmfuse.features.batched import Staged
+from mmfuse.features.draws import randint_below
 from mmfuse.features.spec import AudioSpec
 
 FEATURES = ("log_mel", "mfcc", "waveform")

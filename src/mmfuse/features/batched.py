@@ -44,6 +44,10 @@ class Staged:
             {k: torch.cat([s.params[k] for s in items]) for k in keys},
         )
 
+    def row(self, i: int) -> Staged:
+        """Row `i` alone (views into this batch's tensors)."""
+        return Staged(self.data[i : i + 1], {k: v[i : i + 1] for k, v in self.params.items()})
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Staged:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
         return Staged(move(self.data), {k: move(v) for k, v in self.params.items()})

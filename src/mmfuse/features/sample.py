@@ -19,9 +19,9 @@ from mmfuse.data.image import read_image
 from mmfuse.data.modalities import TABULAR
 from mmfuse.data.text import read_text
 from mmfuse.data.video import probe_video, read_video
-from mmfuse.features._random import rand
 from mmfuse.features.audio_transform import AudioTransform, clip_length, fix_length
 from mmfuse.features.batched import FrontEnd, Staged
+from mmfuse.features.draws import RowStreams, Source, rand
 from mmfuse.features.image import image_transform, resize
 from mmfuse.features.tabular import CellError, tabular_transform
 from mmfuse.features.video import frame_indices, video_transform
@@ -126,9 +126,12 @@ class SampleLoader:
     def _decode_video(self, spec, value) -> torch.Tensor:
         info = probe_video(value)
         frames = min(spec.frames * VIDEO_POOL, info.decodable_frames) if self.augment else None
-        size = decode_size(info.height, info.width, resize_to(spec))
+        short = resize_to(spec)
+        size = decode_size(info.height, info.width, short)
         clip = read_video(value, frames or spec.frames, mode="uniform", size=size)
-        return clip.frames  # T×C×H×W
+        # Smaller clips are scaled up here, as the transform's `ResizeShorter` would (the same
+        # call), so that stored clips need no resize per epoch.
+        return fit_shorter(clip.frames, short)  # T×C×H×W
 
     def finish(self, name: str, raw, generator: torch.Generator | None = None):
         """`decode`'s output → the encoder's tensor: `stage`, then the batched front end's
@@ -157,6 +160,23 @@ class SampleLoader:
         if corruption is not None:
             raw = corruption(raw, level, generator)
         return self._stage_one(name, raw, generator, indices)
+
+    def stage_rows(self, name: str, raws: list, streams: RowStreams) -> Staged:
+        """`stage` of several decoded values of an image or video input at once, row `i`'s
+        random draws from `streams` row `i`: the same rows as `stage` of each value with
+        `streams.row(i)`, in one call per op when the values share a shape."""
+        if not raws:
+            raise ValueError("stage_rows needs at least one value")
+        modality, spec = self.modalities[name], self.specs[name]
+        if modality not in ("image", "video") or name in self.corruptions:
+            raise ValueError("stage_rows stages image and video inputs without corruptions")
+        if len({tuple(r.shape) for r in raws}) > 1:
+            return Staged.cat([self.stage(name, r, streams.row(i)) for i, r in enumerate(raws)])
+        with torch.no_grad():
+            if modality == "image":
+                return self.transforms[name].stage(torch.stack(raws)[:, None], streams)
+            indices = frame_indices(len(raws[0]), spec.frames, self.augment, streams, len(raws))
+            return self.transforms[name].stage(raws, streams, indices=indices)
 
     def _stage_one(self, name: str, raw, generator, indices=None) -> Staged:
         modality, transform = self.modalities[name], self.transforms[name]
@@ -224,13 +244,20 @@ def decode_size(height: int, width: int, short: int) -> tuple[int, int] | None:
     return (short, long) if height <= width else (long, short)
 
 
+def fit_shorter(image: torch.Tensor, short: int) -> torch.Tensor:
+    """`…×H×W` with the shorter side scaled (up or down) to `short`, as `ResizeShorter` does."""
+    h, w = image.shape[-2:]
+    long = int(short * max(h, w) / min(h, w))
+    return resize(image, (short, long) if h <= w else (long, short))
+
+
 def shrink_shorter(image: torch.Tensor, short: int) -> torch.Tensor:
     """`…×H×W` uint8 with the shorter side scaled down to `short` (unchanged if no larger)."""
     size = decode_size(*image.shape[-2:], short)
     return image if size is None else resize(image, size)
 
 
-def _random_clip(wave: torch.Tensor, spec, generator: torch.Generator | None) -> torch.Tensor:
+def _random_clip(wave: torch.Tensor, spec, generator: Source) -> torch.Tensor:
     """`spec.duration` seconds at a random place in a decoded pool (zero-padded if shorter)."""
     length = clip_length(spec)
     place = float(rand((1,), generator, torch.device("cpu")))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmfuse.features._random import rand
 from mmfuse.features.batched import Staged
+from mmfuse.features.draws import Source, rand
 from mmfuse.features.image import (
     ColorJitter,
     HorizontalFlip,
@@ -29,7 +29,7 @@ def frame_indices(
     total: int,
     frames: int,
     train: bool = False,
-    generator: torch.Generator | None = None,
+    generator: Source = None,
     clips: int | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -58,9 +58,7 @@ def frame_indices(
 class VideoTransform(nn.Module):
     """Clip(s) → `frames×C×size×size` normalised float, as an encoder's VideoSpec asks."""
 
-    def __init__(
-        self, spec: VideoSpec, train: bool = False, generator: torch.Generator | None = None
-    ):
+    def __init__(self, spec: VideoSpec, train: bool = False, generator: Source = None):
         super().__init__()
         self.spec = spec
         self.train(train)
@@ -82,7 +80,7 @@ class VideoTransform(nn.Module):
     def forward(
         self,
         clip: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Source = None,
         indices: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`T×C×H×W` or `B×T×C×H×W` → same layout with `spec.frames` frames.
@@ -96,28 +94,29 @@ class VideoTransform(nn.Module):
 
     def stage(
         self,
-        clip: torch.Tensor,
-        generator: torch.Generator | None = None,
+        clip: torch.Tensor | list[torch.Tensor],
+        generator: Source = None,
         indices: torch.Tensor | None = None,
     ) -> Staged:
-        """The per-clip half on `B×T×C×H×W`: pick the frames, resize and crop them (uint8 stays
-        uint8), and draw the flip and jitter `finish` applies."""
-        if clip.ndim not in (4, 5):
-            raise ValueError(
-                f"video of shape {tuple(clip.shape)}; expected T×C×H×W or B×T×C×H×W "
-                "(for a single image use image_transform)"
-            )
+        """The per-clip half on `B×T×C×H×W` (or a list of `T×C×H×W` clips of one shape): pick
+        the frames, resize and crop them (uint8 stays uint8), and draw the flip and jitter
+        `finish` applies."""
+        if isinstance(clip, torch.Tensor):
+            if clip.ndim not in (4, 5):
+                raise ValueError(
+                    f"video of shape {tuple(clip.shape)}; expected T×C×H×W or B×T×C×H×W "
+                    "(for a single image use image_transform)"
+                )
+            clip = [clip] if clip.ndim == 4 else list(clip)
         generator = generator if generator is not None else self.generator
-        x = clip[None] if clip.ndim == 4 else clip  # B×T×C×H×W
+        total, device = clip[0].shape[0], clip[0].device
         if indices is None:
             indices = frame_indices(
-                x.shape[1], self.spec.frames, self.training, generator, x.shape[0], x.device
+                total, self.spec.frames, self.training, generator, len(clip), device
             )
-        indices = indices.to(x.device).expand(x.shape[0], -1)  # B×frames
-        if x.shape[0] == 1:  # one clip (the loaders' case): index_select beats a gather
-            x = x.index_select(1, indices[0])
-        else:
-            x = x[torch.arange(x.shape[0], device=x.device)[:, None], indices]  # B×F×C×H×W
+        indices = indices.to(device).expand(len(clip), -1)  # B×frames
+        # Each clip's frames picked alone: no copy of the whole pools into one batch first.
+        x = torch.stack([c.index_select(0, i) for c, i in zip(clip, indices)])  # B×F×C×H×W
         return self.frame_ops.stage(x, generator)
 
     def finish(self, staged: Staged) -> torch.Tensor:
@@ -129,7 +128,7 @@ class VideoTransform(nn.Module):
 
 
 def video_transform(
-    spec: VideoSpec, train: bool = False, generator: torch.Generator | None = None
+    spec: VideoSpec, train: bool = False, generator: Source = None
 ) -> VideoTransform:
     """The preprocessing an encoder with this VideoSpec expects; deterministic when not `train`."""
     return VideoTransform(spec, train=train, generator=generator)

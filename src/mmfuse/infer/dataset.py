@@ -13,9 +13,11 @@ what lets a resumed run reproduce an uninterrupted one bit for bit.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -26,6 +28,7 @@ import torch
 from mmfuse.data.manifest import Manifest
 from mmfuse.errors import ManifestError, MediaError
 from mmfuse.features.batched import FrontEnd
+from mmfuse.features.draws import RowStreams
 from mmfuse.features.sample import STAGED, SampleLoader
 from mmfuse.model.config import IGNORE_INDEX, InputConfig
 
@@ -192,12 +195,33 @@ class MultimodalDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         return self.item(key)
 
+    def __getitems__(self, keys) -> list:
+        return self.items(keys)
+
     def item(self, key, staged: bool = False):
         """The sample of `key` (a row, or `(epoch, row)`); `staged`: see the class."""
-        epoch, row = key if isinstance(key, tuple) else (0, key)
-        row = int(row)
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, row))
-        item = {"row": row, "inputs": {}, "present": {}, "labels": {}}
+        return self.items([key], staged)[0]
+
+    def items(self, keys, staged: bool = False) -> list:
+        """The samples of `keys`, as `item` of each gives them. Image and video inputs are
+        decoded per row, then cropped and resized for all rows at once (`SampleLoader
+        .stage_rows`), each row's random draws from a stream of its own (`RowStreams`, keyed by
+        the seed, input, epoch and row), so a sample is the same in any batch."""
+        keys = [key if isinstance(key, tuple) else (0, key) for key in keys]
+        together = [n for n in self.names if self._staged_together(n)]
+        out = [self._row_item(int(epoch), int(row), together, staged) for epoch, row in keys]
+        for name in together:
+            self._stage_rows(name, out, staged)
+        return out
+
+    def _staged_together(self, name: str) -> bool:
+        modality = self.inputs[name].modality
+        return modality in ("image", "video") and name not in self.features | self.corruptions
+
+    def _row_item(self, epoch: int, row: int, together: list[str], staged: bool):
+        """One row's item; inputs in `together` hold their decoded value (`stage_rows` next)."""
+        generator = None
+        item = {"row": row, "epoch": epoch, "inputs": {}, "present": {}, "labels": {}}
         # `load` adds to it: one sample at a time per process, workers included.
         self._timing = timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
         for name in self.names:
@@ -211,8 +235,13 @@ class MultimodalDataset(torch.utils.data.Dataset):
                     return failed
                 item["inputs"][name], item["present"][name] = self.features[name][row], True
                 continue
+            if generator is None and name not in together:
+                seed = sample_seed(self.seed, epoch, row)
+                generator = torch.Generator().manual_seed(seed)
             try:
-                with time_limit(self.decode_timeout):
+                if name in together:
+                    item["inputs"][name] = self.fetch(name, value)
+                else:
                     item["inputs"][name] = self.load(name, value, generator, staged)
             except DecodeTimeout as e:
                 return Skipped(row, column, _path_of(value), "timeout", "timeout", str(e))
@@ -228,23 +257,69 @@ class MultimodalDataset(torch.utils.data.Dataset):
             item["timing"] = timing
         return item
 
+    def _stage_rows(self, name: str, out: list, staged: bool) -> None:
+        """Stage input `name` of every item in `out` that holds it decoded, in place; `staged`
+        False finishes them too. A row that fails alone becomes its `Skipped` record."""
+        at = [i for i, it in enumerate(out) if not isinstance(it, Skipped) and it["present"][name]]
+        if not at:
+            return
+        start = time.perf_counter()
+        streams = RowStreams(self._stream_key(name), [_stream_row(out[i]) for i in at])
+        raws = [out[i]["inputs"][name] for i in at]
+        try:
+            rows = self.loader.stage_rows(name, raws, streams)
+            done = [rows.row(j) for j in range(len(at))]
+        except Exception:  # find the sample at fault; the others get the same draws alone
+            done = [self._stage_alone(name, out[i], raw, streams.row(j))
+                    for j, (i, raw) in enumerate(zip(at, raws))]  # fmt: skip
+        per_row = (time.perf_counter() - start) / len(at)
+        for i, value in zip(at, done):
+            if isinstance(value, Skipped):
+                out[i] = value
+                continue
+            out[i]["inputs"][name] = value if staged else self.loader.finish_batch(name, value)[0]
+            if "timing" in out[i]:
+                out[i]["timing"]["preprocess"] += per_row
+
+    def _stage_alone(self, name: str, item: dict, raw, streams: RowStreams):
+        try:
+            return self.loader.stage_rows(name, [raw], streams)
+        except Exception as e:
+            column, value = self.inputs[name].column, self.cells[name][item["row"]]
+            return Skipped(
+                item["row"], column, _path_of(value), "preprocess", type(e).__name__, str(e)
+            )
+
+    def _stream_key(self, name: str) -> int:
+        return sample_seed(self.seed, zlib.crc32(name.encode()), 1 << 40)
+
+    def fetch(self, name: str, value):
+        """Input `name`'s cell decoded (`SampleLoader.decode`, through the decoded-sample store
+        when there is one); raises MediaError for a bad file."""
+        start = time.perf_counter()
+        store = self.decoded.get(name)
+        decode = functools.partial(self._decode, name, value)
+        raw = decode() if store is None else store.fetch(value, decode)
+        if self._timing is not None:
+            self._timing["read"] += time.perf_counter() - start
+        return raw
+
+    def _decode(self, name: str, value):
+        # Only a decode is timed out: a read from the decoded-sample store needs no alarm.
+        with time_limit(self.decode_timeout):
+            return self.loader.decode(name, value)
+
     def load(
         self, name: str, value, generator: torch.Generator | None = None, staged: bool = False
     ):
-        """Read and preprocess one cell of input `name` (`SampleLoader.decode`, through the
-        decoded-sample store when there is one, then `SampleLoader.finish`, or `.stage`)."""
+        """Read and preprocess one cell of input `name` (`fetch`, then `SampleLoader.finish`,
+        or `.stage`), with this row's `generator` (inputs `items` stages together ignore it)."""
+        raw = self.fetch(name, value)
         start = time.perf_counter()
-        store = self.decoded.get(name)
-        if store is None:
-            raw = self.loader.decode(name, value)
-        else:
-            raw = store.fetch(value, lambda: self.loader.decode(name, value))
-        decoded = time.perf_counter()
         finish = self.loader.stage if staged else self.loader.finish
         out = finish(name, raw, generator)
         if self._timing is not None:
-            self._timing["read"] += decoded - start
-            self._timing["preprocess"] += time.perf_counter() - decoded
+            self._timing["preprocess"] += time.perf_counter() - start
         return out
 
 
@@ -261,12 +336,19 @@ class StagedView(torch.utils.data.Dataset):
     def __getitem__(self, key):
         return self.dataset.item(key, staged=True)
 
+    def __getitems__(self, keys) -> list:
+        return self.dataset.items(keys, staged=True)
+
 
 def _label_text(value) -> str:
     # Integer labels read from CSV come back as numpy ints or floats like 3.0; classes are strings.
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
+
+
+def _stream_row(item: dict) -> int:
+    return item["epoch"] << 32 | item["row"]
 
 
 def _path_of(value) -> str | None:

@@ -53,6 +53,7 @@ class DecodedStore:
 
     def __init__(self, root: str | os.PathLike, fingerprint: str, description: dict):
         self.dir = Path(root) / fingerprint[:32]
+        self._prefix = f"{self.dir}{os.sep}"
         self.description = description
         # Folders this process made or found: a mkdir of an existing folder costs a system call
         # (half a millisecond on some file systems) per entry written otherwise.
@@ -64,16 +65,18 @@ class DecodedStore:
     def fetch(self, value, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The stored array of file `value`, or `decode()`'s result, stored first."""
         key = content_hash(value, is_path=True)
-        path = self.dir / key[:1] / f"{key}.npy"  # 16 folders: each new one costs a mkdir
+        # A string, not a Path: this runs for every sample of every epoch, and pathlib's joins
+        # cost more than the read. 16 folders: each new one costs a mkdir.
+        path = f"{self._prefix}{key[0]}{os.sep}{key}.npy"
         try:
             return torch.from_numpy(read_entry(path))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError):
-            path.unlink(missing_ok=True)  # damaged (a copy cut short): decode it again
+            Path(path).unlink(missing_ok=True)  # damaged (a copy cut short): decode it again
         raw = decode()
         if isinstance(raw, torch.Tensor):
-            self._put(path, raw.numpy())
+            self._put(Path(path), raw.numpy())
         return raw
 
     def _put(self, path: Path, array: np.ndarray) -> None:
@@ -92,7 +95,7 @@ class DecodedStore:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
 
 
-def read_entry(path: Path) -> np.ndarray:
+def read_entry(path: str | os.PathLike) -> np.ndarray:
     """A stored `.npy` array, read whole into writable memory (the transforms write into their
     input). Faster than `np.load` for the store's many small files: one read, no mapping, and
     the header of each shape parsed once (entries of one store share a few)."""
