@@ -44,10 +44,10 @@ class _Logged(MultimodalDataset):
 
     log_path = None
 
-    def item(self, key, **kwargs):
+    def items(self, keys, **kwargs):
         with open(self.log_path, "a") as f:
-            f.write(f"{key[0]} {key[1]} {time.monotonic()}\n")
-        return super().item(key, **kwargs)
+            f.writelines(f"{key[0]} {key[1]} {time.monotonic()}\n" for key in keys)
+        return super().items(keys, **kwargs)
 
 
 class _SlowValidation(Trainer):
