@@ -44,10 +44,10 @@ class _Logged(MultimodalDataset):
 
     log_path = None
 
-    def items(self, keys, **kwargs):
+    def items(self, keys, *args, **kwargs):
         with open(self.log_path, "a") as f:
             f.writelines(f"{key[0]} {key[1]} {time.monotonic()}\n" for key in keys)
-        return super().items(keys, **kwargs)
+        return super().items(keys, *args, **kwargs)
 
 
 class _SlowValidation(Trainer):
