@@ -19,6 +19,7 @@ Variants (run in the order given; `--variants` picks some):
 - after-nocache: today's defaults with the decoded-sample cache off (accuracy with and without
   it; its epochs are what epoch 1 of `after` is held against).
 - after-fp32 / after-bf16: today's defaults in fp32, or in bf16 autocast with channels-last.
+- after-w0 / after-w1: today's defaults loading in the training process, or in one worker.
 
 Printed: epoch 1 seconds, the median of epochs 2+, their samples/s, test accuracy, and the
 ratios the issue sets targets for (epochs 2+ after/before >= 2.5x, accuracy within 0.02, epoch 1
@@ -52,6 +53,8 @@ VARIANTS = {
     "after-nocache": {"train": {"decoded_cache": False}, "video": None},
     "after-fp32": {"train": {"precision": "fp32", "channels_last": False}, "video": None},
     "after-bf16": {"train": {"precision": "bf16", "channels_last": True}, "video": None},
+    "after-w0": {"train": {"workers": 0}, "video": None},
+    "after-w1": {"train": {"workers": 1}, "video": None},
 }
 
 

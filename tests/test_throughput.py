@@ -21,7 +21,7 @@ from mmfuse.model import InputConfig
 from mmfuse.model.config import ConfigError
 from mmfuse.train import Trainer
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.decoded_cache import attach_decoded_stores
+from mmfuse.train.decoded_cache import DecodedStore, attach_decoded_stores, read_entry
 from train_helpers import (
     build_model,
     make_data,
@@ -108,6 +108,7 @@ def test_deleting_the_store_while_it_fills_costs_entries_not_the_run(media, tmp_
     dataset = make_dataset(media, config, model, train=True, seed=0)
     attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
     store = dataset.decoded["image"]
+    store.memory_bytes = 0  # the files alone
     value = media.value(0, "image")
 
     def decode():
@@ -119,6 +120,22 @@ def test_deleting_the_store_while_it_fills_costs_entries_not_the_run(media, tmp_
     assert torch.equal(again, first) and not store.dir.exists()
     store.fetch(value, decode)  # the next write makes the folders again
     assert len(store) == 1
+
+
+def test_entries_kept_in_memory_are_never_written_into(media, tmp_path):
+    """Later epochs get the very tensors an earlier one read: no transform may change them."""
+    _, _, dataset = fit(media, tmp_path / "a", epochs=3, workers=0, cache_dir=str(tmp_path))
+    for name, store in dataset.decoded.items():
+        assert len(store._memory) == len(media), name
+        for key, held in store._memory.items():
+            on_disk = read_entry(store.dir / key[:1] / f"{key}.npy")
+            assert torch.equal(held, torch.from_numpy(on_disk)), name
+    # Under its budget a store keeps nothing more, and still serves every file.
+    store = dataset.decoded["image"]
+    fresh = DecodedStore(store.dir.parent, store.dir.name, store.description, memory_bytes=0)
+    value = media.value(0, "image")
+    assert torch.equal(fresh.fetch(value, None), dataset.loader.decode("image", value))
+    assert fresh._memory == {}
 
 
 def test_the_augmentation_still_varies_per_epoch_from_the_store(media, tmp_path):
@@ -164,9 +181,13 @@ def test_without_the_profile_epochs_carry_no_profile(media, tmp_path):
 
 
 def test_auto_workers_leave_a_core_to_the_model_and_skip_small_datasets():
-    assert auto_workers(10_000, cores=2) == 1
+    assert auto_workers(10_000, cores=2, device="cuda") == 1
     assert auto_workers(10_000, cores=8) == 7
-    assert auto_workers(10_000, cores=1) == 0
+    assert auto_workers(10_000, cores=8, device="cuda") == 7
+    assert auto_workers(10_000, cores=1, device="cuda") == 0
+    # A model on a 2-core CPU takes both cores: its loading stays in its process.
+    assert auto_workers(10_000, cores=2) == 0
+    assert auto_workers(10_000, cores=2, device=torch.device("cpu")) == 0
     assert auto_workers(100, cores=8) == 0  # starting workers would cost more than it saves
     assert resolve_workers(3, 10) == 3
     assert TrainConfig.from_dict(TrainConfig().to_dict()).workers == "auto"

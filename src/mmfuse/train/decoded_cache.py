@@ -46,13 +46,22 @@ STORE_FORMAT = 2  # 2: 16 folders by the key's first digit (was 256, by two)
 DECODED_MODALITIES = ("image", "audio", "video")
 # The store leaves at least this much of its disk free.
 FREE_MARGIN = 1024**3
+# Entries a process has read are also kept in its memory, up to this many bytes for all the
+# stores of a fit and all its loader processes together: a read from the file system costs
+# about as much as staging a picture, so later epochs of a dataset this size skip it.
+MEMORY_BYTES = 1024**3
 
 
 class DecodedStore:
     """Decoded arrays of one input's files under `root/<fingerprint[:32]>`, keyed by content."""
 
-    def __init__(self, root: str | os.PathLike, fingerprint: str, description: dict):
+    def __init__(
+        self, root: str | os.PathLike, fingerprint: str, description: dict, memory_bytes: int = 0
+    ):
         self.dir = Path(root) / fingerprint[:32]
+        self.memory_bytes = memory_bytes  # how much of what it reads this process keeps
+        self._memory: dict[str, torch.Tensor] = {}
+        self._held = 0
         self._prefix = f"{self.dir}{os.sep}"
         self.description = description
         # Folders this process made or found: a mkdir of an existing folder costs a system call
@@ -62,14 +71,22 @@ class DecodedStore:
     def __repr__(self) -> str:
         return f"DecodedStore({str(self.dir)!r})"
 
+    def __getstate__(self) -> dict:
+        # A worker process starts with an empty memory of its own, not a pickled copy.
+        return {**self.__dict__, "_memory": {}, "_held": 0}
+
     def fetch(self, value, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The stored array of file `value`, or `decode()`'s result, stored first."""
+        """The stored array of file `value`, or `decode()`'s result, stored first. The same
+        tensor may be returned again: callers must not write into it."""
         key = content_hash(value, is_path=True)
+        held = self._memory.get(key)
+        if held is not None:
+            return held
         # A string, not a Path: this runs for every sample of every epoch, and pathlib's joins
         # cost more than the read. 16 folders: each new one costs a mkdir.
         path = f"{self._prefix}{key[0]}{os.sep}{key}.npy"
         try:
-            return torch.from_numpy(read_entry(path))
+            return self._keep(key, torch.from_numpy(read_entry(path)))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError):
@@ -77,7 +94,15 @@ class DecodedStore:
         raw = decode()
         if isinstance(raw, torch.Tensor):
             self._put(Path(path), raw.numpy())
+            self._keep(key, raw)
         return raw
+
+    def _keep(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+        size = tensor.untyped_storage().nbytes()
+        if self._held + size <= self.memory_bytes:
+            self._memory[key] = tensor
+            self._held += size
+        return tensor
 
     def _put(self, path: Path, array: np.ndarray) -> None:
         if path.parent not in self._made:
@@ -172,11 +197,14 @@ def attach_decoded_stores(
     datasets: Iterable[MultimodalDataset | None],
     config: TrainConfig,
     log: Callable[[str], None],
+    processes: int = 1,
 ) -> None:
     """Give each dataset a store per image, audio and video input it decodes (not those served
-    from the feature cache), unless the stores would not fit on disk or under the limit."""
+    from the feature cache), unless the stores would not fit on disk or under the limit. The
+    `processes` that will read them share `MEMORY_BYTES` of memory out between them."""
     root = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
     root = root / "decoded"
+    stores = []
     for dataset in datasets:
         if dataset is None:
             continue
@@ -190,6 +218,9 @@ def attach_decoded_stores(
             store = store_for(root, dataset, name)
             if _fits(dataset, name, store, config, log):
                 dataset.decoded[name] = store
+                stores.append(store)
+    for store in stores:
+        store.memory_bytes = MEMORY_BYTES // (len(stores) * max(1, processes))
 
 
 def _fits(dataset, name: str, store: DecodedStore, config: TrainConfig, log) -> bool:

@@ -151,7 +151,8 @@ class Trainer:
         started = time.perf_counter()
         self.prepare_cache(train, val)
         self.cache_time = time.perf_counter() - started
-        attach_decoded_stores((train, val), cfg, self.log)
+        workers = resolve_workers(cfg.workers, len(train), self.device)
+        attach_decoded_stores((train, val), cfg, self.log, processes=1 + workers)
         train.profile = cfg.profile
         self.model.to(self.device)
         if cfg.channels_last:
@@ -176,7 +177,6 @@ class Trainer:
         if self.dist.is_main:
             logger = MetricsLogger(self.run_dir, tensorboard=cfg.tensorboard)
             logger.rewrite(state.history)
-        workers = resolve_workers(cfg.workers, len(train))
         sampler = FitBatches(
             len(train), cfg.seed, self.batch_size, self.dist, cfg.epochs, state.epoch, state.batch
         )
