@@ -195,7 +195,7 @@ class ColorJitter(ImageOp):
         uint8 = x.dtype == torch.uint8
         y = x.float() / 255 if uint8 else x
         f = params["factors"].to(y.dtype).view(-1, 3, 1, 1, 1, 1)  # n×3×1×1×1×1 (n×G×C×H×W)
-        y = _blend(y, torch.zeros_like(y[:, :, :1]), f[:, 0])
+        y = (f[:, 0] * y).clamp_(0, 1)  # brightness: a blend towards black
         grey_mean = _greyscale(y).mean(dim=(-3, -2, -1), keepdim=True)  # n×G×1×1×1
         y = _blend(y, grey_mean, f[:, 1])
         y = _blend(y, _greyscale(y), f[:, 2])
@@ -272,7 +272,8 @@ def _greyscale(x: torch.Tensor) -> torch.Tensor:  # …×C×H×W → …×1×H×
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1 - factor) * other).clamp_(0, 1)
+    # factor·x + (1 − factor)·other in one pass over the batch.
+    return torch.lerp(other.expand_as(x), x, factor).clamp_(0, 1)
 
 
 class Pipeline(nn.Module):
