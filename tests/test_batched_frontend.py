@@ -17,10 +17,11 @@ from mmfuse.features.audio import dct_matrix, log_mel
 from mmfuse.features.audio_augment import spec_augment
 from mmfuse.features.audio_transform import fix_length, frame_count
 from mmfuse.features.batched import Staged
+from mmfuse.features.draws import RowStreams
 from mmfuse.features.sample import SampleLoader
 from mmfuse.features.spec import AudioSpec, ImageSpec, VideoSpec
 from mmfuse.infer.batch import collate
-from mmfuse.infer.dataset import StagedView
+from mmfuse.infer.dataset import Skipped, StagedView
 from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model import InputConfig
 from mmfuse.train import Trainer
@@ -207,3 +208,80 @@ def test_a_fit_on_cuda_finishes_its_batches_there(gappy, tmp_path):
         assert math.isfinite(record["train_loss"])
         assert record["profile_frontend_s"] > 0
     assert next(model.parameters()).device.type == "cuda"
+
+
+def staged_rows_equal(a: Staged, b: Staged) -> bool:
+    return torch.equal(a.data, b.data) and all(
+        torch.equal(a.params[k], b.params[k]) for k in a.params
+    )
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_batch_staged_at_once_equals_each_row_staged_alone(gappy, train):
+    manifest, config, model = gappy
+    dataset = make_dataset(manifest, config, model, train=train, seed=3)
+    keys = [(2, r) for r in range(len(manifest))]
+    together = dataset.items(keys, staged=True)
+    for key, item in zip(keys, together):
+        alone = dataset.item(key, staged=True)
+        for name in ("image", "video"):
+            assert staged_rows_equal(item["inputs"][name], alone["inputs"][name]), (key, name)
+    # Any other batch holding the row gives it the same crop, frames, flip and jitter.
+    reordered = dataset.items(keys[::-1][:3], staged=True)
+    for item in reordered:
+        alone = dataset.item((2, item["row"]), staged=True)
+        assert staged_rows_equal(item["inputs"]["image"], alone["inputs"]["image"])
+    # ...and finished (the per-sample path), the same tensors the front end makes of them.
+    finished = dataset.items(keys)
+    batch = staged_batch(dataset, keys)
+    for name in ("image", "video"):
+        stacked = torch.stack([item["inputs"][name] for item in finished])
+        torch.testing.assert_close(stacked, batch[name], rtol=1e-5, atol=1e-5)
+
+
+def test_pictures_of_different_sizes_are_staged_row_by_row_with_the_same_draws():
+    loader = SampleLoader({"i": "image"}, {"i": ImageSpec(size=16)}, augment=True)
+    g = generator(0)
+    raws = [torch.randint(0, 255, (3, h, w), dtype=torch.uint8, generator=g)
+            for h, w in ((18, 24), (20, 18), (18, 24))]  # fmt: skip
+    batch = loader.stage_rows("i", raws, RowStreams(5, [10, 11, 12]))
+    for i, raw in enumerate(raws):
+        alone = loader.stage_rows("i", [raw], RowStreams(5, [10 + i]))
+        assert staged_rows_equal(batch.row(i), alone)
+    assert batch.data.shape == (3, 1, 3, 16, 16) and batch.data.dtype == torch.uint8
+
+
+def test_a_value_that_fails_to_stage_skips_its_row_alone(gappy, monkeypatch):
+    manifest, config, model = gappy
+    dataset = make_dataset(manifest, config, model, train=True, seed=3)
+    keys = [(0, r) for r in (0, 1, 3)]  # every one has its image
+    expected = [dataset.item(k, staged=True) for k in keys]
+    fetch = dataset.fetch
+
+    def broken(name, value):
+        raw = fetch(name, value)
+        return raw[:, :0] if value == manifest.value(1, "image") else raw  # no pixels
+
+    monkeypatch.setattr(dataset, "fetch", broken)
+    got = dataset.items(keys, staged=True)
+    assert isinstance(got[1], Skipped) and got[1].row == 1 and got[1].stage == "preprocess"
+    for i in (0, 2):
+        assert staged_rows_equal(got[i]["inputs"]["image"], expected[i]["inputs"]["image"])
+
+
+def test_row_streams_are_uniform_and_each_row_its_own():
+    streams = RowStreams(123, range(20_000))
+    u = streams.uniform((20_000, 4))
+    assert u.dtype == torch.float64 and float(u.min()) >= 0 and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+    # Columns (draws within a row) and rows are uncorrelated.
+    assert abs(float(torch.corrcoef(u.T)[0, 1])) < 0.03
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1, 0], u[1:, 0]]))[0, 1])) < 0.03
+    again = RowStreams(123, [7])
+    assert torch.equal(again.uniform((1, 4))[0], u[7])
+    assert torch.equal(RowStreams(123, range(20_000)).row(7).uniform((1, 4))[0], u[7])
+    assert not torch.equal(RowStreams(124, [7]).uniform((1, 4))[0], u[7])  # another key
+    second = streams.uniform((20_000, 4))  # the next draw differs from the first
+    assert not torch.equal(second[7], u[7])
+    with pytest.raises(ValueError, match="20000 rows"):
+        streams.uniform((3, 4))

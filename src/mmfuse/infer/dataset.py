@@ -216,7 +216,8 @@ class MultimodalDataset(torch.utils.data.Dataset):
 
     def _staged_together(self, name: str) -> bool:
         modality = self.inputs[name].modality
-        return modality in ("image", "video") and name not in self.features | self.corruptions
+        together = modality in ("image", "video") and name not in self.features
+        return together and name not in self.corruptions
 
     def _row_item(self, epoch: int, row: int, together: list[str], staged: bool):
         """One row's item; inputs in `together` hold their decoded value (`stage_rows` next)."""
@@ -264,14 +265,14 @@ class MultimodalDataset(torch.utils.data.Dataset):
         if not at:
             return
         start = time.perf_counter()
-        streams = RowStreams(self._stream_key(name), [_stream_row(out[i]) for i in at])
+        key, ids = self._stream_key(name), [_stream_row(out[i]) for i in at]
         raws = [out[i]["inputs"][name] for i in at]
         try:
-            rows = self.loader.stage_rows(name, raws, streams)
+            rows = self.loader.stage_rows(name, raws, RowStreams(key, ids))
             done = [rows.row(j) for j in range(len(at))]
         except Exception:  # find the sample at fault; the others get the same draws alone
-            done = [self._stage_alone(name, out[i], raw, streams.row(j))
-                    for j, (i, raw) in enumerate(zip(at, raws))]  # fmt: skip
+            done = [self._stage_alone(name, out[i], raw, RowStreams(key, [row_id]))
+                    for i, raw, row_id in zip(at, raws, ids)]  # fmt: skip
         per_row = (time.perf_counter() - start) / len(at)
         for i, value in zip(at, done):
             if isinstance(value, Skipped):
