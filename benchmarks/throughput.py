@@ -1,6 +1,6 @@
 """Does the data path keep the model busy? Pipeline vs compute ceiling per input, before and after.
 
-    .venv/bin/python benchmarks/throughput.py                 # 280 avdigits rows, 3 epochs
+    .venv/bin/python benchmarks/throughput.py                 # 280 avdigits rows, 6 epochs
     .venv/bin/python benchmarks/throughput.py --quick         # smoke test, a few minutes
 
 For each input of avdigits alone (image, audio, video, with the encoder `mmfuse train` gives it
@@ -144,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=1500, help="avdigits size (all splits)")
     parser.add_argument("--rows", type=int, default=280, help="training rows per fit")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per fit (>= 2)")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per fit (>= 2)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="ceiling: steps per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="ceiling: timed rounds (median)")
