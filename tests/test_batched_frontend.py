@@ -285,3 +285,23 @@ def test_row_streams_are_uniform_and_each_row_its_own():
     assert not torch.equal(second[7], u[7])
     with pytest.raises(ValueError, match="20000 rows"):
         streams.uniform((3, 4))
+
+
+def test_a_row_that_fails_to_finish_skips_alone(gappy, monkeypatch):
+    manifest, config, model = gappy
+    dataset = make_dataset(manifest, config, model, train=True, seed=3)
+    keys = [(0, r) for r in (0, 1, 3)]
+    expected = dataset.items(keys)
+    finish, calls = dataset.loader.finish_batch, []
+
+    def second_image_fails(name, staged):
+        calls.append(name)
+        if name == "image" and calls.count("image") == 2:
+            raise RuntimeError("a finishing step failed")
+        return finish(name, staged)
+
+    monkeypatch.setattr(dataset.loader, "finish_batch", second_image_fails)
+    got = dataset.items(keys)
+    assert isinstance(got[1], Skipped) and got[1].reason == "RuntimeError" and got[1].row == 1
+    for i in (0, 2):
+        assert torch.equal(got[i]["inputs"]["image"], expected[i]["inputs"]["image"])

@@ -7,7 +7,9 @@ they must report.
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from mmfuse.features import sample as sample_module
 from mmfuse.features.sample import SampleLoader
 from mmfuse.features.spec import AudioSpec, VideoSpec
 from mmfuse.infer.batch import auto_workers, resolve_workers
+from mmfuse.infer.dataset import Skipped
 from mmfuse.model import InputConfig
 from mmfuse.model.config import ConfigError
 from mmfuse.train import Trainer
@@ -237,3 +240,19 @@ def test_auto_precision_is_bf16_with_channels_last_only_where_the_device_has_bf1
     assert (plain.precision, plain.channels_last) == ("fp32", False)
     assert TrainConfig(precision="fp32").for_device(cpu).precision == "fp32"
     assert TrainConfig().precision == "auto"  # the default since the 3-seed avdigits comparison
+
+
+def test_a_file_that_never_finishes_reading_is_timed_out_with_the_store_on(media, tmp_path):
+    """The store hashes a file before it can look it up: that read is bounded like a decode."""
+    config = tiny_model_config(media.classes)
+    model = build_model(config, 0)
+    dataset = make_dataset(media, config, model, train=True, seed=0, decode_timeout=0.5)
+    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    stuck = tmp_path / "stuck.png"
+    os.mkfifo(stuck)  # opening it for reading blocks until a writer comes: none will
+    dataset.cells["image"][1] = str(stuck)
+    started = time.monotonic()
+    items = dataset.items([(0, 0), (0, 1), (0, 2)], staged=True)
+    assert time.monotonic() - started < 10
+    assert isinstance(items[1], Skipped) and items[1].stage == "timeout"
+    assert not isinstance(items[0], Skipped) and not isinstance(items[2], Skipped)

@@ -272,7 +272,7 @@ def _greyscale(x: torch.Tensor) -> torch.Tensor:  # …×C×H×W → …×1×H×
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # factor·x + (1 − factor)·other in one pass over the batch.
+    # lerp: one pass over the batch where multiply, multiply, add took three.
     return torch.lerp(other.expand_as(x), x, factor).clamp_(0, 1)
 
 

@@ -1,4 +1,4 @@
-"""Manifest rows → preprocessed tensors, one sample at a time, in DataLoader workers.
+"""Manifest rows → preprocessed tensors, a batch of rows at a time, in DataLoader workers.
 
 A sample that cannot be loaded (missing, truncated or undecodable file, a decode that hangs past
 `decode_timeout`) comes back as a `Skipped` record instead of raising: a plain DataLoader ends
@@ -6,9 +6,11 @@ the epoch on the first exception, which would let one bad file out of a million 
 The trainer counts the records and reports them (path, stage, reason) at the end.
 
 Every random choice for a sample (crop, flip, frame times, SpecAugment masks, corruption noise)
-comes from a generator seeded by `(seed, epoch, row)`. So a sample's augmentation does not depend
-on which worker loads it, on the number of workers, or on whether the run was resumed; that is
-what lets a resumed run reproduce an uninterrupted one bit for bit.
+depends on `(seed, epoch, row)` alone: image and video draws come from that row's stream of a
+`RowStreams` (so a batch's are drawn at once), the others from a generator seeded by them. So a
+sample's augmentation does not depend on its batch, on which worker loads it, on the number of
+workers, or on whether the run was resumed; that is what lets a resumed run reproduce an
+uninterrupted one bit for bit.
 """
 
 from __future__ import annotations
@@ -223,7 +225,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
         """One row's item; inputs in `together` hold their decoded value (`stage_rows` next)."""
         generator = None
         item = {"row": row, "epoch": epoch, "inputs": {}, "present": {}, "labels": {}}
-        # `load` adds to it: one sample at a time per process, workers included.
+        # `fetch` and `load` add to it: one row at a time per process, workers included.
         self._timing = timing = {"read": 0.0, "preprocess": 0.0} if self.profile else None
         for name in self.names:
             column, value = self.inputs[name].column, self.cells[name][row]
@@ -273,12 +275,14 @@ class MultimodalDataset(torch.utils.data.Dataset):
         except Exception:  # find the sample at fault; the others get the same draws alone
             done = [self._stage_alone(name, out[i], raw, RowStreams(key, [row_id]))
                     for i, raw, row_id in zip(at, raws, ids)]  # fmt: skip
+        if not staged:
+            done = [self._finish_alone(name, out[i], v) for i, v in zip(at, done)]
         per_row = (time.perf_counter() - start) / len(at)
         for i, value in zip(at, done):
             if isinstance(value, Skipped):
                 out[i] = value
                 continue
-            out[i]["inputs"][name] = value if staged else self.loader.finish_batch(name, value)[0]
+            out[i]["inputs"][name] = value
             if "timing" in out[i]:
                 out[i]["timing"]["preprocess"] += per_row
 
@@ -286,10 +290,20 @@ class MultimodalDataset(torch.utils.data.Dataset):
         try:
             return self.loader.stage_rows(name, [raw], streams)
         except Exception as e:
-            column, value = self.inputs[name].column, self.cells[name][item["row"]]
-            return Skipped(
-                item["row"], column, _path_of(value), "preprocess", type(e).__name__, str(e)
-            )
+            return self._preprocess_failed(name, item, e)
+
+    def _finish_alone(self, name: str, item: dict, staged):
+        if isinstance(staged, Skipped):
+            return staged
+        try:
+            return self.loader.finish_batch(name, staged)[0]
+        except Exception as e:
+            return self._preprocess_failed(name, item, e)
+
+    def _preprocess_failed(self, name: str, item: dict, error: Exception) -> Skipped:
+        column, value = self.inputs[name].column, self.cells[name][item["row"]]
+        reason, message = type(error).__name__, str(error)
+        return Skipped(item["row"], column, _path_of(value), "preprocess", reason, message)
 
     def _stream_key(self, name: str) -> int:
         return sample_seed(self.seed, zlib.crc32(name.encode()), 1 << 40)
@@ -299,16 +313,15 @@ class MultimodalDataset(torch.utils.data.Dataset):
         when there is one); raises MediaError for a bad file."""
         start = time.perf_counter()
         store = self.decoded.get(name)
-        decode = functools.partial(self._decode, name, value)
-        raw = decode() if store is None else store.fetch(value, decode)
+        # A store hashes the file before it can look it up: that read is bounded too.
+        with time_limit(self.decode_timeout):
+            if store is None:
+                raw = self.loader.decode(name, value)
+            else:
+                raw = store.fetch(value, functools.partial(self.loader.decode, name, value))
         if self._timing is not None:
             self._timing["read"] += time.perf_counter() - start
         return raw
-
-    def _decode(self, name: str, value):
-        # Only a decode is timed out: a read from the decoded-sample store needs no alarm.
-        with time_limit(self.decode_timeout):
-            return self.loader.decode(name, value)
 
     def load(
         self, name: str, value, generator: torch.Generator | None = None, staged: bool = False

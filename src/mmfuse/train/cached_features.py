@@ -137,7 +137,9 @@ def _compute(
         train=False,
         decode_timeout=dataset.decode_timeout,
     )
-    loader = row_loader(single, batches_of(sorted(keys), batch_size), workers=workers)
+    loader = row_loader(
+        single, batches_of(sorted(keys), batch_size), workers=workers, device=torch.device(device)
+    )
     if progress:
         from tqdm.auto import tqdm
 

@@ -1,10 +1,11 @@
 """Decode once: every training file's decoded arrays on disk, so epochs 2+ read, not decode.
 
-What is stored is `SampleLoader.decode`'s output: the uint8 image or frames (scaled down to the
-side the transform resizes to) and the float32 waveform, before any random choice. The random
-crops, frames, flips, jitter, noise and SpecAugment of each epoch are drawn afterwards from the
-sample's own generator, exactly as without the store, so a fit gives the same weights with the
-store and without it.
+What is stored is `SampleLoader.decode`'s output: the uint8 image (scaled down to the side the
+transform resizes to) or frames (scaled to it) and the float32 waveform, before any random
+choice. The random crops, frames, flips, jitter, noise and SpecAugment of each epoch are drawn
+afterwards from the sample's own draws, exactly as without the store, so a fit gives the same
+weights with the store and without it. What a process reads it also keeps in memory, under a
+budget, and hands out again: nothing downstream writes into it.
 
 Keys, as in the feature cache: one folder per decoding (the input's modality, its encoder's
 input spec and whether the pools for augmentation are decoded), one `.npy` file per file content
@@ -42,7 +43,8 @@ from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.feature_cache import content_hash
 
-STORE_FORMAT = 2  # 2: 16 folders by the key's first digit (was 256, by two)
+# 2: 16 folders by the key's first digit (was 256, by two); 3: small clips scaled up at decode.
+STORE_FORMAT = 3
 DECODED_MODALITIES = ("image", "audio", "video")
 # The store leaves at least this much of its disk free.
 FREE_MARGIN = 1024**3
@@ -121,8 +123,8 @@ class DecodedStore:
 
 
 def read_entry(path: str | os.PathLike) -> np.ndarray:
-    """A stored `.npy` array, read whole into writable memory (the transforms write into their
-    input). Faster than `np.load` for the store's many small files: one read, no mapping, and
+    """A stored `.npy` array, read whole into memory (writable, as `torch.from_numpy` wants it).
+    Faster than `np.load` for the store's many small files: one read, no mapping, and
     the header of each shape parsed once (entries of one store share a few)."""
     with open(path, "rb") as f:
         buf = bytearray(os.fstat(f.fileno()).st_size)

@@ -152,7 +152,8 @@ class Trainer:
         self.prepare_cache(train, val)
         self.cache_time = time.perf_counter() - started
         workers = resolve_workers(cfg.workers, len(train), self.device)
-        attach_decoded_stores((train, val), cfg, self.log, processes=1 + workers)
+        processes = (1 + workers) * self.dist.world  # each holds its own memory of the stores
+        attach_decoded_stores((train, val), cfg, self.log, processes=processes)
         train.profile = cfg.profile
         self.model.to(self.device)
         if cfg.channels_last:
