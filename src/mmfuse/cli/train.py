@@ -174,7 +174,7 @@ def _add_loop_flags(p: argparse.ArgumentParser) -> None:
         type=_workers,
         metavar="N",
         help="data-loading processes, or auto: the cores left after this one, none below 256 "
-        "rows (default: auto)",
+        "rows or when the model trains on a CPU of 2 cores or fewer (default: auto)",
     )
     p.add_argument(
         "--profile",

@@ -41,8 +41,9 @@ class TrainConfig(JsonConfig):
     patience: int | None = None  # stop after this many epochs without improvement
     checkpoint_every: int | None = None  # also checkpoint every N optimiser steps (mid-epoch)
     # Data loading.
-    # Loader processes; "auto": the cores left after this one (none for small datasets), kept
-    # alive from epoch to epoch, so that decoding overlaps the model's compute.
+    # Loader processes; "auto": the cores left after this one (none for small datasets, nor on
+    # a CPU of 2 cores that computes the model), kept alive from epoch to epoch, so that
+    # decoding overlaps the model's compute.
     workers: int | str = "auto"
     on_bad_sample: str = "skip"  # "skip" (count, report, go on) | "error" (stop at the first)
     # Stop before training when more than this share of a split's samples cannot be loaded
