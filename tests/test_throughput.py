@@ -184,13 +184,15 @@ def test_without_the_profile_epochs_carry_no_profile(media, tmp_path):
 
 
 def test_auto_workers_leave_a_core_to_the_model_and_skip_small_datasets():
-    assert auto_workers(10_000, cores=2, device="cuda") == 1
+    assert auto_workers(10_000, cores=2) == 1
     assert auto_workers(10_000, cores=8) == 7
-    assert auto_workers(10_000, cores=8, device="cuda") == 7
-    assert auto_workers(10_000, cores=1, device="cuda") == 0
-    # A model on a 2-core CPU takes both cores: its loading stays in its process.
-    assert auto_workers(10_000, cores=2) == 0
-    assert auto_workers(10_000, cores=2, device=torch.device("cpu")) == 0
+    assert auto_workers(10_000, cores=8, trains_on_cpu=True) == 7
+    assert auto_workers(10_000, cores=1) == 0
+    # A model training on a 2-core CPU takes both cores: its loading stays in its process.
+    assert auto_workers(10_000, cores=2, trains_on_cpu=True) == 0
+    assert resolve_workers("auto", 10_000, trains_on_cpu=True) == (
+        0 if len(os.sched_getaffinity(0)) <= 2 else len(os.sched_getaffinity(0)) - 1
+    )
     assert auto_workers(100, cores=8) == 0  # starting workers would cost more than it saves
     assert resolve_workers(3, 10) == 3
     assert TrainConfig.from_dict(TrainConfig().to_dict()).workers == "auto"

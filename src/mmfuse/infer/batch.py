@@ -21,7 +21,8 @@ from mmfuse.infer.dataset import Skipped
 AUTO_MIN_ROWS = 256
 # Training on a CPU with this many cores or fewer, "auto" loads in the training process: a
 # worker process would take its time from the model's threads (on 2 cores a default avdigits
-# fit ran faster without one, its first epoch included: docs/throughput.md).
+# fit ran faster without one, its first epoch included: docs/throughput.md). Loaders that
+# decode for a frozen encoder or a prediction keep their worker: there it measured faster.
 CPU_ALONE_CORES = 2
 # Batches each worker prepares ahead: enough to ride out one slow file (a long video).
 PREFETCH = 4
@@ -80,25 +81,24 @@ def batches_of(rows: Sequence[int], size: int) -> list[list[int]]:
     return [list(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
-def auto_workers(
-    rows: int, cores: int | None = None, device: torch.device | str | None = None
-) -> int:
-    """The loader processes `workers="auto"` means for `rows` rows on `device` (None: the CPU):
-    the cores left after this process; none for fewer than `AUTO_MIN_ROWS` rows (reading those
-    takes about as long as starting a worker process), nor when the model computes on a CPU of
-    `CPU_ALONE_CORES` cores or fewer, where its threads already take every core."""
+def auto_workers(rows: int, cores: int | None = None, *, trains_on_cpu: bool = False) -> int:
+    """The loader processes `workers="auto"` means for `rows` rows: the cores left after this
+    process; none for fewer than `AUTO_MIN_ROWS` rows (reading those takes about as long as
+    starting a worker process), nor for a fit whose model `trains_on_cpu` of `CPU_ALONE_CORES`
+    cores or fewer, where its threads already take every core."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
-    on_cpu = device is None or torch.device(device).type == "cpu"
-    if rows < AUTO_MIN_ROWS or (on_cpu and cores <= CPU_ALONE_CORES):
+    if rows < AUTO_MIN_ROWS or (trains_on_cpu and cores <= CPU_ALONE_CORES):
         return 0
     return cores - 1
 
 
-def resolve_workers(workers: int | str, rows: int, device: torch.device | str | None = None) -> int:
+def resolve_workers(workers: int | str, rows: int, *, trains_on_cpu: bool = False) -> int:
     """`workers` as a number of processes (`"auto"`: see `auto_workers`)."""
-    return auto_workers(rows, device=device) if workers == "auto" else int(workers)
+    if workers == "auto":
+        return auto_workers(rows, trains_on_cpu=trains_on_cpu)
+    return int(workers)
 
 
 def row_loader(
@@ -118,7 +118,7 @@ def row_loader(
     as a fit's stream of every epoch's batches.
     """
     generator = torch.Generator() if seed is None else torch.Generator().manual_seed(seed)
-    workers = resolve_workers(workers, len(dataset), device)
+    workers = resolve_workers(workers, len(dataset))
     extra = {"prefetch_factor": PREFETCH} if workers else {}
     return DataLoader(
         dataset,

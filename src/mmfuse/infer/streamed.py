@@ -257,9 +257,7 @@ def predict_rows(
     not finite (NaN or Inf): such probabilities are never given out.
     """
     task = task or predictor.task
-    batches = row_loader(
-        dataset, batches_of(rows, batch_size), workers=workers, device=predictor.device
-    )
+    batches = row_loader(dataset, batches_of(rows, batch_size), workers=workers)
     classes = {t: len(c) for t, c in predictor.labels.items()}
     out = predict_batches(predictor.model, batches, classes, device=predictor.device)
     position = {r: i for i, r in enumerate(rows)}

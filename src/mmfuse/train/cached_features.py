@@ -137,9 +137,7 @@ def _compute(
         train=False,
         decode_timeout=dataset.decode_timeout,
     )
-    loader = row_loader(
-        single, batches_of(sorted(keys), batch_size), workers=workers, device=torch.device(device)
-    )
+    loader = row_loader(single, batches_of(sorted(keys), batch_size), workers=workers)
     if progress:
         from tqdm.auto import tqdm
 

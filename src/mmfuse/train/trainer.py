@@ -151,7 +151,8 @@ class Trainer:
         started = time.perf_counter()
         self.prepare_cache(train, val)
         self.cache_time = time.perf_counter() - started
-        workers = resolve_workers(cfg.workers, len(train), self.device)
+        on_cpu = self.device.type == "cpu"
+        workers = resolve_workers(cfg.workers, len(train), trains_on_cpu=on_cpu)
         processes = (1 + workers) * self.dist.world  # each holds its own memory of the stores
         attach_decoded_stores((train, val), cfg, self.log, processes=processes)
         train.profile = cfg.profile
