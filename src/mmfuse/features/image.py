@@ -46,12 +46,7 @@ class ResizeShorter(ImageOp):
         self.size = size
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        short, long = min(h, w), max(h, w)
-        # Truncating the long side, as torchvision's Resize(int) does.
-        new_long = int(self.size * long / short)
-        size = (self.size, new_long) if h <= w else (new_long, self.size)
-        return resize(x, size)
+        return resize(x, shorter_side_size(*x.shape[-2:], self.size))
 
 
 class CenterCrop(ImageOp):
@@ -229,6 +224,14 @@ class Normalize(ImageOp):
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return (x - mean) / std
+
+
+def shorter_side_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """(height, width) with the shorter side `short` and the aspect ratio kept, as
+    `ResizeShorter` resizes to."""
+    # Truncating the long side, as torchvision's Resize(int) does.
+    long = int(short * max(height, width) / min(height, width))
+    return (short, long) if height <= width else (long, short)
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -22,7 +22,7 @@ from mmfuse.data.video import probe_video, read_video
 from mmfuse.features.audio_transform import AudioTransform, clip_length, fix_length
 from mmfuse.features.batched import FrontEnd, Staged
 from mmfuse.features.draws import RowStreams, Source, rand
-from mmfuse.features.image import image_transform, resize
+from mmfuse.features.image import image_transform, resize, shorter_side_size
 from mmfuse.features.tabular import CellError, tabular_transform
 from mmfuse.features.video import frame_indices, video_transform
 
@@ -131,7 +131,7 @@ class SampleLoader:
         clip = read_video(value, frames or spec.frames, mode="uniform", size=size)
         # Smaller clips are scaled up here, as the transform's `ResizeShorter` would (the same
         # call), so that stored clips need no resize per epoch.
-        return fit_shorter(clip.frames, short)  # T×C×H×W
+        return resize(clip.frames, shorter_side_size(*clip.frames.shape[-2:], short))  # T×C×H×W
 
     def finish(self, name: str, raw, generator: torch.Generator | None = None):
         """`decode`'s output → the encoder's tensor: `stage`, then the batched front end's
@@ -167,7 +167,7 @@ class SampleLoader:
         `streams.row(i)`, in one call per op when the values share a shape."""
         if not raws:
             raise ValueError("stage_rows needs at least one value")
-        modality, spec = self.modalities[name], self.specs[name]
+        modality = self.modalities[name]
         if modality not in ("image", "video") or name in self.corruptions:
             raise ValueError("stage_rows stages image and video inputs without corruptions")
         if len({tuple(r.shape) for r in raws}) > 1:
@@ -175,8 +175,7 @@ class SampleLoader:
         with torch.no_grad():
             if modality == "image":
                 return self.transforms[name].stage(torch.stack(raws)[:, None], streams)
-            indices = frame_indices(len(raws[0]), spec.frames, self.augment, streams, len(raws))
-            return self.transforms[name].stage(raws, streams, indices=indices)
+            return self.transforms[name].stage(raws, streams)  # draws the frames first, as `stage`
 
     def _stage_one(self, name: str, raw, generator, indices=None) -> Staged:
         modality, transform = self.modalities[name], self.transforms[name]
@@ -238,17 +237,7 @@ def decode_size(height: int, width: int, short: int) -> tuple[int, int] | None:
     """(height, width) with the shorter side scaled down to `short`, the longer as
     `ResizeShorter` computes it (so the transform's resize is then the identity); None when
     the picture is no larger than that."""
-    if min(height, width) <= short:
-        return None
-    long = int(short * max(height, width) / min(height, width))
-    return (short, long) if height <= width else (long, short)
-
-
-def fit_shorter(image: torch.Tensor, short: int) -> torch.Tensor:
-    """`…×H×W` with the shorter side scaled (up or down) to `short`, as `ResizeShorter` does."""
-    h, w = image.shape[-2:]
-    long = int(short * max(h, w) / min(h, w))
-    return resize(image, (short, long) if h <= w else (long, short))
+    return None if min(height, width) <= short else shorter_side_size(height, width, short)
 
 
 def shrink_shorter(image: torch.Tensor, short: int) -> torch.Tensor:

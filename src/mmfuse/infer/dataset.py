@@ -251,7 +251,7 @@ class MultimodalDataset(torch.utils.data.Dataset):
             except MediaError as e:
                 return Skipped(row, column, str(e.path), "decode", e.reason, e.detail or str(e))
             except Exception as e:  # a bug in a decoder must not end the epoch either
-                return Skipped(row, column, _path_of(value), "preprocess", type(e).__name__, str(e))
+                return self._preprocess_failed(name, item, e)
             item["present"][name] = True
         if not any(item["present"].values()):
             return Skipped(row, None, None, "no-input", "empty", "every input cell is empty")
