@@ -11,8 +11,9 @@ A member trained on folds (`--ensemble folds=K`) is a bag of K fold models, itse
 this kind (`members/<name>/members/fold0/`, ...). Only members of weight > 0 are written.
 Weights that members hold alike (a frozen pretrained encoder in every member and fold) are
 written once, into `shared.safetensors` at the top; such a member's config.json names that file
-(relative path) and which of its tensors are there, so it loads inside its ensemble folder. Each member folder loads on its own with `load_model`;
-the ensemble's temperature lives in config.json (members' own in their safetensors).
+(relative path) and which of its tensors are there, so it loads inside its ensemble folder.
+Each member folder loads on its own with `load_model`; the ensemble's temperature lives in
+config.json (members' own in their safetensors).
 """
 
 from __future__ import annotations

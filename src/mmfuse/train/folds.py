@@ -237,10 +237,10 @@ def _bag(n: int, member, folds: int, out_dir: Path, history: list) -> Bag:
     for k in range(folds):
         fold_dir = _fold_dir(out_dir, member, k)
         models[f"fold{k}"], _, _ = load_model(fold_dir, "cpu")
-        saved = np.load(fold_dir / OOF, allow_pickle=False)
-        rows.append(saved["rows"])
         tasks = models[f"fold{k}"].tasks
-        raws.append({t: (saved[f"raw/{t}"], saved[f"label/{t}"]) for t in tasks})
+        with np.load(fold_dir / OOF, allow_pickle=False) as saved:  # closes the file
+            rows.append(saved["rows"])
+            raws.append({t: (saved[f"raw/{t}"], saved[f"label/{t}"]) for t in tasks})
         temps.append(models[f"fold{k}"].temperatures())
     configs = dict.fromkeys(models, member.model_config)
     model, config = build_ensemble(models, configs, dict.fromkeys(models, 1 / len(models)))

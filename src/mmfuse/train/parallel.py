@@ -12,6 +12,7 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 
 import torch
 
@@ -60,8 +61,6 @@ def _call(threads: int, fn: Callable, args: tuple):
 def quiet(train_config):
     """`train_config` for a worker: samples loaded in its own process (the cores are shared
     out already) and no progress bar (the parent says when it is done)."""
-    from dataclasses import replace
-
     return replace(train_config, workers=0, progress=False)
 
 
