@@ -14,6 +14,9 @@ The tasks are `mmfuse.data.real.REAL_TASKS` (real voices, photographs, scans and
 - mmfuse: `MultimodalClassifier(preset=P, epochs=--epochs).fit(train, val=val)` for each
   preset P (the validation split picks the best epoch).
 
+`--encoders` (JSON) overrides the presets' encoders per modality, as
+`MultimodalClassifier(encoders=...)` does: the same run with one encoder setting changed.
+
 `--epochs` defaults to each preset's own default (`mmfuse.train.presets.default_epochs`: with
 every encoder frozen, as with `medium`, enough for 500 optimiser steps, 40 to 200 epochs; else
 10).
@@ -86,12 +89,19 @@ def baseline(paths: dict[str, Path], column: str) -> dict:
 
 
 # ------------------------------------------------------------------------------- mmfuse
-def mmfuse_run(paths: dict[str, Path], preset: str, epochs: int | None, seed: int) -> dict:
+def mmfuse_run(
+    paths: dict[str, Path], preset: str, epochs: int | None, seed: int, encoders: dict | None
+) -> dict:
     from mmfuse import MultimodalClassifier
 
     with tempfile.TemporaryDirectory(prefix="mmfuse-real-") as run_dir:
         clf = MultimodalClassifier(
-            preset=preset, epochs=epochs, seed=seed, verbose=False, out_dir=run_dir
+            preset=preset,
+            encoders=encoders,
+            epochs=epochs,
+            seed=seed,
+            verbose=False,
+            out_dir=run_dir,
         )
         start = time.perf_counter()
         clf.fit(str(paths["train"]), val=str(paths["val"]))
@@ -143,6 +153,7 @@ def main() -> None:
     args = parse_args()
     began = time.perf_counter()
     report = {"size": args.size, "epochs": args.epochs, "seed": args.seed, "load_start": load()}
+    report["encoders"] = args.encoders
     print(f"load average at start (1, 5, 15 min): {report['load_start']}")
     print(f"{'task':<16} {'input':<6} {'cls':>3} {'train/test':<11} {'method':<16} "
           f"{'acc':>6} {'train s':>8}")  # fmt: skip
@@ -153,7 +164,8 @@ def main() -> None:
         info = describe(name, paths)
         methods = [("sklearn-logreg", baseline, (paths, info["modality"]))]
         methods += [
-            (f"mmfuse {p}", mmfuse_run, (paths, p, args.epochs, args.seed)) for p in args.presets
+            (f"mmfuse {p}", mmfuse_run, (paths, p, args.epochs, args.seed, args.encoders))
+            for p in args.presets
         ]
         for method, run, run_args in methods:
             result = guarded(run, *run_args)
@@ -178,6 +190,13 @@ def parse_args() -> argparse.Namespace:
         "--epochs", type=int, help="epochs per mmfuse fit (default: the preset's default)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--encoders",
+        type=json.loads,
+        help="JSON for MultimodalClassifier(encoders=...), overriding the preset per modality, "
+        'e.g. \'{"image": {"encoder": "efficientnet-lite0", "options": {"features": "stages"}, '
+        '"mode": "freeze"}}\'',
+    )
     parser.add_argument("--data", help="folder to write the tasks in (default: mmfuse's cache)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()

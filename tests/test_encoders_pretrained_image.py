@@ -11,6 +11,7 @@ import pytest
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from skimage import data
+from torch.nn import functional as F
 
 from mmfuse.encoders import EncoderError, build
 from mmfuse.encoders.efficientnet import WEIGHTS, pretrained_state_dict
@@ -78,6 +79,26 @@ def test_stage_features_are_each_stage_ends_mean_then_the_head(photos):
     torch.testing.assert_close(tokens.mean(dim=1), got, atol=1e-5, rtol=1e-5)
     with pytest.raises(EncoderError, match="features 'all'"):
         build("image", "efficientnet-lite0", features="all")
+
+
+def test_grid_adds_the_early_stage_ends_laid_out_on_cells(photos):
+    plain = build("image", "efficientnet-lite0", features="stages").eval()
+    encoder = build("image", "efficientnet-lite0", features="stages", grid=3).eval()
+    ref = reference("efficientnet-lite0")
+    ends, maps = [0, 2, 4, 7, 10], {}  # the stages up to stride 16
+    for i in ends:
+        ref._blocks[i].register_forward_hook(lambda m, a, out, i=i: maps.update({i: out}))
+    x = preprocess(encoder, list(photos.values()))
+    with torch.no_grad():
+        got, pooled = encoder(x), plain(x)
+        ref.extract_features(x)
+    # Each stage's end on the head's 7×7 grid, as in the tokens, then on 3×3 cells.
+    cells = [F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(maps[i], 7), 3) for i in ends]
+    expected = torch.cat([pooled, torch.cat(cells, dim=1).flatten(1)], dim=1)
+    assert encoder.output_dim == 2064 + 9 * (16 + 24 + 40 + 80 + 112) == got.shape[1]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    with pytest.raises(EncoderError, match="grid=3 needs features='stages'"):
+        build("image", "efficientnet-lite0", grid=3)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -46,12 +46,12 @@ def test_medium_freezes_the_pretrained_encoders():
     for m in MODALITIES:
         assert preset.encoders[m]["encoder"] == PRETRAINED_ENCODERS[m][0]
         assert preset.encoders[m]["mode"] == "freeze"
-    # Video frames go through the image encoder, with the same stage-end features.
+    # Video frames go through the image encoder, with the same stage-end features but no grid.
     assert preset.encoders["video"]["options"] == {
         "image": "efficientnet-lite0",
-        "image_options": preset.encoders["image"]["options"],
+        "image_options": {"features": "stages"},
     }
-    assert preset.encoders["image"]["options"] == {"features": "stages"}
+    assert preset.encoders["image"]["options"] == {"features": "stages", "grid": 3}
     assert preset.train == {}
 
 

