@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,6 +140,28 @@ def test_entries_kept_in_memory_are_never_written_into(media, tmp_path):
     value = media.value(0, "image")
     assert torch.equal(fresh.fetch(value, None), dataset.loader.decode("image", value))
     assert fresh._memory == {}
+
+
+def test_a_held_entry_is_found_by_stat_alone_until_its_file_changes(media, tmp_path):
+    config = tiny_model_config(media.classes)
+    model = build_model(config, 0)
+    dataset = make_dataset(media, config, model, train=True, seed=0)
+    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    store = dataset.decoded["image"]
+    value = str(tmp_path / "picture.png")  # a copy: the media are shared with other tests
+    shutil.copyfile(media.value(0, "image"), value)
+    assert store.held(value) is None  # nothing read yet
+    first = store.fetch(value, lambda: dataset.loader.decode("image", value))
+    assert store.held(value) is first
+    # Another picture written over the file: held no longer answers, fetch decodes it afresh.
+    other = media.value(1, "image")
+    shutil.copyfile(other, value)
+    assert store.held(value) is None
+    again = store.fetch(value, lambda: dataset.loader.decode("image", value))
+    assert torch.equal(again, dataset.loader.decode("image", other))
+    assert store.held(value) is again
+    Path(value).unlink()
+    assert store.held(value) is None  # a file gone is not held: fetch names the error
 
 
 def test_the_augmentation_still_varies_per_epoch_from_the_store(media, tmp_path):

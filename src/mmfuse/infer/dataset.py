@@ -313,12 +313,14 @@ class MultimodalDataset(torch.utils.data.Dataset):
         when there is one); raises MediaError for a bad file."""
         start = time.perf_counter()
         store = self.decoded.get(name)
-        # A store hashes the file before it can look it up: that read is bounded too.
-        with time_limit(self.decode_timeout):
-            if store is None:
-                raw = self.loader.decode(name, value)
-            else:
-                raw = store.fetch(value, functools.partial(self.loader.decode, name, value))
+        raw = None if store is None else store.held(value)
+        if raw is None:
+            # A store hashes the file before it can look it up: that read is bounded too.
+            with time_limit(self.decode_timeout):
+                if store is None:
+                    raw = self.loader.decode(name, value)
+                else:
+                    raw = store.fetch(value, functools.partial(self.loader.decode, name, value))
         if self._timing is not None:
             self._timing["read"] += time.perf_counter() - start
         return raw

@@ -63,6 +63,8 @@ class DecodedStore:
         self.dir = Path(root) / fingerprint[:32]
         self.memory_bytes = memory_bytes  # how much of what it reads this process keeps
         self._memory: dict[str, torch.Tensor] = {}
+        # File → (its stat signature, key) for what `_memory` holds: `held` finds it by one stat.
+        self._files: dict[str, tuple[tuple, str]] = {}
         self._held = 0
         self._prefix = f"{self.dir}{os.sep}"
         self.description = description
@@ -75,7 +77,20 @@ class DecodedStore:
 
     def __getstate__(self) -> dict:
         # A worker process starts with an empty memory of its own, not a pickled copy.
-        return {**self.__dict__, "_memory": {}, "_held": 0}
+        return {**self.__dict__, "_memory": {}, "_files": {}, "_held": 0}
+
+    def held(self, value) -> torch.Tensor | None:
+        """What `fetch(value, ...)` would return, if this process holds it in memory and the file
+        is unchanged since; else None. One `stat`, no read, so it needs no time limit: a FIFO
+        or a file on a hung mount can only block a read."""
+        entry = self._files.get(value)
+        if entry is None:
+            return None
+        try:
+            current = _signature(value)
+        except OSError:
+            return None
+        return self._memory.get(entry[1]) if current == entry[0] else None
 
     def fetch(self, value, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The stored array of file `value`, or `decode()`'s result, stored first. The same
@@ -88,7 +103,7 @@ class DecodedStore:
         # cost more than the read. 16 folders: each new one costs a mkdir.
         path = f"{self._prefix}{key[0]}{os.sep}{key}.npy"
         try:
-            return self._keep(key, torch.from_numpy(read_entry(path)))
+            return self._keep(value, key, torch.from_numpy(read_entry(path)))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError):
@@ -96,14 +111,15 @@ class DecodedStore:
         raw = decode()
         if isinstance(raw, torch.Tensor):
             self._put(Path(path), raw.numpy())
-            self._keep(key, raw)
+            self._keep(value, key, raw)
         return raw
 
-    def _keep(self, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _keep(self, value, key: str, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.untyped_storage().nbytes()
         if self._held + size <= self.memory_bytes:
             self._memory[key] = tensor
             self._held += size
+            self._files[value] = (_signature(value), key)
         return tensor
 
     def _put(self, path: Path, array: np.ndarray) -> None:
@@ -120,6 +136,12 @@ class DecodedStore:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
+
+
+def _signature(path) -> tuple:
+    # What content_hash's memo keys a file by: any write changes its ctime.
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def read_entry(path: str | os.PathLike) -> np.ndarray:
