@@ -90,13 +90,16 @@ def test_grid_adds_the_early_stage_ends_laid_out_on_cells(photos):
         ref._blocks[i].register_forward_hook(lambda m, a, out, i=i: maps.update({i: out}))
     x = preprocess(encoder, list(photos.values()))
     with torch.no_grad():
-        got, pooled = encoder(x), plain(x)
+        got, pooled, tokens = encoder(x), plain(x), encoder.forward_tokens(x)
         ref.extract_features(x)
     # Each stage's end on the head's 7×7 grid, as in the tokens, then on 3×3 cells.
     cells = [F.adaptive_avg_pool2d(F.adaptive_avg_pool2d(maps[i], 7), 3) for i in ends]
     expected = torch.cat([pooled, torch.cat(cells, dim=1).flatten(1)], dim=1)
     assert encoder.output_dim == 2064 + 9 * (16 + 24 + 40 + 80 + 112) == got.shape[1]
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # Tokens (for transformer fusion) have the vector's width, and their mean is the vector.
+    assert tokens.shape == (3, 49, encoder.output_dim)
+    torch.testing.assert_close(tokens.mean(dim=1), got, atol=1e-5, rtol=1e-5)
     with pytest.raises(EncoderError, match="grid=3 needs features='stages'"):
         build("image", "efficientnet-lite0", grid=3)
 
@@ -203,3 +206,21 @@ def test_saved_model_loads_without_the_weights_package(tmp_path, monkeypatch, ph
     mask = torch.ones(1, 2, dtype=torch.bool)
     with torch.no_grad():
         torch.testing.assert_close(loaded(inputs, mask), model(inputs, mask), rtol=0, atol=0)
+
+
+def test_a_grid_encoder_feeds_transformer_fusion_its_tokens():
+    inputs = {
+        "photo": InputConfig(
+            "photo", "image", "efficientnet-lite-tiny", {"features": "stages", "grid": 3}
+        )
+    }
+    config = ModelConfig(
+        inputs=inputs,
+        heads=[HeadConfig("label", ["a", "b"])],
+        fusion=FusionConfig("transformer", dim=8),
+    )
+    model = MultimodalModel.from_config(config).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        logits = model({"photo": x}, torch.ones(2, 1, dtype=torch.bool))
+    assert logits["label"].shape == (2, 2) and torch.isfinite(logits["label"]).all()

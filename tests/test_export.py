@@ -253,3 +253,24 @@ def test_compress_flags_refuse_a_bad_amount(capsys):
         parser.parse_args(["m", "--prune", "50", "--out", "o"])
     assert exit_info.value.code == 2
     assert "not a fraction in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grid", [0, 3])
+def test_efficientnet_stage_and_grid_features_export(trained, tmp_path, grid):
+    """The `medium` preset's image encoder: its stage maps are pooled onto the head's grid, and
+    `grid` lays the early ones on cells (7 into 3 overlap): both must be in the graph."""
+    from mmfuse.model import FusionConfig, HeadConfig, InputConfig, ModelConfig, MultimodalModel
+    from mmfuse.model.saved import save_model
+
+    root, _ = trained
+    options = {"features": "stages", "grid": grid, "image_size": 224}  # a 7 × 7 head grid
+    config = ModelConfig(
+        inputs={"image": InputConfig("image", "image", "efficientnet-lite-tiny", options)},
+        heads=[HeadConfig("label", ["a", "b", "c"])],
+        fusion=FusionConfig("attention", dim=8),
+    )
+    save_model(tmp_path / "model", MultimodalModel.from_config(config).eval(), config)
+    exported = export_onnx(tmp_path / "model", tmp_path / "model.onnx")
+    frame = pd.read_csv(root / "data" / "manifest.csv").head(3)
+    samples = [{"image": str(root / "data" / image)} for image in frame["image"]]
+    assert onnx_matches_torch(tmp_path / "model", exported["path"], samples) < 1e-4

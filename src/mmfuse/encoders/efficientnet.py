@@ -195,19 +195,45 @@ class EfficientNetLite(Encoder):
         # On the head's grid, so tokens stay one per position and their mean is each map's mean
         # (exactly so where the grids divide, as at the native sizes).
         grid = head.shape[-2:]
-        return torch.cat([F.adaptive_avg_pool2d(s, grid) for s in stages] + [head], dim=1)
+        return torch.cat([adaptive_mean(s, grid) for s in stages] + [head], dim=1)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        return self.feature_map(x).flatten(2).transpose(1, 2)  # B×(h·w)×D
+        maps = self.feature_map(x)
+        tokens = maps.flatten(2).transpose(1, 2)  # B×(h·w)×D
+        if not self.grid:
+            return tokens
+        # Every token carries the cells too, so tokens have the vector's width and mean.
+        cells = self._cells(maps)[:, None].expand(-1, tokens.shape[1], -1)
+        return torch.cat([tokens, cells], dim=2)  # B×(h·w)×(D + grid²·C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.feature_map(x)
         pooled = maps.mean(dim=(2, 3))  # B×D
         if not self.grid:
             return pooled
+        return torch.cat([pooled, self._cells(maps)], dim=1)  # B×(D + grid²·C)
+
+    def _cells(self, maps: torch.Tensor) -> torch.Tensor:  # B×D×h×w → B×(grid²·C)
         # The stages come first in the feature map, in order.
-        cells = F.adaptive_avg_pool2d(maps[:, : self.grid_channels], self.grid)
-        return torch.cat([pooled, cells.flatten(1)], dim=1)  # B×(D + grid²·C)
+        return adaptive_mean(maps[:, : self.grid_channels], (self.grid, self.grid)).flatten(1)
+
+
+def adaptive_mean(x: torch.Tensor, size) -> torch.Tensor:
+    """`F.adaptive_avg_pool2d(x, size)` on `…×H×W`, as two products with constant averaging
+    matrices: ONNX has no adaptive pooling whose bins overlap (7 cells into 3) and exports none
+    whose output size comes from a shape, and both are needed here."""
+    rows = _bins(int(x.shape[-2]), int(size[0]), x)
+    cols = _bins(int(x.shape[-1]), int(size[1]), x)
+    return rows @ x @ cols.T
+
+
+def _bins(n: int, out: int, like: torch.Tensor) -> torch.Tensor:  # out×n, rows sum to 1
+    # PyTorch's bins: cell i covers [floor(i·n/out), ceil((i+1)·n/out)).
+    i = torch.arange(out)
+    start, end = (i * n) // out, -((-(i + 1) * n) // out)
+    j = torch.arange(n)
+    inside = ((j >= start[:, None]) & (j < end[:, None])).to(like.dtype)
+    return (inside / inside.sum(dim=1, keepdim=True)).to(like.device)
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:
