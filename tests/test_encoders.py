@@ -262,3 +262,21 @@ def test_config_needs_build():
 
     with pytest.raises(EncoderError, match="build"):
         SmallCNN(width=4).config()
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [
+        ((2, 5, 7, 7), (3, 3)),
+        ((2, 4, 112, 112), (7, 7)),
+        ((1, 2, 2, 2), (3, 3)),
+        ((1, 2, 9, 5), (4, 2)),
+    ],
+)
+def test_adaptive_mean_is_adaptive_average_pooling(shape, size):
+    from torch.nn import functional as F
+
+    from mmfuse.encoders.efficientnet import adaptive_mean
+
+    x = torch.randn(*shape)
+    torch.testing.assert_close(adaptive_mean(x, size), F.adaptive_avg_pool2d(x, size))

@@ -219,12 +219,14 @@ class EfficientNetLite(Encoder):
 
 
 def adaptive_mean(x: torch.Tensor, size) -> torch.Tensor:
-    """`F.adaptive_avg_pool2d(x, size)` on `…×H×W`, as two products with constant averaging
-    matrices: ONNX has no adaptive pooling whose bins overlap (7 cells into 3) and exports none
-    whose output size comes from a shape, and both are needed here."""
-    rows = _bins(int(x.shape[-2]), int(size[0]), x)
-    cols = _bins(int(x.shape[-1]), int(size[1]), x)
-    return rows @ x @ cols.T
+    """`F.adaptive_avg_pool2d(x, size)` on `…×H×W` in ops ONNX has: it exports no adaptive
+    pooling whose output size comes from a shape, nor any whose bins overlap (7 cells into 3).
+    Sizes that divide are a plain average pooling; others, two products with constant
+    averaging matrices."""
+    (h, w), (out_h, out_w) = (int(n) for n in x.shape[-2:]), (int(n) for n in size)
+    if h % out_h == 0 and w % out_w == 0:
+        return F.avg_pool2d(x, (h // out_h, w // out_w))
+    return _bins(h, out_h, x) @ x @ _bins(w, out_w, x).T
 
 
 def _bins(n: int, out: int, like: torch.Tensor) -> torch.Tensor:  # out×n, rows sum to 1
