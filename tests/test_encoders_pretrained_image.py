@@ -102,6 +102,9 @@ def test_grid_adds_the_early_stage_ends_laid_out_on_cells(photos):
     torch.testing.assert_close(tokens.mean(dim=1), got, atol=1e-5, rtol=1e-5)
     with pytest.raises(EncoderError, match="grid=3 needs features='stages'"):
         build("image", "efficientnet-lite0", grid=3)
+    for bad in ("3", 2.5, True, -1):
+        with pytest.raises(EncoderError, match="must be a whole number"):
+            build("image", "efficientnet-lite-tiny", features="stages", grid=bad)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

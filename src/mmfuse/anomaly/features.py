@@ -66,7 +66,11 @@ def input_configs(
         choice = choices.get(name, choices.get(modality))
         fields = {"encoder": choice} if isinstance(choice, str) else dict(choice or {})
         if "encoder" not in fields:
-            fields = {**copy.deepcopy(resolved.encoders[modality]), **fields}
+            preset = copy.deepcopy(resolved.encoders[modality])
+            # The preset's image grid tells classes apart by where strokes are; the scorers'
+            # Gaussian grows with the square of the width, and docs/anomaly.md measured means.
+            preset.get("options", {}).pop("grid", None)
+            fields = {**preset, **fields}
         fields.pop("finetune_after", None)
         fields["mode"] = "freeze"
         configs[name] = InputConfig(column=column, modality=modality, **fields)

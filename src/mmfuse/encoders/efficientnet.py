@@ -146,7 +146,9 @@ class EfficientNetLite(Encoder):
             raise EncoderError(
                 f"efficientnet-lite features {features!r} is not one of {', '.join(FEATURES)}"
             )
-        if grid < 0 or (grid and features != "stages"):
+        if not isinstance(grid, int) or isinstance(grid, bool) or grid < 0:
+            raise EncoderError(f"efficientnet-lite grid={grid!r} must be a whole number >= 0")
+        if grid and features != "stages":
             raise EncoderError(
                 f"efficientnet-lite grid={grid} needs features='stages' and grid >= 1 (0: no grid)"
             )
@@ -231,11 +233,11 @@ def adaptive_mean(x: torch.Tensor, size) -> torch.Tensor:
 
 def _bins(n: int, out: int, like: torch.Tensor) -> torch.Tensor:  # out×n, rows sum to 1
     # PyTorch's bins: cell i covers [floor(i·n/out), ceil((i+1)·n/out)).
-    i = torch.arange(out)
+    i = torch.arange(out, device=like.device)
     start, end = (i * n) // out, -((-(i + 1) * n) // out)
-    j = torch.arange(n)
+    j = torch.arange(n, device=like.device)
     inside = ((j >= start[:, None]) & (j < end[:, None])).to(like.dtype)
-    return (inside / inside.sum(dim=1, keepdim=True)).to(like.device)
+    return inside / inside.sum(dim=1, keepdim=True)
 
 
 def pretrained_state_dict(name: str) -> dict[str, torch.Tensor]:

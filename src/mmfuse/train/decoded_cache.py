@@ -81,8 +81,9 @@ class DecodedStore:
 
     def held(self, value) -> torch.Tensor | None:
         """What `fetch(value, ...)` would return, if this process holds it in memory and the file
-        is unchanged since; else None. One `stat`, no read, so it needs no time limit: a FIFO
-        or a file on a hung mount can only block a read."""
+        is unchanged since; else None. One `stat`, no read, so it runs outside the decode time
+        limit: a FIFO blocks a read, not a stat (a stat of a known path on a hung mount could
+        still block, as the one `fetch` makes would)."""
         entry = self._files.get(value)
         if entry is None:
             return None
@@ -95,6 +96,9 @@ class DecodedStore:
     def fetch(self, value, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
         """The stored array of file `value`, or `decode()`'s result, stored first. The same
         tensor may be returned again: callers must not write into it."""
+        # Before the hash: a file written over while it is read and decoded must not be
+        # remembered as the new file under the old content's key.
+        signature = _signature(value)
         key = content_hash(value, is_path=True)
         held = self._memory.get(key)
         if held is not None:
@@ -103,7 +107,7 @@ class DecodedStore:
         # cost more than the read. 16 folders: each new one costs a mkdir.
         path = f"{self._prefix}{key[0]}{os.sep}{key}.npy"
         try:
-            return self._keep(value, key, torch.from_numpy(read_entry(path)))
+            return self._keep(value, signature, key, torch.from_numpy(read_entry(path)))
         except FileNotFoundError:
             pass
         except (OSError, ValueError, EOFError):
@@ -111,15 +115,15 @@ class DecodedStore:
         raw = decode()
         if isinstance(raw, torch.Tensor):
             self._put(Path(path), raw.numpy())
-            self._keep(value, key, raw)
+            self._keep(value, signature, key, raw)
         return raw
 
-    def _keep(self, value, key: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _keep(self, value, signature: tuple, key: str, tensor: torch.Tensor) -> torch.Tensor:
         size = tensor.untyped_storage().nbytes()
         if self._held + size <= self.memory_bytes:
             self._memory[key] = tensor
             self._held += size
-            self._files[value] = (_signature(value), key)
+            self._files[value] = (signature, key)
         return tensor
 
     def _put(self, path: Path, array: np.ndarray) -> None:
