@@ -106,11 +106,16 @@ def test_a_damaged_store_entry_is_decoded_again(media, tmp_path):
     assert again.dtype == torch.uint8 and again.ndim == 3
 
 
-def test_deleting_the_store_while_it_fills_costs_entries_not_the_run(media, tmp_path):
+def dataset_with_stores(media, cache_dir, **options):
+    """A training dataset of the tiny model over `media`, its decoded-sample stores attached."""
     config = tiny_model_config(media.classes)
-    model = build_model(config, 0)
-    dataset = make_dataset(media, config, model, train=True, seed=0)
-    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    dataset = make_dataset(media, config, build_model(config, 0), train=True, seed=0, **options)
+    attach_decoded_stores([dataset], quick_config(cache_dir=str(cache_dir)), print)
+    return dataset
+
+
+def test_deleting_the_store_while_it_fills_costs_entries_not_the_run(media, tmp_path):
+    dataset = dataset_with_stores(media, tmp_path)
     store = dataset.decoded["image"]
     store.memory_bytes = 0  # the files alone
     value = media.value(0, "image")
@@ -143,10 +148,7 @@ def test_entries_kept_in_memory_are_never_written_into(media, tmp_path):
 
 
 def test_a_held_entry_is_found_by_stat_alone_until_its_file_changes(media, tmp_path):
-    config = tiny_model_config(media.classes)
-    model = build_model(config, 0)
-    dataset = make_dataset(media, config, model, train=True, seed=0)
-    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    dataset = dataset_with_stores(media, tmp_path)
     store = dataset.decoded["image"]
     value = str(tmp_path / "picture.png")  # a copy: the media are shared with other tests
     shutil.copyfile(media.value(0, "image"), value)
@@ -269,10 +271,7 @@ def test_auto_precision_is_bf16_with_channels_last_only_where_the_device_has_bf1
 
 def test_a_file_that_never_finishes_reading_is_timed_out_with_the_store_on(media, tmp_path):
     """The store hashes a file before it can look it up: that read is bounded like a decode."""
-    config = tiny_model_config(media.classes)
-    model = build_model(config, 0)
-    dataset = make_dataset(media, config, model, train=True, seed=0, decode_timeout=0.5)
-    attach_decoded_stores([dataset], quick_config(cache_dir=str(tmp_path)), print)
+    dataset = dataset_with_stores(media, tmp_path, decode_timeout=0.5)
     stuck = tmp_path / "stuck.png"
     os.mkfifo(stuck)  # opening it for reading blocks until a writer comes: none will
     dataset.cells["image"][1] = str(stuck)
