@@ -41,7 +41,7 @@ from mmfuse.data.cache import default_cache_dir
 from mmfuse.features.sample import AUDIO_POOL, VIDEO_POOL
 from mmfuse.infer.dataset import MultimodalDataset
 from mmfuse.train.config import TrainConfig
-from mmfuse.train.feature_cache import content_hash
+from mmfuse.train.feature_cache import file_hash, file_signature
 
 # 2: 16 folders by the key's first digit (was 256, by two); 3: small clips scaled up at decode.
 STORE_FORMAT = 3
@@ -88,7 +88,7 @@ class DecodedStore:
         if entry is None:
             return None
         try:
-            current = _signature(value)
+            current = file_signature(value)
         except OSError:
             return None
         return self._memory.get(entry[1]) if current == entry[0] else None
@@ -98,8 +98,8 @@ class DecodedStore:
         tensor may be returned again: callers must not write into it."""
         # Before the hash: a file written over while it is read and decoded must not be
         # remembered as the new file under the old content's key.
-        signature = _signature(value)
-        key = content_hash(value, is_path=True)
+        signature = file_signature(value)
+        key = file_hash(value, signature)
         held = self._memory.get(key)
         if held is not None:
             return held
@@ -140,12 +140,6 @@ class DecodedStore:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("*/*.npy"))
-
-
-def _signature(path) -> tuple:
-    # What content_hash's memo keys a file by: any write changes its ctime.
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def read_entry(path: str | os.PathLike) -> np.ndarray:

@@ -73,10 +73,19 @@ def content_hash(value: str | os.PathLike, *, is_path: bool) -> str:
                 f"{type(value).__name__} {value!r}; pass is_path=True for a file"
             )
         return hashlib.sha256(b"text:" + value.encode("utf-8")).hexdigest()
-    st = os.stat(value)
-    return _file_sha256(
-        os.fspath(value), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-    )
+    return file_hash(value)
+
+
+def file_signature(path: str | os.PathLike) -> tuple[int, int, int, int, int]:
+    """A file's (device, inode, size, mtime, ctime): what its hash is memoised by. Any write
+    to the file changes its ctime."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def file_hash(path: str | os.PathLike, signature: tuple | None = None) -> str:
+    """`content_hash` of a file whose `file_signature` is `signature` (taken now when None)."""
+    return _file_sha256(os.fspath(path), *(signature or file_signature(path)))
 
 
 # The stat fields are part of the cache key only, so that a changed file misses the memo.
