@@ -66,22 +66,26 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
     from mmfuse.classifier import MultimodalClassifier
 
     paths, encoders = splits(name, args)
+    # avdigits: the demo's small encoders and its training settings; a real task: what
+    # `MultimodalClassifier(preset=...)` does by default (epochs, fusion width, augmentation).
+    demo = encoders is not None
+    options = {"augment": False, "weight_decay": 0.05} if demo else {}
     clf = MultimodalClassifier(
-        preset=None if encoders else args.preset,
+        preset=None if demo else args.preset,
         encoders=encoders,
         epochs=args.epochs,
-        lr=args.lr,
+        lr=args.lr or (3e-3 if demo else 1e-3),
         batch_size=32,
         device="cpu",
         verbose=False,
-        fusion_dim=64,
+        fusion_dim=64 if demo else 256,
         ensemble={
             "fusion": args.fusion.split(","),
             "seeds": args.seeds,
             "folds": folds,
             "jobs": args.jobs,
         },
-        train_options={"tensorboard": False, "augment": False, "weight_decay": 0.05},
+        train_options={"tensorboard": False, **options},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
     )
     started = time.perf_counter()
@@ -94,7 +98,7 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
         for n, m in members.items()
     ]
     if args.dump:
-        dump_members(clf, paths, Path(args.dump) / f"{name}.npz")
+        dump_members(clf, paths, Path(args.dump) / f"{name}{f'-folds{folds}' if folds else ''}.npz")
     e = metrics
     rows.append(("ensemble", 1.0, e["accuracy"], e["log_loss"], e["ece"], e["ece_uncalibrated"]))
     how = f"{folds}-fold bagged members" if folds else "members trained once"
@@ -269,8 +273,10 @@ def main() -> int:
     p.add_argument("--preset", default="medium", help="real tasks' encoders (fast, medium, best)")
     p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
     p.add_argument("--seeds", type=int, default=1, help="members per fusion method (seeds)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--epochs", type=int, help="default: the preset's (or the demo encoders') own")
+    p.add_argument(
+        "--lr", type=float, help="default: 3e-3 avdigits, 1e-3 (MultimodalClassifier's) otherwise"
+    )
     p.add_argument(
         "--folds",
         default="0",
