@@ -489,9 +489,12 @@ def test_checkpoints_store_the_loop_state_under_its_known_keys(tmp_path):
         "epoch_loss",
         "epoch_rows",
         "nonfinite_streak",
+        "best_loss",
     ]
     assert LoopState.from_dict(saved).to_dict() == saved
-    # Checkpoints written before the epoch sums and the streak were saved still resume, from 0.
-    newer = ("epoch_loss", "epoch_rows", "nonfinite_streak")
+    # Checkpoints written before the epoch sums, the streak and the tie-break loss were saved
+    # still resume, from 0 (no loss: the next tie counts as better).
+    newer = ("epoch_loss", "epoch_rows", "nonfinite_streak", "best_loss")
     older = LoopState.from_dict({k: v for k, v in saved.items() if k not in newer})
     assert (older.epoch_loss, older.epoch_rows, older.nonfinite_streak) == (0.0, 0, 0)
+    assert older.best_loss is None

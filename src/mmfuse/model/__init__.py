@@ -18,10 +18,12 @@ from mmfuse.model.config import (
 )
 from mmfuse.model.heads import ClassifierHead
 from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.model.scaler import FeatureScaler
 
 __all__ = [
     "ClassifierHead",
     "ConfigError",
+    "FeatureScaler",
     "FusionConfig",
     "HeadConfig",
     "InputConfig",

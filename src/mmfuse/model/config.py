@@ -66,6 +66,8 @@ class InputConfig(JsonConfig):
     `mode="freeze"` keeps the encoder's weights fixed (and lets the trainer cache its features);
     `finetune_after=N` keeps it frozen for the first N epochs, then trains it, the usual way to
     stop a fresh head's large early gradients from wrecking pretrained features.
+    `standardize=True` scales the encoder's output per feature by the training rows' mean and
+    standard deviation before fusion (the pretrained presets set it: see `model.scaler`).
     """
 
     column: str
@@ -74,6 +76,7 @@ class InputConfig(JsonConfig):
     options: dict = field(default_factory=dict)
     mode: str = "finetune"
     finetune_after: int = 0
+    standardize: bool = False
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -18,6 +18,7 @@ from mmfuse import encoders as encoder_registry
 from mmfuse import fusion as fusion_registry
 from mmfuse.model.config import ConfigError, ModelConfig
 from mmfuse.model.heads import ClassifierHead
+from mmfuse.model.scaler import FeatureScaler
 
 Batch = Mapping[str, "Tensor | Mapping[str, Tensor]"]
 
@@ -28,6 +29,7 @@ class MultimodalModel(nn.Module):
     `forward(inputs, mask, features=None)` → `{task: B×C logits}`. `inputs[name]` is the
     preprocessed batch for that input (text: the dict its encoder's `tokenize` returns), `mask`
     is B×M bool in sorted input-name order, and `features[name]` (B×D) replaces encoding.
+    `scalers[name]` (a `FeatureScaler`) standardises that input's B×D vectors before fusion.
     """
 
     def __init__(
@@ -35,12 +37,20 @@ class MultimodalModel(nn.Module):
         encoders: Mapping[str, nn.Module],
         fusion: nn.Module,
         heads: Mapping[str, nn.Module],
+        scalers: Mapping[str, nn.Module] | None = None,
     ):
         super().__init__()
         self.names: list[str] = sorted(encoders)
         self.encoders = nn.ModuleDict({n: encoders[n] for n in self.names})
         self.fusion = fusion
         self.heads = nn.ModuleDict(dict(heads))
+        scalers = dict(scalers or {})
+        if set(scalers) - set(self.names):
+            raise ConfigError(
+                f"scalers given for {sorted(set(scalers) - set(self.names))}, which are not "
+                f"inputs {self.names}"
+            )
+        self.scalers = nn.ModuleDict({n: scalers[n] for n in sorted(scalers)})
         # One temperature per task (in head order), fitted after training; a buffer, so the
         # safetensors file and the ONNX graph carry it. 1 leaves the logits as trained.
         self.register_buffer("temperature", torch.ones(len(self.heads)))
@@ -76,7 +86,12 @@ class MultimodalModel(nn.Module):
                 if decision
                 else ClassifierHead(out_dim, len(h.classes), h.dropout, h.hidden)
             )
-        model = cls(encoders, fuser, heads)
+        scalers = {
+            name: FeatureScaler(encoders[name].output_dim)
+            for name, spec in config.inputs.items()
+            if spec.standardize
+        }
+        model = cls(encoders, fuser, heads, scalers)
         for name, spec in config.inputs.items():
             if spec.mode == "freeze" or spec.finetune_after > 0:
                 model.encoders[name].freeze()
@@ -169,7 +184,19 @@ class MultimodalModel(nn.Module):
         kwargs = {}
         if tokens:
             kwargs = {"tokens": tokens, "token_mask": token_mask}
+        if len(self.scalers):
+            feats = self.standardize(feats, mask, skip=tokens or {})
         return self.fusion(feats, mask, return_weights=return_weights, **kwargs)
+
+    def standardize(self, feats: Mapping[str, Tensor], mask: Tensor, skip=()) -> dict[str, Tensor]:
+        """`feats` with each scaled input's B×D vectors standardised (absent rows stay 0).
+        Inputs in `skip` (those given as tokens: their vector is a placeholder) are left as
+        they are; token fusions normalise their own token inputs."""
+        out = dict(feats)
+        for name, scaler in self.scalers.items():
+            if name not in skip:
+                out[name] = scaler(feats[name], mask[:, self.names.index(name)])
+        return out
 
     def forward(
         self,

@@ -119,15 +119,83 @@ def fill_feature_cache(
         else:
             out[row] = feature
     if keys:
-        _compute(
-            dataset, name, encoder, cache, keys, out, errors, batch_size, workers, device, progress
+
+        def keep(row: int, feature: torch.Tensor) -> None:
+            cache.put(keys[row], feature)
+            out[row] = feature
+
+        encode_rows(
+            dataset,
+            name,
+            encoder,
+            list(keys),
+            keep,
+            errors,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=progress,
         )
     return out, errors
 
 
-def _compute(
-    dataset, name, encoder, cache, keys, out, errors, batch_size, workers, device, progress
+def fit_scalers(
+    model: MultimodalModel,
+    dataset: MultimodalDataset,
+    config: TrainConfig,
+    device: torch.device,
 ) -> None:
+    """Set each of `model.scalers` from its input's features on the training rows that have
+    it: the attached cached features where there are some, else one pass of the encoder in
+    eval mode (a `best` fit's encoders are still frozen then: they fine-tune later)."""
+    for name, scaler in model.scalers.items():
+        cells = dataset.cells[name]
+        if name in dataset.features:
+            bad = dataset.feature_errors.get(name, {})
+            rows = [r for r, v in enumerate(cells) if v is not None and r not in bad]
+            scaler.fit(dataset.features[name][rows])
+            continue
+        rows = [r for r, v in enumerate(cells) if v is not None]
+        scaler.fit(_features_of(dataset, name, model.encoders[name], rows, config, device))
+
+
+def _features_of(dataset, name, encoder, rows, config, device) -> torch.Tensor:
+    """n×D: the features of those of `rows` that load, computed without the cache."""
+    feats: dict[int, torch.Tensor] = {}
+    encode_rows(
+        dataset,
+        name,
+        encoder,
+        rows,
+        feats.__setitem__,
+        {},
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=device,
+        progress=config.progress,
+        verb="measuring",
+    )
+    if not feats:
+        return torch.zeros(0, encoder.output_dim)
+    return torch.stack([feats[r] for r in sorted(feats)])
+
+
+def encode_rows(
+    dataset: MultimodalDataset,
+    name: str,
+    encoder: torch.nn.Module,
+    rows: list[int],
+    keep: Callable[[int, torch.Tensor], None],
+    errors: dict[int, Skipped],
+    *,
+    batch_size: int = 32,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    verb: str = "caching",
+) -> None:
+    """`keep(row, D feature)` for each of `rows` that loads, encoded in eval mode; the rows
+    that fail land in `errors`."""
     # Eval-mode preprocessing only: a cached feature must not depend on one epoch's augmentation.
     single = MultimodalDataset(
         dataset.manifest,
@@ -137,11 +205,11 @@ def _compute(
         train=False,
         decode_timeout=dataset.decode_timeout,
     )
-    loader = row_loader(single, batches_of(sorted(keys), batch_size), workers=workers)
+    loader = row_loader(single, batches_of(sorted(rows), batch_size), workers=workers)
     if progress:
         from tqdm.auto import tqdm
 
-        loader = tqdm(loader, desc=f"caching {name!r} features", unit="batch", leave=False)
+        loader = tqdm(loader, desc=f"{verb} {name!r} features", unit="batch", leave=False)
     was_training = encoder.training
     encoder.eval()
     with torch.no_grad():
@@ -153,6 +221,5 @@ def _compute(
             x = encoder_input(encoder, batch["inputs"][name], device)
             features = encoder(x).float().cpu()  # b×D
             for row, feature in zip(batch["rows"].tolist(), features):
-                cache.put(keys[row], feature)
-                out[row] = feature
+                keep(row, feature)
     encoder.train(was_training)

@@ -162,7 +162,8 @@ def _is_fast(entry: dict) -> bool:
 
 def _pretrained(modality: str, preset: str, epochs: int) -> dict:
     encoder, options, _, _ = PRETRAINED_ENCODERS[modality]
-    entry = {"encoder": encoder, "options": dict(options), "mode": "freeze"}
+    # Standardised features: unscaled ones make over-confident heads (`model.scaler`).
+    entry = {"encoder": encoder, "options": dict(options), "mode": "freeze", "standardize": True}
     if preset == "best":
         # Fine-tune after the warm-up; a run too short for one would never fine-tune at all.
         entry["mode"] = "finetune"

@@ -44,6 +44,9 @@ class LoopState:
     epoch_rows: int = 0
     # Batches in a row skipped for a non-finite loss or gradient (max_nonfinite_batches).
     nonfinite_streak: int = 0
+    # The best epoch's val_loss: among epochs tied on the monitored metric (accuracy on a small
+    # validation split ties often), the one with the lower loss is better.
+    best_loss: float | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -74,9 +77,13 @@ class LoopState:
                 f"monitor={monitor!r} is not among the epoch metrics "
                 f"{sorted(k for k in record if isinstance(record[k], float))}; set monitor to one"
             )
+        loss = record.get("val_loss") if monitor != "val_loss" else None
         better = self.best is None or (value < self.best if mode == "min" else value > self.best)
+        if not better and value == self.best and loss is not None:
+            better = self.best_loss is None or loss < self.best_loss
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
+            self.best_loss = loss
         else:
             self.bad_epochs += 1
         return better

@@ -42,7 +42,7 @@ from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train._ckpt_io import no_space_is_an_error
 from mmfuse.train.batches import FitBatches, batches_per_epoch, epoch_order
-from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs
+from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs, fit_scalers
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.decoded_cache import attach_decoded_stores
@@ -150,6 +150,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         started = time.perf_counter()
         self.prepare_cache(train, val)
+        # Before a resume loads the checkpoint's own (equal) statistics over these.
+        fit_scalers(self.model, train, cfg, self.device)
         self.cache_time = time.perf_counter() - started
         on_cpu = self.device.type == "cpu"
         workers = resolve_workers(cfg.workers, len(train), trains_on_cpu=on_cpu)
