@@ -156,17 +156,22 @@ def test_encoder_choices_by_input_and_modality_every_input_frozen(tmp_path):
     assert {c.mode for c in configs.values()} == {"freeze"}
 
 
-def test_the_preset_image_grid_is_left_to_classifiers(tmp_path):
+def test_the_preset_image_grid_and_audio_stats_are_left_to_classifiers(tmp_path):
     from mmfuse.anomaly.features import input_configs
     from mmfuse.data.manifest import read_manifest
     from mmfuse.train.presets import resolve_preset
 
-    frame = pd.DataFrame({"photo": ["a.png", "b.png"]})
+    frame = pd.DataFrame({"photo": ["a.png", "b.png"], "mic": ["a.wav", "b.wav"]})
     manifest = read_manifest(frame, root=tmp_path)
-    medium = resolve_preset("medium", ["image"], lr=1e-3, epochs=None, installed=lambda m: True)
-    assert medium.encoders["image"]["options"]["grid"] == 3  # what a classifier gets
-    preset = input_configs(manifest, None, preset="medium")["photo"]
-    assert preset.options == {"features": "stages"}
+    medium = resolve_preset(
+        "medium", ["image", "audio"], lr=1e-3, epochs=None, installed=lambda m: True
+    )
+    # What a classifier gets:
+    assert medium.encoders["image"]["options"]["grid"] == 3
+    assert medium.encoders["audio"]["options"]["stats"] is True
+    configs = input_configs(manifest, None, preset="medium")
+    assert configs["photo"].options == {"features": "stages"}
+    assert configs["mic"].options == {}
     # A grid the caller asks for is kept.
     asked = {
         "image": {"encoder": "efficientnet-lite-tiny", "options": {"grid": 2, "features": "stages"}}

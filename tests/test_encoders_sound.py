@@ -137,6 +137,25 @@ def test_tiny_variant_shapes_backward_and_padding():
         assert torch.isfinite(encoder(torch.zeros(1, 100))).all()  # silence, shorter than a frame
 
 
+def test_stats_append_each_mel_bands_mean_and_deviation_over_the_sounding_frames():
+    torch.manual_seed(0)
+    plain = build("audio", "sound-cnn-tiny", width=4, duration=2.0).eval()
+    encoder = build("audio", "sound-cnn-tiny", width=4, duration=2.0, stats=True).eval()
+    encoder.load_state_dict(plain.state_dict())  # the same CNN, statistics on top
+    assert encoder.output_dim == 32 + 2 * 96
+    n = 2 * 44100
+    x = torch.randn(2, n) * 0.1
+    x[1, n // 2 :] = 0  # the second clip is half as long, then padding
+    with torch.no_grad():
+        out, tokens = encoder(x), encoder.forward_tokens(x)
+        torch.testing.assert_close(out[:, :32], plain(x))
+        torch.testing.assert_close(tokens.mean(dim=1), out)  # tokens average to the vector
+        for row, length in ((0, n), (1, n // 2)):
+            spec = log_mel_frames(x[row : row + 1, :length])[0].double().numpy() / SPEC_MAX
+            expected = np.concatenate([spec.mean(0), spec.std(0)])
+            np.testing.assert_allclose(out[row, 32:].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
 def test_registered_with_a_pretrained_option():
     assert {"sound-cnn", "sound-cnn-tiny"} <= set(available()["audio"])
     config = build("audio", "sound-cnn", pretrained=False, duration=2.0).config()
@@ -145,6 +164,7 @@ def test_registered_with_a_pretrained_option():
         "name": "sound-cnn",
         "pretrained": False,
         "duration": 2.0,
+        "stats": False,
     }
 
 
@@ -170,11 +190,17 @@ def test_checkpoint_needs_the_allow_list_and_holds_the_network():
     assert sum(v.numel() for v in weights.values() if v.is_floating_point()) == 4_689_984
 
 
-def test_exports_to_onnx_with_a_free_batch_size(encoder, waves, tmp_path):
+@pytest.mark.parametrize("stats", [False, True])
+def test_exports_to_onnx_with_a_free_batch_size(encoder, waves, tmp_path, stats):
     """The exporter has no FFT and only a static Unfold: under export the front end cuts
     frames by a gather and takes |rfft|² as two matmuls. The graph, made at batch 2, runs any
-    batch and gives the eager embeddings."""
+    batch and gives the eager embeddings (with the mel statistics too)."""
     import onnxruntime as ort
+
+    if stats:
+        plain = encoder
+        encoder = build("audio", "sound-cnn", pretrained=False, stats=True).eval()
+        encoder.load_state_dict(plain.state_dict())
 
     n = round(encoder.input_spec.duration * 44100)
     batch = torch.zeros(3, n)

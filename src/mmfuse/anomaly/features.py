@@ -67,9 +67,11 @@ def input_configs(
         fields = {"encoder": choice} if isinstance(choice, str) else dict(choice or {})
         if "encoder" not in fields:
             preset = copy.deepcopy(resolved.encoders[modality])
-            # The preset's image grid tells classes apart by where strokes are; the scorers'
-            # Gaussian grows with the square of the width, and docs/anomaly.md measured means.
-            preset.get("options", {}).pop("grid", None)
+            # The preset's image grid tells classes apart by where strokes are, its audio
+            # statistics tell voices apart; the scorers' Gaussian grows with the square of the
+            # width, and docs/anomaly.md measured the plain embeddings.
+            for option in ("grid", "stats"):
+                preset.get("options", {}).pop(option, None)
             fields = {**preset, **fields}
         fields.pop("finetune_after", None)
         fields["mode"] = "freeze"

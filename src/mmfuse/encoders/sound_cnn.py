@@ -72,7 +72,7 @@ class SoundCNN(Encoder):
 
     modality = "audio"
 
-    def __init__(self, width: int = 64, duration: float = 5.0):
+    def __init__(self, width: int = 64, duration: float = 5.0, stats: bool = False):
         super().__init__()
         # The transform hands over the waveform; the other fields describe the front end that
         # runs in forward, for whoever reads a saved config.
@@ -87,14 +87,26 @@ class SoundCNN(Encoder):
             top_db=None,
         )
         self.net = SfxNet(width)
-        self.output_dim = self.net.output_dim
+        # `stats`: beside the CNN's embedding, each mel band's mean and standard deviation over
+        # the clip. A network trained on sound effects keeps what tells a door from a bell and
+        # drops what tells one voice from another (its spectral envelope), which those
+        # statistics keep: they are what MFCC-statistics baselines classify voices with.
+        self.stats = stats
+        self.output_dim = self.net.output_dim + (2 * N_MELS if stats else 0)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, ("B", "N"), "audio encoder 'sound-cnn' (44.1 kHz waveform)")
-        blocks = spectrogram_blocks(log_mel_frames(x) / SPEC_MAX)  # B×K×100×96
+        spec = log_mel_frames(x) / SPEC_MAX  # B×T×96
+        blocks = spectrogram_blocks(spec)  # B×K×100×96
         # -1 for B: a traced (ONNX) graph keeps the batch size free.
         k = blocks.shape[1]
-        return self.net(blocks.flatten(0, 1)).view(-1, k, self.output_dim)  # B×K×D
+        tokens = self.net(blocks.flatten(0, 1)).view(-1, k, self.net.output_dim)  # B×K×C
+        if not self.stats:
+            return tokens
+        # Every block carries the clip's statistics, so tokens keep the vector's width and
+        # their mean is the vector.
+        summary = mel_statistics(spec, content_frames(x))  # B×192
+        return torch.cat([tokens, summary[:, None].expand(-1, k, -1)], dim=-1)  # B×K×D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.forward_tokens(x)  # B×K×D
@@ -106,6 +118,17 @@ class SoundCNN(Encoder):
         keep = torch.arange(tokens.shape[1], device=x.device) < used[:, None]  # B×K
         keep = keep.unsqueeze(-1).to(tokens.dtype)
         return (tokens * keep).sum(dim=1) / keep.sum(dim=1)  # B×D
+
+
+def mel_statistics(spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """`B×T×M` log-mel → `B×2M`: each band's mean, then its standard deviation, over the
+    first `frames[b]` frames of clip b (the frames its audio spans, not the loader's padding)."""
+    valid = torch.arange(spec.shape[1], device=spec.device) < frames[:, None]  # B×T
+    weight = valid.to(spec.dtype).unsqueeze(-1)  # B×T×1
+    count = weight.sum(dim=1).clamp_min(1.0)  # B×1
+    mean = (spec * weight).sum(dim=1) / count  # B×M
+    var = ((spec - mean[:, None]).square() * weight).sum(dim=1) / count
+    return torch.cat([mean, var.sqrt()], dim=-1)
 
 
 def spectrogram_blocks(spec: torch.Tensor) -> torch.Tensor:
@@ -184,16 +207,17 @@ def load_aisfx_weights(path: str | Path | None = None) -> dict[str, torch.Tensor
 
 
 @register("audio", "sound-cnn")
-def sound_cnn(pretrained: bool = True, duration: float = 5.0) -> SoundCNN:
-    """The aiSFX CNN, 512-d; `pretrained=False` leaves it random (a saved model's weights
-    replace them anyway, so loading one does not need the aisfx package)."""
-    encoder = SoundCNN(width=64, duration=duration)
+def sound_cnn(pretrained: bool = True, duration: float = 5.0, stats: bool = False) -> SoundCNN:
+    """The aiSFX CNN, 512-d (704 with `stats`: the 96 mel bands' means and deviations);
+    `pretrained=False` leaves it random (a saved model's weights replace them anyway, so
+    loading one does not need the aisfx package)."""
+    encoder = SoundCNN(width=64, duration=duration, stats=stats)
     if pretrained:
         encoder.net.load_state_dict(load_aisfx_weights(), strict=True)
     return encoder
 
 
 @register("audio", "sound-cnn-tiny")
-def sound_cnn_tiny(width: int = 4, duration: float = 5.0) -> SoundCNN:
+def sound_cnn_tiny(width: int = 4, duration: float = 5.0, stats: bool = False) -> SoundCNN:
     """The same network and front end with few channels and random weights, for tests."""
-    return SoundCNN(width=width, duration=duration)
+    return SoundCNN(width=width, duration=duration, stats=stats)

