@@ -156,6 +156,15 @@ def test_stats_append_each_mel_bands_mean_and_deviation_over_the_sounding_frames
             np.testing.assert_allclose(out[row, 32:].numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_stats_of_silence_have_finite_gradients():
+    encoder = build("audio", "sound-cnn-tiny", width=4, duration=0.5, stats=True)
+    x = torch.zeros(2, 22050)
+    x[0] = torch.randn(22050) * 0.1
+    x.requires_grad_(True)
+    encoder(x).sum().backward()  # FGSM takes this gradient's sign
+    assert torch.isfinite(x.grad).all()
+
+
 def test_registered_with_a_pretrained_option():
     assert {"sound-cnn", "sound-cnn-tiny"} <= set(available()["audio"])
     config = build("audio", "sound-cnn", pretrained=False, duration=2.0).config()

@@ -54,14 +54,33 @@ def _frozen_config(manifest, standardize: bool):
     return tiny_model_config(manifest.classes, inputs=("image", "text"), modes={"image": mode})
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_trainer_fits_the_scaler_on_the_training_rows(tmp_path, cache):
+def expected_scale(feats: torch.Tensor) -> torch.Tensor:
+    std = feats.std(0, unbiased=False)
+    varies = std > 1e-6
+    floor = 0.01 * std[varies].median()
+    return torch.where(varies, std.clamp_min(floor), 1.0)
+
+
+# How the image input trains: frozen with or without the cache; fine-tuned after a frozen
+# epoch (the `best` preset), whose statistics come from the cache filled for them.
+TRAINING = {
+    "frozen, cached": ({"mode": "freeze"}, True),
+    "frozen, not cached": ({"mode": "freeze"}, False),
+    "fine-tuned later": ({"mode": "finetune", "finetune_after": 1}, True),
+}
+
+
+@pytest.mark.parametrize("training", TRAINING)
+def test_trainer_fits_the_scaler_on_the_training_rows(tmp_path, training):
+    fields, cache = TRAINING[training]
     manifest = make_data(tmp_path / "data", 3, modalities=("image", "text"))
-    config = _frozen_config(manifest, standardize=True)
+    mode = {**fields, "standardize": True}
+    config = tiny_model_config(manifest.classes, inputs=("image", "text"), modes={"image": mode})
     model = build_model(config)
     train = make_dataset(manifest, config, model, train=True)
     cfg = quick_config(epochs=1, cache_dir=str(tmp_path / "cache"), cache_features=cache)
     Trainer(model, cfg, tmp_path / "run", model_config=config).fit(train)
+    assert bool(list((tmp_path / "cache" / "features").rglob("*.npy"))) == cache
     # The frozen encoder's own eval-mode features of every training row.
     plain = make_dataset(manifest, config, model, train=False)
     encoder = model.encoders["image"].eval()
@@ -69,11 +88,35 @@ def test_trainer_fits_the_scaler_on_the_training_rows(tmp_path, cache):
         feats = torch.cat([encoder(plain[i]["inputs"]["image"][None]) for i in range(len(plain))])
     scaler = model.scalers["image"]
     torch.testing.assert_close(scaler.mean, feats.mean(0), atol=1e-5, rtol=1e-4)
-    std = feats.std(0, unbiased=False)
-    torch.testing.assert_close(
-        scaler.scale, torch.where(std > 1e-6, std, 1.0), atol=1e-5, rtol=1e-4
-    )
+    torch.testing.assert_close(scaler.scale, expected_scale(feats), atol=1e-5, rtol=1e-4)
     assert "text" not in model.scalers
+
+
+def test_a_fitted_scaler_keeps_its_statistics_when_the_model_trains_again(tmp_path):
+    manifest = make_data(tmp_path / "data", 2, modalities=("image", "text"))
+    config = _frozen_config(manifest, standardize=True)
+    model = build_model(config)
+    scaler = model.scalers["image"]
+    assert not scaler.fitted
+    scaler.fit(torch.randn(10, scaler.mean.numel()) * 3 + 1)
+    assert scaler.fitted
+    kept = scaler.mean.clone(), scaler.scale.clone()
+    train = make_dataset(manifest, config, model, train=True)
+    cfg = quick_config(epochs=1, cache_dir=str(tmp_path / "cache"))
+    Trainer(model, cfg, tmp_path / "run", model_config=config).fit(train)
+    assert torch.equal(scaler.mean, kept[0]) and torch.equal(scaler.scale, kept[1])
+
+
+def test_barely_varying_features_are_not_blown_up_and_bf16_is_scaled_in_float():
+    x = torch.randn(1000, 4)
+    x[:, 3] = 0.0
+    x[0, 3] = 1e-3  # a unit active on one row in a thousand: deviation ~3e-5
+    scaler = FeatureScaler(4).fit(x)
+    varying = x.std(0, unbiased=False)  # every column varies, the last barely
+    assert scaler.scale[3] == pytest.approx(0.01 * float(varying.median()), rel=1e-4)
+    assert scaler(x).abs().max() < 10
+    out = scaler(torch.full((2, 4), 20.0, dtype=torch.bfloat16))
+    assert out.dtype == torch.float32
 
 
 def test_scaled_model_saves_and_loads_its_statistics(tmp_path):
@@ -123,3 +166,28 @@ def test_best_epoch_ties_on_accuracy_go_to_the_lower_validation_loss():
     # Monitoring the loss itself: plain comparison.
     state = LoopState()
     assert [state.update_best(r, "val_loss", "min") for r in records] == [True, True, False, True]
+    # A best epoch whose loss was NaN loses a tie to a finite loss.
+    state = LoopState()
+    nan = {"epoch": 0, "val_accuracy": 0.9, "val_loss": float("nan")}
+    assert state.update_best(nan, "val_accuracy", "max")
+    assert state.update_best(records[0], "val_accuracy", "max") and state.best_epoch == 0
+    assert state.best_loss == 0.5
+
+
+def test_mixup_mixes_an_absent_standardised_input_as_its_mean(tmp_path):
+    """A cached row without the input is zeros; mixed raw with a present row and standardised,
+    it would land (λa − μ)/σ, far out. Set to the mean first, it lands λ(a − μ)/σ."""
+    from mmfuse.train.step import _absent_as_mean
+
+    manifest = make_data(tmp_path / "data", 2, modalities=("image", "text"))
+    model = build_model(_frozen_config(manifest, standardize=True))
+    d = model.encoders["image"].output_dim
+    scaler = model.scalers["image"].fit(torch.randn(20, d) + 20.0)
+    feats = torch.cat([torch.randn(1, d) + 20.0, torch.zeros(1, d)])
+    mask = torch.tensor([[True, True], [False, True]])
+    filled = _absent_as_mean(model, "image", feats, mask)
+    assert torch.equal(filled[0], feats[0]) and torch.equal(filled[1], scaler.mean)
+    lam = 0.3
+    mixed = lam * filled[0] + (1 - lam) * filled[1]
+    torch.testing.assert_close(scaler(mixed[None])[0], lam * scaler(feats[:1])[0])
+    assert torch.equal(_absent_as_mean(model, "text", feats, mask), feats)  # not scaled

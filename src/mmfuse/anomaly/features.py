@@ -72,6 +72,7 @@ def input_configs(
             # width, and docs/anomaly.md measured the plain embeddings.
             for option in ("grid", "stats"):
                 preset.get("options", {}).pop(option, None)
+            preset.pop("standardize", None)  # acts before a classifier's fusion: none here
             fields = {**preset, **fields}
         fields.pop("finetune_after", None)
         fields["mode"] = "freeze"

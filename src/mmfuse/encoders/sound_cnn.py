@@ -128,7 +128,8 @@ def mel_statistics(spec: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     count = weight.sum(dim=1).clamp_min(1.0)  # B×1
     mean = (spec * weight).sum(dim=1) / count  # B×M
     var = ((spec - mean[:, None]).square() * weight).sum(dim=1) / count
-    return torch.cat([mean, var.sqrt()], dim=-1)
+    # Clamped: a silent clip's bands have variance 0, where sqrt's gradient is infinite.
+    return torch.cat([mean, var.clamp_min(1e-12).sqrt()], dim=-1)
 
 
 def spectrogram_blocks(spec: torch.Tensor) -> torch.Tensor:

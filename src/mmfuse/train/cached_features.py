@@ -146,17 +146,36 @@ def fit_scalers(
     device: torch.device,
 ) -> None:
     """Set each of `model.scalers` from its input's features on the training rows that have
-    it: the attached cached features where there are some, else one pass of the encoder in
-    eval mode (a `best` fit's encoders are still frozen then: they fine-tune later)."""
+    it: the attached cached features, else the cache filled now (a `best` fit's encoders are
+    still the pretrained ones: they fine-tune later), else one pass of the encoder.
+
+    A scaler already fitted (a saved model fine-tuned again, as pruning does) keeps the
+    statistics its heads were trained with; a token fusion never reads the scaled vectors."""
+    if getattr(model.fusion, "uses_tokens", False):
+        return
     for name, scaler in model.scalers.items():
-        cells = dataset.cells[name]
-        if name in dataset.features:
-            bad = dataset.feature_errors.get(name, {})
-            rows = [r for r, v in enumerate(cells) if v is not None and r not in bad]
-            scaler.fit(dataset.features[name][rows])
+        if scaler.fitted:
             continue
-        rows = [r for r, v in enumerate(cells) if v is not None]
-        scaler.fit(_features_of(dataset, name, model.encoders[name], rows, config, device))
+        cells = dataset.cells[name]
+        if name not in dataset.features and config.cache_features:
+            feats, errors = fill_feature_cache(
+                dataset,
+                name,
+                model.encoders[name],
+                cache_dir=config.cache_dir,
+                batch_size=config.batch_size,
+                workers=config.workers,
+                device=device,
+                progress=config.progress,
+            )
+        elif name in dataset.features:
+            feats, errors = dataset.features[name], dataset.feature_errors.get(name, {})
+        else:
+            rows = [r for r, v in enumerate(cells) if v is not None]
+            scaler.fit(_features_of(dataset, name, model.encoders[name], rows, config, device))
+            continue
+        rows = [r for r, v in enumerate(cells) if v is not None and r not in errors]
+        scaler.fit(feats[rows])
 
 
 def _features_of(dataset, name, encoder, rows, config, device) -> torch.Tensor:

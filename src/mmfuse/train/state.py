@@ -7,6 +7,7 @@ fields of `LoopState`, in their order), so any checkpoint reader can still see w
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -80,7 +81,9 @@ class LoopState:
         loss = record.get("val_loss") if monitor != "val_loss" else None
         better = self.best is None or (value < self.best if mode == "min" else value > self.best)
         if not better and value == self.best and loss is not None:
-            better = self.best_loss is None or loss < self.best_loss
+            # A best epoch whose loss was not finite loses the tie to one whose loss is.
+            held = self.best_loss
+            better = held is None or not math.isfinite(held) or loss < held
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, record["epoch"], 0
             self.best_loss = loss

@@ -214,10 +214,23 @@ def _mixup_loss(ctx: StepContext, inputs, features, mask, labels) -> Tensor:
     perm, lam = mixup_pairs(len(mask), ctx.config.mixup_alpha, ctx.rng)
     perm = perm.to(ctx.device)
     inputs = {n: mix(x, perm, lam) if _is_float(x) else x for n, x in inputs.items()}
-    features = {n: mix(x, perm, lam) for n, x in features.items()}
+    features = {
+        n: mix(_absent_as_mean(ctx.model, n, x, mask), perm, lam) for n, x in features.items()
+    }
     mask = mask | mask[perm]
     loss, _ = mixup_loss(_loss_fn(ctx, inputs, features, mask), labels, perm, lam)
     return loss
+
+
+def _absent_as_mean(model: MultimodalModel, name: str, x: Tensor, mask: Tensor) -> Tensor:
+    """Cached features of a standardised input with its absent rows (zeros) set to the
+    training mean, which standardises to 0: a row mixed with an absent one then lands between
+    the row and 0 after scaling, as unscaled inputs do, not tens of deviations away."""
+    if name not in model.scalers:
+        return x
+    scaler = model.scalers[name]
+    present = mask[:, model.names.index(name)][:, None]  # B×1
+    return torch.where(present, x, scaler.mean.to(x.dtype))
 
 
 def _clean_loss(ctx: StepContext, inputs, features, mask, labels) -> Tensor:
