@@ -67,21 +67,26 @@ def attach_cached_features(
         if names and not dist.is_main:
             distributed.barrier(dist)
         for name in names:
-            feats, errors = fill_feature_cache(
-                dataset,
-                name,
-                model.encoders[name],
-                cache_dir=config.cache_dir,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                device=device,
-                progress=config.progress,
-            )
+            feats, errors = _fill(dataset, name, model, config, device)
             dataset.features[name] = feats
             dataset.feature_errors[name] = errors
             dataset.placeholders[name] = torch.zeros(feats.shape[1])
         if names and dist.is_main:
             distributed.barrier(dist)
+
+
+def _fill(dataset, name, model, config, device) -> tuple[torch.Tensor, dict[int, Skipped]]:
+    """`fill_feature_cache` for input `name` of `model`, with the fit's settings."""
+    return fill_feature_cache(
+        dataset,
+        name,
+        model.encoders[name],
+        cache_dir=config.cache_dir,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        device=device,
+        progress=config.progress,
+    )
 
 
 def fill_feature_cache(
@@ -158,16 +163,7 @@ def fit_scalers(
             continue
         cells = dataset.cells[name]
         if name not in dataset.features and config.cache_features:
-            feats, errors = fill_feature_cache(
-                dataset,
-                name,
-                model.encoders[name],
-                cache_dir=config.cache_dir,
-                batch_size=config.batch_size,
-                workers=config.workers,
-                device=device,
-                progress=config.progress,
-            )
+            feats, errors = _fill(dataset, name, model, config, device)
         elif name in dataset.features:
             feats, errors = dataset.features[name], dataset.feature_errors.get(name, {})
         else:
