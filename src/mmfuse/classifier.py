@@ -284,8 +284,9 @@ class MultimodalClassifier(BaseEstimator):
 
     def embed(self, X, level: str = "fused") -> pd.DataFrame:
         """One row per sample of `X`: the fused vector the heads take (`level="fused"`,
-        columns `fused_<i>`) or each input's vector (`"inputs"`: `<input>_<i>`, zeros where the
-        input is absent, and `<input>_present`). NaN rows could not be read."""
+        columns `fused_<i>`) or each input's vector (`"inputs"`: `<input>_<i>` as its encoder
+        gives it, before any standardisation, zeros where the input is absent, and
+        `<input>_present`). NaN rows could not be read."""
         self._check_fitted()
         dataset = self._dataset(X)
         opt = self._predict_options()
