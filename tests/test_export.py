@@ -274,3 +274,22 @@ def test_efficientnet_stage_and_grid_features_export(trained, tmp_path, grid):
     frame = pd.read_csv(root / "data" / "manifest.csv").head(3)
     samples = [{"image": str(root / "data" / image)} for image in frame["image"]]
     assert onnx_matches_torch(tmp_path / "model", exported["path"], samples) < 1e-4
+
+
+def test_standardised_inputs_export_with_their_statistics(trained):
+    """A frozen input standardised by training statistics (the pretrained presets'): the
+    statistics are buffers, so the graph carries them, and absent rows stay absent."""
+    from train_helpers import SMALL_ENCODERS
+
+    root, _ = trained
+    image = {**SMALL_ENCODERS["image"], "mode": "freeze", "standardize": True}
+    clf = tiny_classifier(
+        root / "run-scaled", encoders={**SMALL_ENCODERS, "image": image}, epochs=1,
+        lr=1e-2, fusion_dim=32,
+    )  # fmt: skip
+    clf.fit(root / "data" / "manifest.csv")
+    model_dir = clf.save(root / "model-scaled")
+    model, _, _ = load_model(model_dir)
+    assert model.scalers["image"].fitted
+    summary = export_onnx(model_dir, root / "scaled.onnx")
+    assert onnx_matches_torch(model_dir, summary["path"], real_samples(root, 5)) < 1e-4
