@@ -191,3 +191,19 @@ def test_mixup_mixes_an_absent_standardised_input_as_its_mean(tmp_path):
     mixed = lam * filled[0] + (1 - lam) * filled[1]
     torch.testing.assert_close(scaler(mixed[None])[0], lam * scaler(feats[:1])[0])
     assert torch.equal(_absent_as_mean(model, "text", feats, mask), feats)  # not scaled
+
+
+def test_token_fusions_get_no_scalers(tmp_path):
+    """A token fusion reads the encoders' token sequences, not the vectors scalers act on."""
+    from mmfuse.model import FusionConfig
+
+    manifest = make_data(tmp_path / "data", 2, modalities=("image", "text"))
+    mode = {"mode": "freeze", "standardize": True}
+    config = tiny_model_config(
+        manifest.classes,
+        inputs=("image", "text"),
+        modes={"image": mode},
+        fusion=FusionConfig("transformer", 32),
+    )
+    assert len(build_model(config).scalers) == 0
+    assert "image" in build_model(_frozen_config(manifest, standardize=True)).scalers

@@ -86,10 +86,13 @@ class MultimodalModel(nn.Module):
                 if decision
                 else ClassifierHead(out_dim, len(h.classes), h.dropout, h.hidden)
             )
+        # A token fusion reads the encoders' token sequences, never the vectors a scaler
+        # acts on, so it gets none.
+        by_tokens = fusion_registry.FUSIONS.get(fusion.name).uses_tokens
         scalers = {
             name: FeatureScaler(encoders[name].output_dim)
             for name, spec in config.inputs.items()
-            if spec.standardize
+            if spec.standardize and not by_tokens
         }
         model = cls(encoders, fuser, heads, scalers)
         for name, spec in config.inputs.items():
@@ -185,17 +188,14 @@ class MultimodalModel(nn.Module):
         if tokens:
             kwargs = {"tokens": tokens, "token_mask": token_mask}
         if len(self.scalers):
-            feats = self.standardize(feats, mask, skip=tokens or {})
+            feats = self.standardize(feats, mask)
         return self.fusion(feats, mask, return_weights=return_weights, **kwargs)
 
-    def standardize(self, feats: Mapping[str, Tensor], mask: Tensor, skip=()) -> dict[str, Tensor]:
-        """`feats` with each scaled input's B×D vectors standardised (absent rows stay 0).
-        Inputs in `skip` (those given as tokens: their vector is a placeholder) are left as
-        they are; token fusions normalise their own token inputs."""
+    def standardize(self, feats: Mapping[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """`feats` with each scaled input's B×D vectors standardised (absent rows stay 0)."""
         out = dict(feats)
         for name, scaler in self.scalers.items():
-            if name not in skip:
-                out[name] = scaler(feats[name], mask[:, self.names.index(name)])
+            out[name] = scaler(feats[name], mask[:, self.names.index(name)])
         return out
 
     def forward(

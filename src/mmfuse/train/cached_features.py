@@ -151,48 +151,42 @@ def fit_scalers(
     device: torch.device,
 ) -> None:
     """Set each of `model.scalers` from its input's features on the training rows that have
-    it: the attached cached features, else the cache filled now (a `best` fit's encoders are
-    still the pretrained ones: they fine-tune later), else one pass of the encoder.
-
-    A scaler already fitted (a saved model fine-tuned again, as pruning does) keeps the
-    statistics its heads were trained with; a token fusion never reads the scaled vectors."""
-    if getattr(model.fusion, "uses_tokens", False):
-        return
+    it. A scaler already fitted (a saved model fine-tuned again, as pruning does) keeps the
+    statistics its heads were trained with."""
     for name, scaler in model.scalers.items():
         if scaler.fitted:
             continue
+        feats, errors = _training_features(dataset, name, model, config, device)
         cells = dataset.cells[name]
-        if name not in dataset.features and config.cache_features:
-            feats, errors = _fill(dataset, name, model, config, device)
-        elif name in dataset.features:
-            feats, errors = dataset.features[name], dataset.feature_errors.get(name, {})
-        else:
-            rows = [r for r, v in enumerate(cells) if v is not None]
-            scaler.fit(_features_of(dataset, name, model.encoders[name], rows, config, device))
-            continue
         rows = [r for r, v in enumerate(cells) if v is not None and r not in errors]
         scaler.fit(feats[rows])
 
 
-def _features_of(dataset, name, encoder, rows, config, device) -> torch.Tensor:
-    """n×D: the features of those of `rows` that load, computed without the cache."""
-    feats: dict[int, torch.Tensor] = {}
+def _training_features(dataset, name, model, config, device):
+    """`(N×D features, {row: Skipped})` of input `name`: the attached cached features, else
+    the cache filled now (a `best` fit's encoders are still the pretrained ones: they
+    fine-tune later), else one pass of the encoder."""
+    if name in dataset.features:
+        return dataset.features[name], dataset.feature_errors.get(name, {})
+    if config.cache_features:
+        return _fill(dataset, name, model, config, device)
+    encoder = model.encoders[name]
+    out = torch.zeros(len(dataset), encoder.output_dim)
+    errors: dict[int, Skipped] = {}
     encode_rows(
         dataset,
         name,
         encoder,
-        rows,
-        feats.__setitem__,
-        {},
+        [r for r, v in enumerate(dataset.cells[name]) if v is not None],
+        out.__setitem__,
+        errors,
         batch_size=config.batch_size,
         workers=config.workers,
         device=device,
         progress=config.progress,
         verb="measuring",
     )
-    if not feats:
-        return torch.zeros(0, encoder.output_dim)
-    return torch.stack([feats[r] for r in sorted(feats)])
+    return out, errors
 
 
 def encode_rows(
