@@ -22,9 +22,9 @@ every encoder frozen, as with `medium`, enough for 500 optimiser steps, 40 to 20
 10).
 
 Accuracy and log loss (the mean negative log-probability of the true class: how much the
-probabilities can be trusted) are on the test split; "train s" is the wall time of fitting (feature extraction and,
-for mmfuse, feature caching included). The load average is printed at start and end: on a
-shared machine a high one inflates the times, not the accuracies.
+probabilities can be trusted) are on the test split; "train s" is the wall time of fitting
+(feature extraction and, for mmfuse, feature caching included). The load average is printed
+at start and end: on a shared machine a high one inflates the times, not the accuracies.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, log_loss
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -92,12 +93,11 @@ def baseline(paths: dict[str, Path], column: str) -> dict:
 
 def scores(proba: np.ndarray, classes: list[str], truth: np.ndarray) -> dict:
     """Accuracy and log loss of N×C probabilities (columns in `classes` order)."""
-    index = {c: i for i, c in enumerate(classes)}
-    true = np.array([index.get(t, -1) for t in truth])
-    p_true = np.where(true >= 0, proba[np.arange(len(true)), np.maximum(true, 0)], 0.0)
-    accuracy = float(np.mean(np.asarray(classes)[proba.argmax(1)] == truth))
-    log_loss = float(-np.mean(np.log(np.clip(p_true, 1e-15, 1.0)))) + 0.0  # no "-0.000"
-    return {"accuracy": accuracy, "log_loss": log_loss}
+    predicted = np.asarray(classes)[proba.argmax(1)]
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "log_loss": float(log_loss(truth, proba, labels=classes)),
+    }
 
 
 # ------------------------------------------------------------------------------- mmfuse
