@@ -57,7 +57,7 @@ def splits(name: str, args) -> tuple[dict, dict | None]:
         return ensure_avdigits(samples=args.samples, seed=0), encoders
     from mmfuse.data.real import ensure_real_task
 
-    return ensure_real_task(name, size=args.size), None
+    return ensure_real_task(name, size=args.size, seed=args.draw), None
 
 
 def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
@@ -270,6 +270,7 @@ def main() -> int:
     )
     p.add_argument("--samples", type=int, default=1500, help="avdigits size")
     p.add_argument("--size", default="small", help="real task size: small or large")
+    p.add_argument("--draw", type=int, default=0, help="real task: which draw of its rows (seed)")
     p.add_argument("--preset", default="medium", help="real tasks' encoders (fast, medium, best)")
     p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
     p.add_argument("--seeds", type=int, default=1, help="members per fusion method (seeds)")
