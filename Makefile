@@ -24,7 +24,8 @@ setup:
 test:
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
-	bash scripts/pytest.sh -m "not slow"
+	# One worker per core, each file's tests in one worker (their module fixtures are built once).
+	bash scripts/pytest.sh -m "not slow" -n auto --dist loadfile
 
 test-slow:
 	bash scripts/pytest.sh -m slow
