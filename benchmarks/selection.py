@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/ensemble.py --data digits,scenes --preset medium --dump runs/
     .venv/bin/python benchmarks/selection.py runs/*.npz
+    .venv/bin/python benchmarks/selection.py --summary runs/draw*/*.npz   # over draws
+
 
 Each file is `benchmarks/ensemble.py --dump`'s: every member's calibrated probabilities on the
 validation and test splits, and the labels. For each, the members' test scores, then the
@@ -9,11 +11,20 @@ ensemble's with weights from plain greedy selection (Caruana et al. 2004), bagge
 (`train.selection.bagged_weights`, what `train_ensemble` uses) and equal weights; each mix gets
 its own temperature fitted on the validation split, as `train_ensemble` does. No training: the
 weighing alone differs, so the rows compare like with like.
+
+`--summary`: the files grouped by name (one per draw of a task: `runs/draw<S>/<task>.npz`), and
+per task the mean over draws of each way's test accuracy and log loss, and its difference from
+the best member on the test split (chosen after the fact, the issue's comparison) and from the
+member the validation split ranks first (the one a user keeps without an ensemble), with the
+draws won / tied / lost. The ways: bagged selection as `train_ensemble` weighs (its temperature
+fitted on validation), the same weights with the ensemble's own temperature at 1, and equal
+weights both ways.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +70,61 @@ def compare(file: Path) -> None:
         print(row(f"**{name}**", shown, y_test, tempered_mix(weights, val, y_val, test)))
 
 
+def ways_of(file: Path) -> dict[str, tuple[float, float]]:
+    """Test (accuracy, log loss) of each way of mixing the file's members, and of the two
+    single members the ensemble is compared with."""
+    val, y_val, test, y_test = load(file)
+    scored = lambda p: (score("accuracy", y_test, p), score("log_loss", y_test, p))  # noqa: E731
+    members = {m: scored(p) for m, p in test.items()}
+    # Ranked by validation log loss, the ensemble's default monitor (as ensemble.py prints it).
+    first = min(val, key=lambda m: score("log_loss", y_val, val[m]))
+    bagged = bagged_weights({m: {"t": p} for m, p in val.items()}, {"t": y_val}).weights
+    equal = dict.fromkeys(val, 1 / len(val))
+    return {
+        "best member on test": max(members.values(), key=lambda s: (s[0], -s[1])),
+        "member validation ranks first": members[first],
+        "bagged, T on validation": scored(tempered_mix(bagged, val, y_val, test)),
+        "bagged, T = 1": scored(sum(w * test[m] for m, w in bagged.items())),
+        "equal, T on validation": scored(tempered_mix(equal, val, y_val, test)),
+        "equal, T = 1": scored(sum(w * test[m] for m, w in equal.items())),
+    }
+
+
+def summary(files: list[Path]) -> None:
+    by_task = defaultdict(list)
+    for file in files:
+        by_task[file.stem].append(ways_of(file))
+    for task, draws in by_task.items():
+        print(f"\n## {task}: {len(draws)} draws, test split; mean, and difference per draw\n")
+        print("| way | accuracy | log loss | − best member: accuracy, log loss (W/T/L) "
+              "| − validation's first: accuracy, log loss (W/T/L) |")  # fmt: skip
+        print("|---|---:|---:|---|---|")
+        for way in draws[0]:
+            acc, loss = (np.mean([d[way][i] for d in draws]) for i in (0, 1))
+            cells = [_diff(draws, way, ref) for ref in ("best member on test",
+                                                         "member validation ranks first")]  # fmt: skip
+            print(f"| {way} | {acc:.3f} | {loss:.3f} | {cells[0]} | {cells[1]} |")
+
+
+def _diff(draws: list[dict], way: str, ref: str) -> str:
+    """Mean accuracy and log-loss difference from `ref` (standard error), and the draws whose
+    accuracy is higher / equal / lower."""
+    acc = np.array([d[way][0] - d[ref][0] for d in draws])
+    loss = np.array([d[way][1] - d[ref][1] for d in draws])
+    se = lambda x: x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float("nan")  # noqa: E731
+    wtl = f"{(acc > 1e-9).sum()}/{(abs(acc) <= 1e-9).sum()}/{(acc < -1e-9).sum()}"
+    return f"{acc.mean():+.3f} ({se(acc):.3f}), {loss.mean():+.3f} ({se(loss):.3f}) ({wtl})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
-    for file in parser.parse_args().files:
+    parser.add_argument("--summary", action="store_true", help="means over draws, per task")
+    args = parser.parse_args()
+    if args.summary:
+        summary(args.files)
+        return
+    for file in args.files:
         compare(file)
 
 
