@@ -4,7 +4,6 @@
     .venv/bin/python benchmarks/selection.py runs/*.npz
     .venv/bin/python benchmarks/selection.py --summary runs/draw*/*.npz   # over draws
 
-
 Each file is `benchmarks/ensemble.py --dump`'s: every member's calibrated probabilities on the
 validation and test splits, and the labels. For each, the members' test scores, then the
 ensemble's with weights from plain greedy selection (Caruana et al. 2004), bagged selection
@@ -15,9 +14,8 @@ weighing alone differs, so the rows compare like with like.
 `--summary`: the files grouped by name (one per draw of a task: `runs/draw<S>/<task>.npz`), and
 per task the mean over draws of each way's test accuracy and log loss, and its difference from
 the best member on the test split (chosen after the fact, the issue's comparison: the best
-accuracy and the lowest log loss of any member) and from the
-member the validation split ranks first (the one a user keeps without an ensemble), with the
-draws won / tied / lost. The ways: bagged selection as `train_ensemble` weighs (its temperature
+accuracy and the lowest log loss of any member) and from the member with the lowest validation
+log loss (the one a user keeps without an ensemble), with the draws won / tied / lost. The ways: bagged selection as `train_ensemble` weighs (its temperature
 fitted on validation), the same weights with the ensemble's own temperature at 1, and equal
 weights both ways.
 """
