@@ -15,9 +15,9 @@ weighing alone differs, so the rows compare like with like.
 per task the mean over draws of each way's test accuracy and log loss, and its difference from
 the best member on the test split (chosen after the fact, the issue's comparison: the best
 accuracy and the lowest log loss of any member) and from the member with the lowest validation
-log loss (the one a user keeps without an ensemble), with the draws won / tied / lost. The ways: bagged selection as `train_ensemble` weighs (its temperature
-fitted on validation), the same weights with the ensemble's own temperature at 1, and equal
-weights both ways.
+log loss (the one a user keeps without an ensemble), with the draws won / tied / lost. The
+ways: bagged selection as `train_ensemble` weighs (its temperature fitted on validation), the
+same weights with the ensemble's own temperature at 1, and equal weights both ways.
 """
 
 from __future__ import annotations
