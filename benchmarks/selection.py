@@ -41,10 +41,14 @@ def load(file: Path) -> tuple[dict, np.ndarray, dict, np.ndarray]:
     return val, data["val_y"], test, data["test_y"]
 
 
+def mix(weights: dict, probas: dict) -> np.ndarray:
+    """The members' probabilities averaged with `weights`."""
+    return sum(w * probas[m] for m, w in weights.items())
+
+
 def tempered_mix(weights: dict, val: dict, y_val, test: dict) -> np.ndarray:
     """The weighted test mix, divided by the temperature its validation mix is fitted to."""
-    t = fit_temperature(y_val, sum(w * val[m] for m, w in weights.items()))
-    return untempered(sum(w * test[m] for m, w in weights.items()), 1 / t)
+    return untempered(mix(weights, test), 1 / fit_temperature(y_val, mix(weights, val)))
 
 
 def row(name: str, weights: str, y, proba) -> str:
@@ -87,9 +91,9 @@ def ways_of(file: Path) -> dict[str, tuple[float, float]]:
         ),
         "member validation ranks first": members[first],
         "bagged, T on validation": scored(tempered_mix(bagged, val, y_val, test)),
-        "bagged, T = 1": scored(sum(w * test[m] for m, w in bagged.items())),
+        "bagged, T = 1": scored(mix(bagged, test)),
         "equal, T on validation": scored(tempered_mix(equal, val, y_val, test)),
-        "equal, T = 1": scored(sum(w * test[m] for m, w in equal.items())),
+        "equal, T = 1": scored(mix(equal, test)),
     }
 
 

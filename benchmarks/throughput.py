@@ -197,17 +197,17 @@ def main() -> None:
 
 def print_table(out: dict, cases: list[str], settings: list[str]) -> None:
     """Pipeline / ceiling and share per setting; the last setting's pipeline over the first's."""
-    busy = any(v[2] is not None for v in out.values())
-    extra = " | model busy" if busy else ""
+    profiled = any(v[2] is not None for v in out.values())
+    extra = " | model busy" if profiled else ""
     head = " | ".join(f"{s}: pipeline / ceiling | share{extra}" for s in settings)
     print(f"| input | {head} | pipeline {settings[-1]} / {settings[0]} |")
-    print("|---|" + ("---:|---:|---:|" if busy else "---:|---:|") * len(settings) + "---:|")
+    print("|---|" + ("---:|---:|---:|" if profiled else "---:|---:|") * len(settings) + "---:|")
     for case in cases:
         cells = []
         for setting in settings:
-            rate, top, share = out[case, setting]
+            rate, top, busy = out[case, setting]
             cells += [f"{rate:.0f} / {top:.0f}", f"{rate / top:.0%}"]
-            cells += [f"{share:.0%}"] if busy else []
+            cells += [f"{busy:.0%}"] if profiled else []
         speedup = out[case, settings[-1]][0] / out[case, settings[0]][0]
         print(f"| {case} | {' | '.join(cells)} | {speedup:.2f}x |")
     print("(samples/s; share target: >= 90% from epoch 2 on with workers='auto')")
