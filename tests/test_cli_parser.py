@@ -125,6 +125,20 @@ def test_help_does_not_import_the_service_or_onnx():
     assert done.stdout.strip() == "[]"
 
 
+def test_predicting_does_not_import_plots_or_scoring():
+    # Every `mmfuse predict` process (and each worker of a batch prediction) pays for what the
+    # classifier imports; drawing and scoring are loaded only where a report is written.
+    heavy = ("matplotlib", "sklearn.metrics", "mmfuse.anomaly")
+    code = (
+        "import sys\n"
+        "import mmfuse.cli, mmfuse.cli.predict, mmfuse.classifier, mmfuse.infer\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_train_and_evaluate_add_robustness_curves_only_when_asked():
     parser = build_parser()
     for argv in (["train", "train.csv"], ["evaluate", "run", "test.csv"]):

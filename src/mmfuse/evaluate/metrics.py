@@ -33,14 +33,10 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    log_loss,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
+
+# scikit-learn's metrics are imported where they are used: `sklearn.metrics` costs a second or
+# two of every process start (it pulls in the rest of scikit-learn), and the processes that
+# only predict or serve never score anything.
 
 __all__ = ["classification_metrics", "format_table", "multitask_metrics"]
 
@@ -149,6 +145,12 @@ def _unscored(labels: list[str], *, with_proba: bool, top_k: Sequence[int]) -> d
 def _label_scores(y: np.ndarray, p: np.ndarray) -> dict:
     """Accuracy, balanced accuracy and macro/weighted precision, recall and F1 (keys of
     `_SCORE_KEYS`), from the labelled rows' true (`y`) and predicted (`p`) indices."""
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        precision_recall_fscore_support,
+    )
+
     result = {"accuracy": float(accuracy_score(y, p))}
     with warnings.catch_warnings():
         # Predicting a class that never occurs in y_true is normal on small splits; its recall
@@ -165,6 +167,8 @@ def _label_scores(y: np.ndarray, p: np.ndarray) -> dict:
 
 def _class_scores(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict:
     """``per_class`` and ``confusion_matrix``, listing every class, present or not."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     all_classes = list(range(len(labels)))
     prec, rec, f1, support = precision_recall_fscore_support(
         y, p, labels=all_classes, average=None, zero_division=0
@@ -184,6 +188,8 @@ def _class_scores(y: np.ndarray, p: np.ndarray, labels: list[str]) -> dict:
 
 def _proba_scores(y: np.ndarray, scores: np.ndarray, top_k: Sequence[int]) -> dict:
     """``top_k_accuracy`` and ``log_loss`` from the labelled rows' N×C probabilities."""
+    from sklearn.metrics import log_loss, top_k_accuracy_score
+
     n_classes = scores.shape[1]
     all_classes = list(range(n_classes))
     # With two classes scikit-learn wants the positive-class score, not an N×2 matrix.
