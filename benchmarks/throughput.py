@@ -27,6 +27,11 @@ Settings, run in one process and taking turns per input:
 - after-cl: today's defaults with channels-last alone (fp32);
 - after-fp32: today's defaults in fp32 (what "after" is where the device has no bf16 units).
 
+`--width 16` (or 8) gives the image, audio and video encoders narrower convolutions, whose cost
+falls about with the square of the width: on a slow CPU, the model a fast one (or bf16 units)
+would train, against this CPU's data path (docs/throughput.md, "How fast a model does the data
+path keep busy?").
+
 Each fit starts from an empty cache folder. Printed with the load average before and after:
 figures taken on a busy machine say little.
 """
@@ -34,6 +39,7 @@ figures taken on a busy machine say little.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import os
 import statistics
@@ -50,6 +56,7 @@ from mmfuse.data.manifest import read_manifest
 from mmfuse.infer.batch import row_loader
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.optim import optimizer_for, scheduler_for
+from mmfuse.train.presets import FAST_ENCODERS
 from mmfuse.train.run import build_model, dataset_for, model_config_for
 from mmfuse.train.step import StepContext, train_step
 from mmfuse.train.trainer import Trainer
@@ -80,10 +87,17 @@ def case_manifest(columns: list[str], splits: dict, rows: int, tmp: Path):
     return read_manifest(path)
 
 
-def model_config(manifest, setting: str):
+def model_config(manifest, setting: str, width: int | None = None):
+    """The `fast` preset's encoders (`width`: their convolutions' base width instead of 32)."""
     encoders = {}
+    for modality in ("image", "audio", "video") if width else ():
+        name, options = FAST_ENCODERS[modality]
+        options = copy.deepcopy(options)
+        (options["image_options"] if modality == "video" else options)["width"] = width
+        encoders[modality] = {"encoder": name, "options": options}
     if setting == "before" and "video" in manifest.inputs:
-        encoders["video"] = {"encoder": "frames", "options": dict(OLD_VIDEO)}
+        old = {**OLD_VIDEO, "image_options": {**OLD_VIDEO["image_options"], "width": width or 32}}
+        encoders["video"] = {"encoder": "frames", "options": old}
     return model_config_for(manifest, encoders=encoders)
 
 
@@ -103,7 +117,7 @@ def train_config(setting: str, args, cache_dir: Path) -> TrainConfig:
 def pipeline(manifest, setting: str, args, tmp: Path) -> tuple[float, float | None]:
     """Median samples/s of epochs 2+ of a fit, and (`--profile`) the median share of those
     epochs' wall time the model was busy."""
-    config = model_config(manifest, setting)
+    config = model_config(manifest, setting, args.width)
     cfg = train_config(setting, args, tmp / f"cache-{time.monotonic_ns()}")
     cfg = dataclasses.replace(cfg, profile=args.profile)
     model = build_model(config, 0)
@@ -117,7 +131,7 @@ def pipeline(manifest, setting: str, args, tmp: Path) -> tuple[float, float | No
 
 def ceiling(manifest, setting: str, args, tmp: Path) -> float:
     """Samples/s of the training step on one batch held in memory."""
-    config = model_config(manifest, setting)
+    config = model_config(manifest, setting, args.width)
     device = torch.device(args.device)
     # As the trainer does: "auto" precision settled for the device (bf16 + channels-last).
     cfg = train_config(setting, args, tmp / "unused").for_device(device)
@@ -163,6 +177,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="64 rows, 2 epochs, 1 worker")
     parser.add_argument("--profile", action="store_true", help="also the fit's model-busy share")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="the encoders' base width instead of 32: a cheaper model, as a faster CPU or bf16 "
+        "units would make it, to see how fast a model the data path keeps busy",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.epochs, args.steps, args.repeats = 64, 2, 2, 1
@@ -176,7 +197,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"device {args.device}; {args.rows} avdigits rows, batch {args.batch_size}, "
-        f"{args.epochs} epochs; load average before: {_load()}"
+        f"{args.epochs} epochs, encoder width {args.width or 32}; load average before: {_load()}"
     )
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -196,20 +217,25 @@ def main() -> None:
 
 
 def print_table(out: dict, cases: list[str], settings: list[str]) -> None:
-    """Pipeline / ceiling and share per setting; the last setting's pipeline over the first's."""
+    """Pipeline / ceiling and share per setting; with two settings or more, the last setting's
+    pipeline over the first's."""
     profiled = any(v[2] is not None for v in out.values())
     extra = " | model busy" if profiled else ""
     head = " | ".join(f"{s}: pipeline / ceiling | share{extra}" for s in settings)
-    print(f"| input | {head} | pipeline {settings[-1]} / {settings[0]} |")
-    print("|---|" + ("---:|---:|---:|" if profiled else "---:|---:|") * len(settings) + "---:|")
+    ratio = len(settings) > 1
+    tail = f" pipeline {settings[-1]} / {settings[0]} |" if ratio else ""
+    print(f"| input | {head} |{tail}")
+    cells_per_setting = "---:|---:|---:|" if profiled else "---:|---:|"
+    print("|---|" + cells_per_setting * len(settings) + ("---:|" if ratio else ""))
     for case in cases:
         cells = []
         for setting in settings:
             rate, top, busy = out[case, setting]
             cells += [f"{rate:.0f} / {top:.0f}", f"{rate / top:.0%}"]
             cells += [f"{busy:.0%}"] if profiled else []
-        speedup = out[case, settings[-1]][0] / out[case, settings[0]][0]
-        print(f"| {case} | {' | '.join(cells)} | {speedup:.2f}x |")
+        if ratio:
+            cells.append(f"{out[case, settings[-1]][0] / out[case, settings[0]][0]:.2f}x")
+        print(f"| {case} | {' | '.join(cells)} |")
     print("(samples/s; share target: >= 90% from epoch 2 on with workers='auto')")
 
 
