@@ -53,7 +53,7 @@ from mmfuse.errors import MediaError
 from mmfuse.data.image import read_image
 from mmfuse.data.audio import read_audio
 from mmfuse.data.video import read_video
-from mmfuse.data.validate import validate
+from mmfuse.data.validation import validate
 from mmfuse.features.sample import SampleLoader
 from mmfuse.features.spec import AudioSpec, ImageSpec, VideoSpec
 import pandas as pd

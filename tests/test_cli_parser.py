@@ -125,6 +125,40 @@ def test_help_does_not_import_the_service_or_onnx():
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["predict", "--help"], ["anomaly", "fit", "--help"]])
+def test_help_imports_no_torch_unless_it_lists_the_encoders(argv):
+    # `mmfuse --help` builds only the options of the command it is asked about; `train --help`
+    # lists every registered encoder, which is the one help that needs them (and torch).
+    heavy = ("torch", "sklearn", "pandas", "av")
+    code = (
+        "import contextlib, io, sys\n"
+        "from mmfuse.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        f"    assert main({argv!r}) == 0\n"
+        "assert 'usage: mmfuse' in out.getvalue()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_parsing_builds_the_options_of_the_chosen_command_only():
+    argv = ["--debug", "datasets", "make", "avdigits", "out", "--samples", "40"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.dir, args.samples, args.debug) == ("out", 40, True)
+    # Built for `predict`, the parser knows `train` by name but not its options.
+    parser = build_parser(["predict", "run", "data.csv"])
+    assert parser.parse_args(["predict", "run", "data.csv"]).command == "predict"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["train", "data.csv", "--preset", "fast"])
+    assert exit_info.value.code == 2
+    # Every command stays a choice, so a typo is still one sentence naming them.
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser(["trian"]).parse_args(["trian"])
+    assert exit_info.value.code == 2
+
+
 def test_predicting_does_not_import_plots_or_scoring():
     # Every `mmfuse predict` process (and each worker of a batch prediction) pays for what the
     # classifier imports; drawing and scoring are loaded only where a report is written.

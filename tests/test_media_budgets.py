@@ -53,7 +53,7 @@ _CHILD = textwrap.dedent(
     import pandas as pd
     from mmfuse.data.audio import read_audio
     from mmfuse.data.image import read_image
-    from mmfuse.data.validate import validate
+    from mmfuse.data.validation import validate
     from mmfuse.data.video import read_video
     from mmfuse.errors import MediaError
     from mmfuse.features.sample import SampleLoader
@@ -123,7 +123,7 @@ _VALIDATE_CHILD = textwrap.dedent(
     """
     import json, resource, sys
     import pandas as pd
-    from mmfuse.data.validate import validate
+    from mmfuse.data.validation import validate
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB → bytes

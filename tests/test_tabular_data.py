@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from mmfuse.data import read_manifest
-from mmfuse.data.validate import validate
+from mmfuse.data.validation import validate
 
 
 def _frame(n: int = 40) -> pd.DataFrame:

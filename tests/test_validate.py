@@ -175,7 +175,7 @@ def test_truncated_flac_and_aiff_are_errors(tmp_path):
 
 def test_decodes_in_flight_stay_within_the_memory_budget(tmp_path, monkeypatch):
     # (the package's `validate` function hides the module of the same name)
-    validate_mod = importlib.import_module("mmfuse.data.validate")
+    validate_mod = importlib.import_module("mmfuse.data.validation")
     paths = [mf.image_file(tmp_path, size=(200, 100), name=f"{i}.png") for i in range(12)]
     one = 200 * 100 * DECODE_BYTES_PER_PIXEL  # the share validate estimates for one image
     in_flight, peak, lock = [0], [0], threading.Lock()

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from mmfuse._version import __version__
 from mmfuse.errors import ManifestError, MediaError, MmfuseError
+from mmfuse.lazy import lazy_names
 
-# The public names load on first use (PEP 562): `import mmfuse.cli` runs this file, and the
-# command line should not pay for the classifier and the anomaly detector (torch, scikit-learn,
-# pandas) before it has parsed its arguments.
-_LAZY = {
-    "AnomalyDetector": "mmfuse.anomaly",
-    "MultimodalClassifier": "mmfuse.classifier",
-    **dict.fromkeys(
-        ["Manifest", "Problem", "probe_video", "read_audio", "read_image", "read_manifest",
-         "read_text", "read_video", "validate"],
-        "mmfuse.data",
-    ),
-}  # fmt: skip
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "mmfuse.anomaly": ["AnomalyDetector"],
+        "mmfuse.classifier": ["MultimodalClassifier"],
+        "mmfuse.data": ["Manifest", "Problem", "probe_video", "read_audio", "read_image",
+                        "read_manifest", "read_text", "read_video", "validate"],
+    },
+)  # fmt: skip
 
 if TYPE_CHECKING:
     from mmfuse.anomaly import AnomalyDetector
@@ -35,19 +32,6 @@ if TYPE_CHECKING:
         read_video,
         validate,
     )
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'mmfuse' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value  # once loaded, a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
 
 __all__ = [
     "AnomalyDetector",

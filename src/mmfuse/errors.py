@@ -38,6 +38,10 @@ class ManifestError(MmfuseError):
     """A manifest cannot be read or its columns cannot be understood."""
 
 
+class EncoderError(MmfuseError, ValueError):
+    """A wrong encoder name, option, input shape or model path; the message says the fix."""
+
+
 class CheckpointError(MmfuseError):
     """A checkpoint cannot be written or trusted. The message names the file and what to do."""
 

@@ -5,7 +5,20 @@
 the saved detector, `evaluation` the metrics and report.
 """
 
-from mmfuse.anomaly.detector import AnomalyDetector, fuse_scores
-from mmfuse.anomaly.scorers import SCORERS
+from typing import TYPE_CHECKING
+
+from mmfuse.lazy import lazy_names
+
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "mmfuse.anomaly.detector": ["AnomalyDetector", "fuse_scores"],
+        "mmfuse.anomaly.scorers": ["SCORERS"],
+    },
+)
+
+if TYPE_CHECKING:
+    from mmfuse.anomaly.detector import AnomalyDetector, fuse_scores
+    from mmfuse.anomaly.scorers import SCORERS
 
 __all__ = ["SCORERS", "AnomalyDetector", "fuse_scores"]

@@ -13,12 +13,17 @@ tensors (`state()` / `from_state`), so a saved detector stores it in safetensors
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from sklearn.covariance import LedoitWolf
-from sklearn.neighbors import NearestNeighbors
 
 from mmfuse.model.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and scikit-learn are imported where they are used: `mmfuse anomaly fit --help` reads
+# the scorers' names from here, and should not wait for either.
 
 SCORERS = ("knn", "gaussian")
 
@@ -34,6 +39,8 @@ class KnnScorer:
         self.k = k
 
     def fit(self, features: np.ndarray) -> KnnScorer:
+        from sklearn.neighbors import NearestNeighbors
+
         self.reference_ = np.asarray(features, dtype=np.float32)
         self._index = NearestNeighbors(n_neighbors=min(self.k, len(self.reference_)))
         self._index.fit(self.reference_)
@@ -44,6 +51,8 @@ class KnnScorer:
         return distances.mean(axis=1)  # N
 
     def state(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return {"reference": torch.from_numpy(self.reference_)}
 
     @classmethod
@@ -57,6 +66,8 @@ class GaussianScorer:
     name = "gaussian"
 
     def fit(self, features: np.ndarray) -> GaussianScorer:
+        from sklearn.covariance import LedoitWolf
+
         x = np.asarray(features, dtype=np.float64)
         estimate = LedoitWolf().fit(x)
         self.mean_ = estimate.location_.astype(np.float32)  # D
@@ -69,6 +80,8 @@ class GaussianScorer:
         return np.sqrt(np.maximum(squared, 0.0))  # N
 
     def state(self) -> dict[str, torch.Tensor]:
+        import torch
+
         return {
             "mean": torch.from_numpy(self.mean_),
             "precision": torch.from_numpy(self.precision_),

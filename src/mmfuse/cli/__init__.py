@@ -43,8 +43,7 @@ from mmfuse.cli.common import (
     add_budget_flags,
     apply_budget_flags,
 )
-from mmfuse.encoders.base import EncoderError
-from mmfuse.errors import ManifestError, MmfuseError
+from mmfuse.errors import EncoderError, ManifestError, MmfuseError
 from mmfuse.model.config import ConfigError
 
 __all__ = [
@@ -137,24 +136,49 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the `argv` it will parse, only the command `argv` names gets its
+    options (the others, their names and summaries), so that `mmfuse --help` and `mmfuse
+    predict ...` do not import what `mmfuse train` lists: every encoder, hence torch."""
     parser = _Parser(
         prog="mmfuse",
         description="Multimodal deep learning on image, audio, video and text.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"), COMMANDS)
+    chosen = None if argv is None else _chosen(argv, COMMANDS)
+    _add_commands(parser.add_subparsers(dest="command", metavar="COMMAND"), COMMANDS, chosen)
     return parser
 
 
-def _add_commands(sub, table: dict[str, str | Group]) -> None:
+def _chosen(argv: list[str], table: dict[str, str | Group]) -> list[str]:
+    """The command names `argv` gives, outermost first (`["datasets", "make", "avdigits"]`)."""
+    path = []
+    for token in argv:
+        if token.startswith("-"):  # the top level's options are flags: none takes a value
+            continue
+        entry = table.get(token)
+        if entry is None:
+            break
+        path.append(token)
+        if not isinstance(entry, Group):
+            break
+        table = entry.commands
+    return path
+
+
+def _add_commands(sub, table: dict[str, str | Group], chosen: list[str] | None = None) -> None:
+    """Commands of `table` on `sub`; with `chosen` (a path from `_chosen`), options only for
+    the command at its end."""
     for name, entry in table.items():
+        picked = chosen is None or chosen[:1] == [name]
+        inner = None if chosen is None else chosen[1:] if picked else []
         if isinstance(entry, Group):
-            _add_commands(_add_group(sub, name, entry), entry.commands)
-        else:
-            module = importlib.import_module(entry)
-            p = _add_command(sub, name, module.run)
+            _add_commands(_add_group(sub, name, entry), entry.commands, inner)
+            continue
+        module = importlib.import_module(entry)
+        p = _add_command(sub, name, module.run)
+        if picked:
             module.add_arguments(p)
             if name in READS_MEDIA:
                 add_budget_flags(p)
@@ -196,7 +220,8 @@ def _add_group(sub, name: str, group: Group):
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; its exit code (0 ok, 1 data, 2 usage, 130 interrupted) is returned."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse exits 2 on usage errors and 0 for --help

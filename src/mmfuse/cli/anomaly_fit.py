@@ -17,7 +17,7 @@ from mmfuse.cli.common import (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from mmfuse.anomaly import SCORERS
+    from mmfuse.anomaly.scorers import SCORERS
     from mmfuse.train.presets import PRESETS
 
     p.add_argument(

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from mmfuse.cli.common import EXIT_OK, add_device_flag, add_model_dir, model_folder, resolve_device
-from mmfuse.ship.measure import compress_report, format_report
-from mmfuse.ship.prune import SCOPES, SUMMARY_FILE, prune_model
+from mmfuse.ship.options import SCOPES, SUMMARY_FILE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
       mmfuse compress runs/train --prune 0.7 --out runs/p70 --train data/train.csv \\
           --eval data/val.csv --epochs 2
     """
+    from mmfuse.ship.measure import compress_report, format_report
+    from mmfuse.ship.prune import prune_model
+
     model_folder(args.model_dir)
     device = resolve_device(args.device, "cpu")
     if args.train is None:

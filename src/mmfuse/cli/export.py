@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 
 from mmfuse.cli.common import EXIT_OK, add_model_dir, model_folder
-from mmfuse.ship.measure import export_report, format_report
-from mmfuse.ship.onnx import export_onnx
 from mmfuse.ship.quantize import QUANTIZE_MODES, quantize_onnx
 
 
@@ -60,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
       mmfuse export runs/train --out model.onnx
       mmfuse export runs/train --out model.int8.onnx --quantize int8 --manifest data/val.csv
     """
+    from mmfuse.ship.onnx import export_onnx
+
     folder = model_folder(args.model_dir)
     out = Path(args.out) if args.out else folder / "model.onnx"
     if args.quantize is None:
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(args: argparse.Namespace, pairs: list[tuple[str, str | Path]]) -> None:
     if args.manifest:
+        from mmfuse.ship.measure import export_report, format_report
+
         rows = export_report(
             args.model_dir, pairs, args.manifest, repeats=args.repeats, threads=args.threads
         )

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from mmfuse.errors import MmfuseError
+from mmfuse.errors import EncoderError
 from mmfuse.features.spec import InputSpec
 from mmfuse.registry import Registry
 
@@ -36,10 +36,6 @@ HF_PREFIX = "hf:"
 
 # True while a caller that loads every weight itself (a saved model folder) builds encoders.
 _SKIP_PRETRAINED = contextvars.ContextVar("skip_pretrained", default=False)
-
-
-class EncoderError(MmfuseError, ValueError):
-    """A wrong encoder name, option, input shape or model path; the message says the fix."""
 
 
 class Encoder(nn.Module):

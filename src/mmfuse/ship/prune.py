@@ -32,11 +32,10 @@ from torch.nn.utils import prune
 
 from mmfuse.errors import MmfuseError
 from mmfuse.model.multimodal import MultimodalModel
+from mmfuse.ship.options import SCOPES, SUMMARY_FILE
 
-SCOPES = ("global", "layer")
 PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
-SUMMARY_FILE = "compression.json"
 
 
 class CompressError(MmfuseError, ValueError):
