@@ -75,7 +75,8 @@ _DATASETS_EXAMPLES = """examples:
   mmfuse datasets make surveillance data/surv"""
 
 # Command → the module holding its `add_arguments` and `run`, imported when the parser is built.
-# Those modules import FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads neither.
+# Those modules import torch, FastAPI, onnx and the like inside `run`, so `mmfuse --help` loads
+# none of them; only the chosen command's `add_arguments` runs (`build_parser`).
 # Commands that decode media files: they take the --max-* decode budgets.
 READS_MEDIA = (
     "validate",
