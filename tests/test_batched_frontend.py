@@ -305,3 +305,15 @@ def test_a_row_that_fails_to_finish_skips_alone(gappy, monkeypatch):
     assert isinstance(got[1], Skipped) and got[1].reason == "RuntimeError" and got[1].row == 1
     for i in (0, 2):
         assert torch.equal(got[i]["inputs"]["image"], expected[i]["inputs"]["image"])
+
+
+def test_rows_of_a_staged_batch_join_back_without_a_copy():
+    batch = Staged(torch.arange(12).view(4, 3), {"p": torch.arange(4)})
+    rows = [batch.row(i) for i in range(4)]
+    assert rows[1].data.tolist() == [[3, 4, 5]] and rows[1].params["p"].tolist() == [1]
+    assert Staged.cat(rows) is batch  # a dataset's whole batch, in order: the batch itself
+    some = Staged.cat([rows[2], rows[0]])  # rows skipped or reordered: taken in one step
+    assert some.data.tolist() == [[6, 7, 8], [0, 1, 2]] and some.params["p"].tolist() == [2, 0]
+    alone = Staged(torch.full((1, 3), 9), {"p": torch.tensor([9])})  # a placeholder row
+    mixed = Staged.cat([rows[3], alone])
+    assert mixed.data.tolist() == [[9, 10, 11], [9, 9, 9]] and mixed.params["p"].tolist() == [3, 9]

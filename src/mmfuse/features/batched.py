@@ -37,16 +37,31 @@ class Staged:
 
     @staticmethod
     def cat(items: Sequence[Staged]) -> Staged:
-        """One batch from several: rows of `data` and of each parameter, in order."""
-        keys = items[0].params.keys()
+        """One batch from several: rows of `data` and of each parameter, in order. Rows of one
+        batch (`row`) are taken from it in one step, and all of its rows in order are it."""
+        first = items[0]
+        if isinstance(first, StagedRow) and all(
+            isinstance(s, StagedRow) and s.batch is first.batch for s in items
+        ):
+            return first.batch.take([s.index for s in items])
+        keys = first.params.keys()
         return Staged(
             torch.cat([s.data for s in items]),
             {k: torch.cat([s.params[k] for s in items]) for k in keys},
         )
 
+    def take(self, rows: list[int]) -> Staged:
+        """These rows, in this order (the batch itself when that is all of them in order)."""
+        if rows == list(range(len(self))):
+            return self
+        index = torch.tensor(rows, dtype=torch.long)
+        return Staged(self.data[index], {k: v[index] for k, v in self.params.items()})
+
     def row(self, i: int) -> Staged:
-        """Row `i` alone (views into this batch's tensors)."""
-        return Staged(self.data[i : i + 1], {k: v[i : i + 1] for k, v in self.params.items()})
+        """Row `i` alone: views into this batch's tensors, cut when read. A dataset stages a
+        batch at once and hands out its rows, which the collate joins again: slicing each row's
+        tensors there and concatenating them here cost about 30 µs a picture."""
+        return StagedRow(self, i)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Staged:
         move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
@@ -56,6 +71,24 @@ class Staged:
         """Page-locked copies, so that the move to a GPU can overlap (DataLoader's pin thread
         calls this)."""
         return Staged(self.data.pin_memory(), {k: v.pin_memory() for k, v in self.params.items()})
+
+
+class StagedRow(Staged):
+    """Row `index` of the staged `batch` (`Staged.row`); `data` and `params` are its views."""
+
+    def __init__(self, batch: Staged, index: int):  # not the dataclass's: no tensors are cut
+        self.batch, self.index = batch, index
+
+    @property
+    def data(self) -> Tensor:
+        return self.batch.data[self.index : self.index + 1]
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return {k: v[self.index : self.index + 1] for k, v in self.batch.params.items()}
+
+    def __len__(self) -> int:
+        return 1
 
 
 Finish = Callable[[str, Staged], Tensor]

@@ -140,13 +140,21 @@ class RandomResizedCrop(ImageOp):
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         boxes = torch.stack([params[k] for k in ("top", "left", "height", "width")], 1).tolist()
+        size = (self.size, self.size)
         # Crops differ in size per sample, so each is resized on its own: interpolate's antialias
         # needs one output grid per call. grid_sample would batch it but alias on downscaling.
-        out = [
-            resize(x[i : i + 1, ..., top : top + h, left : left + w], (self.size, self.size))
-            for i, (top, left, h, w) in enumerate(boxes)
-        ]
-        return torch.cat(out) if out else x[..., : self.size, : self.size]
+        crops = [x[i, ..., t : t + h, c : c + w] for i, (t, c, h, w) in enumerate(boxes)]
+        if not crops:
+            return x[..., : self.size, : self.size]
+        if x.ndim != 5 or not (x.is_floating_point() or x.device.type == "cpu"):
+            return torch.stack([resize(crop, size) for crop in crops])
+        # `resize`'s own steps, without its reshapes: a crop of n×G×C×H×W is already G×C×h×w,
+        # and on this many small calls they were a fifth of the op's time.
+        return torch.stack([
+            crop if crop.shape[-2:] == size
+            else nn.functional.interpolate(crop, size=size, mode="bilinear", antialias=True)
+            for crop in crops
+        ])  # fmt: skip
 
 
 class HorizontalFlip(ImageOp):
