@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import librosa
 import numpy as np
@@ -119,6 +120,41 @@ def test_mel_spectrogram_matches_librosa():
     ours = mel_spectrogram(torch.from_numpy(y), sr=16000, n_fft=512, hop_length=128)
     ref = librosa.feature.melspectrogram(y=y, sr=16000, n_fft=512, hop_length=128)
     assert relative_error(ours, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("htk", [False, True])
+@pytest.mark.parametrize("norm", ["slaney", None, 1, np.inf])
+def test_mel_filterbank_is_librosas_to_the_bit(htk, norm):
+    # mmfuse builds the bank itself (importing librosa cost seconds per process); same numbers.
+    from mmfuse.features.mel_scale import mel_weights
+
+    cases = [(16000, 512, 64, 0.0, None), (22050, 2048, 128, 20.0, 8000.0),
+             (8000, 256, 40, 125.0, 3800.0), (44100, 1024, 96, 0.0, None)]  # fmt: skip
+    for sr, n_fft, n_mels, fmin, fmax in cases:
+        ours = mel_weights(sr, n_fft, n_mels, fmin, fmax, htk, norm)
+        theirs = librosa.filters.mel(
+            sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
+        )
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+
+
+def test_mel_filterbank_with_empty_bands_says_so():
+    from mmfuse.features.mel_scale import mel_weights
+
+    with pytest.warns(UserWarning, match="without an FFT bin"):
+        mel_weights(8000, 64, 128)
+
+
+def test_audio_front_end_does_not_import_librosa():
+    code = (
+        "import sys, torch\n"
+        "from mmfuse.features.audio import log_mel\n"
+        "log_mel(torch.randn(1, 16000), 16000, n_fft=512, hop_length=160, n_mels=64)\n"
+        "print('librosa' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_top_db_is_per_clip_not_per_batch():

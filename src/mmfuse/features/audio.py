@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmfuse.features.mel_scale import mel_weights
 from mmfuse.features.spec import AudioSpec
 
 AMIN = 1e-10  # librosa's power_to_db floor: 10·log10(1e-10) = -100 dB
@@ -195,15 +196,11 @@ def mel_filterbank(
     device: torch.device,
 ) -> torch.Tensor:
     """librosa's mel filterbank (`n_mels×(n_fft//2+1)`), built once per argument set and device."""
-    import librosa  # slow to import; only needed the first time a filterbank is built
-
     if fmax is not None and not fmin < fmax <= sr / 2:
         raise ValueError(f"need fmin < fmax <= sr/2, got fmin={fmin}, fmax={fmax}, sr={sr}")
     # librosa builds the bank in float32 even for float64 audio; doing the same keeps float64
     # results equal to librosa's to ~1e-15 instead of to float32 precision.
-    fb = librosa.filters.mel(
-        sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm
-    )
+    fb = mel_weights(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm)
     return torch.from_numpy(fb).to(dtype=dtype, device=device)
 
 
