@@ -89,15 +89,15 @@ def case_manifest(columns: list[str], splits: dict, rows: int, tmp: Path):
 
 def model_config(manifest, setting: str, width: int | None = None):
     """The `fast` preset's encoders (`width`: their convolutions' base width instead of 32)."""
-    encoders = {}
-    for modality in ("image", "audio", "video") if width else ():
-        name, options = FAST_ENCODERS[modality]
-        options = copy.deepcopy(options)
-        (options["image_options"] if modality == "video" else options)["width"] = width
-        encoders[modality] = {"encoder": name, "options": options}
+    chosen = {m: FAST_ENCODERS[m] for m in ("image", "audio", "video")} if width else {}
     if setting == "before" and "video" in manifest.inputs:
-        old = {**OLD_VIDEO, "image_options": {**OLD_VIDEO["image_options"], "width": width or 32}}
-        encoders["video"] = {"encoder": "frames", "options": old}
+        chosen["video"] = ("frames", OLD_VIDEO)
+    encoders = {}
+    for modality, (name, options) in chosen.items():
+        options = copy.deepcopy(options)
+        if width:
+            (options["image_options"] if modality == "video" else options)["width"] = width
+        encoders[modality] = {"encoder": name, "options": options}
     return model_config_for(manifest, encoders=encoders)
 
 
