@@ -260,14 +260,3 @@ def test_classifier_trains_an_ensemble_end_to_end(tmp_path):
     data = tmp_path / "val" / "manifest.csv"
     np.testing.assert_allclose(again.predict_proba(data), clf.predict_proba(data), atol=1e-6)
     assert torch.isfinite(again.model_.temperature).all()
-
-
-def test_the_demo_has_an_ensemble_row(tmp_path, monkeypatch):
-    from mmfuse.demo import ENSEMBLE, format_results, run_demo
-
-    monkeypatch.setenv("MMFUSE_CACHE", str(tmp_path / "cache"))
-    results = run_demo(tmp_path / "demo", samples=60, epochs=1, runs=[ENSEMBLE], log=print)
-    assert ENSEMBLE in format_results(results)
-    model, _, _ = load_model(results[ENSEMBLE]["model"])
-    assert isinstance(model, EnsembleModel)
-    assert set(model.members) <= {"attention-seed0", "gated-seed0", "late-seed0"}

@@ -73,7 +73,7 @@ def demo_train_config(epochs: int = 6) -> TrainConfig:
         # avdigits already distorts every sample; ImageNet-style crops and flips would only
         # destroy digits (a flipped 2 is no 2), and a cropped spoken word loses its digit.
         augment=False,
-        workers=2,
+        workers="auto",
         progress=False,
         tensorboard=False,
     )
