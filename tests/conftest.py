@@ -38,3 +38,27 @@ def pytest_configure(config):
     # thread: two workers of two threads each on two cores make OpenMP's threads spin for a core.
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
+
+
+# Files whose tests start processes of their own (spawned trainers, torchrun, Ray, kill and
+# resume) and run longest, heaviest first. pytest-xdist hands whole files to the workers in
+# collection order (`--dist loadfile`), so one of these collected last would leave the other
+# worker idle while it runs; scheduled first, the short files even out the end.
+LONGEST_FIRST = (
+    "test_distributed.py",
+    "test_ensemble_folds.py",
+    "test_ensemble.py",
+    "test_trainer.py",
+    "test_ray.py",
+    "test_detect_live.py",
+    "test_predict_faults.py",
+    "test_faults_training.py",
+    "test_demo.py",
+    "test_media_budgets.py",
+    "test_avdigits.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
