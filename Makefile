@@ -24,8 +24,9 @@ setup:
 test:
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
-	# One worker per core, each file's tests in one worker (their module fixtures are built once).
-	bash scripts/pytest.sh -m "not slow" -n auto --dist loadfile
+	# One worker per core, each file's tests in one worker (their module fixtures are built once),
+	# files handed out in collection order (tests/conftest.py puts the longest first).
+	bash scripts/pytest.sh -m "not slow" -n auto --dist loadfile --no-loadscope-reorder
 
 test-slow:
 	bash scripts/pytest.sh -m slow

@@ -41,9 +41,10 @@ def pytest_configure(config):
 
 
 # Files whose tests start processes of their own (spawned trainers, torchrun, Ray, kill and
-# resume) and run longest, heaviest first. pytest-xdist hands whole files to the workers in
-# collection order (`--dist loadfile`), so one of these collected last would leave the other
-# worker idle while it runs; scheduled first, the short files even out the end.
+# resume) and run longest, heaviest first. pytest-xdist hands whole files to the workers
+# (`--dist loadfile`), by default those with the most tests first, which put these few-test
+# files last, one worker running them while the other sat idle; `make test` keeps collection
+# order (`--no-loadscope-reorder`) and these go first, the short files evening out the end.
 LONGEST_FIRST = (
     "test_distributed.py",
     "test_ensemble_folds.py",

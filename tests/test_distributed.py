@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rank_helpers import run_ranks
 from train_helpers import make_data
 
 TESTS = Path(__file__).parent
@@ -50,22 +51,9 @@ rank = int(os.environ.get("RANK", "0"))
 def launch(tmp_path: Path, data: Path, run: Path, procs: int, epochs: int, resume=False):
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT)
-    args = [str(TESTS), str(data), str(run), str(epochs), "1" if resume else "0"]
-    if procs == 1:
-        cmd = [sys.executable, str(script), *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={procs}",
-            str(script),
-            *args,
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    args = [str(script), str(TESTS), str(data), str(run), str(epochs), "1" if resume else "0"]
+    code, err = run_ranks(args, procs, tmp_path / f"logs-{run.name}-{epochs}")
+    assert code == 0, err[-3000:]
     return json.loads((run / "result-0.json").read_text())
 
 

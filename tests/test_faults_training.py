@@ -10,8 +10,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +25,7 @@ from mmfuse.train.logger import MetricsLogger
 from mmfuse.train.nonfinite import NonFiniteLossError
 from mmfuse.train.preflight import UnloadableDataError
 from mmfuse.train.run import train_model
+from rank_helpers import run_ranks
 from train_helpers import (
     SMALL_ENCODERS,
     build_model,
@@ -449,12 +448,10 @@ def test_ranks_agree_to_skip_a_batch_only_one_of_them_holds_nan_in(shapes, tmp_p
     script = tmp_path / "fit.py"
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = [str(script), str(Path(__file__).parent), shapes.source, str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # A rank that skipped backward alone would leave the other in its all-reduce: a hang.
-    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, err = run_ranks(args, 2, tmp_path / "logs")
+    assert code == 0, err[-3000:]
     ranks = [json.loads((run / f"weights-{r}.json").read_text()) for r in (0, 1)]
     assert all(math.isfinite(w) for w in ranks[0]) and ranks[0] == pytest.approx(ranks[1])
     listed = json.loads((run / "skipped.json").read_text())
