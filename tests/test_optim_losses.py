@@ -20,7 +20,7 @@ from mmfuse.train.losses import (
     multitask_loss,
     task_loss,
 )
-from mmfuse.train.optim import build_optimizer, build_scheduler, param_groups
+from mmfuse.train.optim import build_optimizer, build_scheduler, fusable, param_groups
 
 
 def tiny_model() -> nn.Module:
@@ -136,6 +136,40 @@ def test_frozen_params_are_not_updated_until_unfrozen():
     model.head(model.encoder(torch.randn(2, 4))).sum().backward()
     opt.step()
     assert not torch.equal(model.encoder[0].weight, before)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_the_fused_update_is_the_per_tensor_one(name):
+    """The fused kernel takes the groups' own lr and weight decay, as the loop does."""
+    fused, looped = tiny_model(), tiny_model()
+    opt = build_optimizer(groups_of(fused), name, lr=1.0)
+    assert opt.defaults["fused"] is True
+    plain = build_optimizer(groups_of(looped), name, lr=1.0)
+    for group in plain.param_groups:
+        group["fused"] = False  # the per-tensor update, as before fusing
+    for step in range(5):
+        for model, optimizer in ((fused, opt), (looped, plain)):
+            optimizer.zero_grad()
+            torch.manual_seed(step)
+            x = torch.randn(6, 4)
+            model.head(model.encoder(x)).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(fused.parameters(), looped.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    start = tiny_model()
+    assert not torch.equal(next(fused.parameters()), next(start.parameters()))
+
+
+def test_parameters_the_fused_kernels_do_not_take_get_the_loop():
+    float32 = nn.Parameter(torch.zeros(3))
+    assert fusable([{"params": [float32]}])
+    on_meta = nn.Parameter(torch.zeros(3, device="meta"))
+    assert not fusable([{"params": [float32]}, {"params": [on_meta]}])
+    assert not fusable([{"params": [on_meta]}])
+    integer = nn.Parameter(torch.zeros(3, dtype=torch.long), requires_grad=False)
+    assert not fusable([{"params": [float32, integer]}])
+    assert not fusable([])
+    assert build_optimizer([{"params": [on_meta]}], "adamw", lr=1e-3).defaults["fused"] is False
 
 
 def test_build_optimizer_unknown_name_names_the_field():
