@@ -15,68 +15,31 @@ the per-round ratios, with the load average before and after.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from mmfuse.data.avdigits import ensure_avdigits
-from mmfuse.infer.batch import row_loader
-from mmfuse.train.optim import optimizer_for, scheduler_for
-from mmfuse.train.run import build_model, dataset_for
-from mmfuse.train.step import StepContext, train_step
 
 sys.path.insert(0, str(Path(__file__).parent))
-from throughput import CASES, case_manifest, model_config, train_config
+from throughput import CASES, case_manifest, step_setup, timed_steps
 
 
-def contexts(manifest, args, tmp: Path) -> dict:
-    """name → (context, optimizer, scheduler, batch) for "loop" and "fused", same weights."""
-    config = model_config(manifest, "after")
-    device = torch.device(args.device)
-    cfg = train_config("after", args, tmp / "unused").for_device(device)
-    base = build_model(config, 0)
-    dataset = dataset_for(manifest, base, config, cfg, train=True)
-    batch = next(iter(row_loader(dataset, [[(1, r) for r in range(args.batch_size)]])))
-    out = {}
-    for name in ("loop", "fused"):
-        model = copy.deepcopy(base).to(device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
-        optimizer = optimizer_for(model, config, cfg)
-        if name == "loop":
-            for group in optimizer.param_groups:
-                group["fused"] = False
-        scheduler = scheduler_for(optimizer, cfg, 10 * args.steps * args.rounds)
-        ctx = StepContext.for_fit(model, config, cfg, dataset, device, torch.Generator())
-        model.train()
-        for _ in range(2):  # warm-up: allocator, oneDNN kernel choice
-            train_step(ctx, batch, optimizer, scheduler)
-        out[name] = (ctx, optimizer, scheduler, batch)
-    return out
-
-
-def paired_rates(runs: dict, args) -> dict[str, list[float]]:
+def paired_rates(manifest, args, tmp: Path) -> dict[str, list[float]]:
+    """Samples/s per round of the same model and batch, fused and looped, taking turns."""
+    runs = {"loop": step_setup(manifest, "after", args, tmp)}
+    runs["fused"] = step_setup(manifest, "after", args, tmp)
+    for group in runs["loop"][1].param_groups:
+        group["fused"] = False
     rates = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (ctx, optimizer, scheduler, batch) in runs.items():
-            _sync(ctx.device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                train_step(ctx, batch, optimizer, scheduler)
-            _sync(ctx.device)
-            rates[name].append(args.steps * len(batch["rows"]) / (time.perf_counter() - start))
+            rates[name].append(timed_steps(ctx, batch, optimizer, scheduler, args.steps))
     return rates
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -89,7 +52,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    args.epochs, args.workers = 2, None  # what throughput's train_config reads
+    args.epochs, args.workers, args.width = 2, None, None  # what throughput's setup reads
     cases = args.cases.split(",")
     if not set(cases) <= set(CASES):
         parser.error(f"--cases are among {list(CASES)}")
@@ -103,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
             manifest = case_manifest(CASES[case], splits, args.rows, Path(tmp))
-            rates = paired_rates(contexts(manifest, args, Path(tmp)), args)
+            rates = paired_rates(manifest, args, Path(tmp))
             loop, fused = rates["loop"], rates["fused"]
             ratio = statistics.median(f / s for f, s in zip(fused, loop))
             print(

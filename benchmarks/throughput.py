@@ -131,6 +131,14 @@ def pipeline(manifest, setting: str, args, tmp: Path) -> tuple[float, float | No
 
 def ceiling(manifest, setting: str, args, tmp: Path) -> float:
     """Samples/s of the training step on one batch held in memory."""
+    ctx, optimizer, scheduler, batch = step_setup(manifest, setting, args, tmp)
+    steps = (timed_steps(ctx, batch, optimizer, scheduler, args.steps) for _ in range(args.repeats))
+    return statistics.median(steps)
+
+
+def step_setup(manifest, setting: str, args, tmp: Path) -> tuple:
+    """(step context, optimizer, scheduler, batch) of a new model of `setting` (the same
+    weights and batch every call), warmed up: what `ceiling` times."""
     config = model_config(manifest, setting, args.width)
     device = torch.device(args.device)
     # As the trainer does: "auto" precision settled for the device (bf16 + channels-last).
@@ -147,15 +155,17 @@ def ceiling(manifest, setting: str, args, tmp: Path) -> float:
     model.train()
     for _ in range(2):  # warm-up: allocator, oneDNN kernel choice
         train_step(ctx, batch, optimizer, scheduler)
-    rates = []
-    for _ in range(args.repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            train_step(ctx, batch, optimizer, scheduler)
-        _sync(device)
-        rates.append(args.steps * len(batch["rows"]) / (time.perf_counter() - start))
-    return statistics.median(rates)
+    return ctx, optimizer, scheduler, batch
+
+
+def timed_steps(ctx: StepContext, batch: dict, optimizer, scheduler, steps: int) -> float:
+    """Samples/s of `steps` training steps on `batch`."""
+    _sync(ctx.device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_step(ctx, batch, optimizer, scheduler)
+    _sync(ctx.device)
+    return steps * len(batch["rows"]) / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
