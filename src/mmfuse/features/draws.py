@@ -51,6 +51,10 @@ class RowStreams:
 
     def uniform(self, shape: tuple[int, ...]) -> torch.Tensor:
         """Float64 uniforms in [0, 1) of `shape`, whose first dimension is the rows."""
+        return torch.from_numpy(self.uniform_array(shape))
+
+    def uniform_array(self, shape: tuple[int, ...]) -> np.ndarray:
+        """`uniform` as a numpy array."""
         if not shape or shape[0] != len(self.rows):
             raise ValueError(f"RowStreams of {len(self.rows)} rows asked for a draw of {shape}")
         per_row = math.prod(shape[1:])
@@ -59,7 +63,7 @@ class RowStreams:
             counters = start[:, None] + np.arange(1, per_row + 1, dtype=np.uint64) * _GOLDEN
             bits = _mix(counters)
         self.calls += 1
-        return torch.from_numpy((bits >> _S11).astype(np.float64) * 2.0**-53).reshape(shape)
+        return ((bits >> _S11).astype(np.float64) * 2.0**-53).reshape(shape)
 
 
 Source = torch.Generator | RowStreams | None
@@ -73,7 +77,22 @@ def rand(shape: tuple[int, ...], generator: Source, device: torch.device) -> tor
     return torch.rand(shape, generator=generator, dtype=torch.float64, device=source).to(device)
 
 
+def rand_array(shape: tuple[int, ...], generator: Source) -> np.ndarray:
+    """`rand` as a float64 numpy array: the same numbers from the same source. A batch's draws
+    are a few dozen numbers, and torch's cost per call on such tiny tensors was most of a
+    random crop's parameters (numpy's is a tenth of it)."""
+    if isinstance(generator, RowStreams):
+        return generator.uniform_array(tuple(shape))
+    return rand(shape, generator, torch.device("cpu")).numpy()
+
+
 def randint_below(high: torch.Tensor, generator: Source) -> torch.Tensor:
     """Integers uniform in [0, high) elementwise (high >= 1, any shape): a per-sample `randint`."""
     u = rand(tuple(high.shape), generator, high.device)
     return (u * high).long().clamp(max=high - 1)
+
+
+def randint_below_array(high: np.ndarray, generator: Source) -> np.ndarray:
+    """`randint_below` on numpy arrays, from `rand_array`: the same integers."""
+    u = rand_array(high.shape, generator)
+    return np.minimum((u * high).astype(np.int64), high - 1)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mmfuse.features.batched import Staged
-from mmfuse.features.draws import Source, rand, randint_below
+from mmfuse.features.colour import blend, greyscale, greyscale_mean
+from mmfuse.features.draws import Source, rand_array, randint_below, randint_below_array
 from mmfuse.features.spec import ImageSpec
 
 Params = dict[str, torch.Tensor]
@@ -108,27 +110,26 @@ class RandomResizedCrop(ImageOp):
         self.size, self.scale, self.ratio, self.tries = size, scale, ratio, tries
 
     def make_params(self, x: torch.Tensor, generator: Source) -> Params:
+        # In numpy: these are a few numbers per sample, where torch's cost per call was most of
+        # the crop's time. The same arithmetic in float64, so the same boxes.
         n, height, width = x.shape[0], *x.shape[-2:]
-        dev = x.device
-        area = height * width
-        u = rand((n, self.tries, 2), generator, dev)  # n×tries×2
-        target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
+        u = rand_array((n, self.tries, 2), generator)  # n×tries×2
+        target = height * width * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[..., 0])
         lo, hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        aspect = torch.exp(lo + (hi - lo) * u[..., 1])
-        w = torch.sqrt(target * aspect).round().long()  # n×tries
-        h = torch.sqrt(target / aspect).round().long()
+        aspect = np.exp(lo + (hi - lo) * u[..., 1])
+        w = np.rint(np.sqrt(target * aspect)).astype(np.int64)  # n×tries
+        h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
         ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = ok.int().argmax(dim=1, keepdim=True)  # n×1, index of the first good try
-        w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]  # n
+        first, found = ok.argmax(axis=1), ok.any(axis=1)  # the first good try of each sample
         fallback_w, fallback_h = self._fallback(height, width)
-        found = ok.any(dim=1)
-        w = torch.where(found, w, fallback_w)
-        h = torch.where(found, h, fallback_h)
-        top = randint_below(height - h + 1, generator)
-        left = randint_below(width - w + 1, generator)
-        top = torch.where(found, top, (height - h) // 2)
-        left = torch.where(found, left, (width - w) // 2)
-        return {"top": top, "left": left, "height": h, "width": w}
+        w = np.where(found, w[np.arange(n), first], fallback_w)
+        h = np.where(found, h[np.arange(n), first], fallback_h)
+        top = randint_below_array(height - h + 1, generator)
+        left = randint_below_array(width - w + 1, generator)
+        top = np.where(found, top, (height - h) // 2)
+        left = np.where(found, left, (width - w) // 2)
+        boxes = {"top": top, "left": left, "height": h, "width": w}
+        return {k: torch.from_numpy(v).to(x.device) for k, v in boxes.items()}
 
     def _fallback(self, height: int, width: int) -> tuple[int, int]:
         in_ratio = width / height
@@ -163,7 +164,9 @@ class HorizontalFlip(ImageOp):
         self.p = p
 
     def make_params(self, x: torch.Tensor, generator: Source) -> Params:
-        return {"flip": rand((x.shape[0],), generator, x.device) < self.p}
+        return {
+            "flip": torch.from_numpy(rand_array((x.shape[0],), generator) < self.p).to(x.device)
+        }
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         flip = params["flip"].view(-1, *[1] * (x.ndim - 1))  # n×1×1×1×1
@@ -187,19 +190,20 @@ class ColorJitter(ImageOp):
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
 
     def make_params(self, x: torch.Tensor, generator: Source) -> Params:
-        u = rand((x.shape[0], 3), generator, x.device)  # n×3
-        strength = torch.tensor([self.brightness, self.contrast, self.saturation], device=x.device)
-        low = (1 - strength).clamp(min=0)
-        return {"factors": low + (1 + strength - low) * u}
+        u = rand_array((x.shape[0], 3), generator)  # n×3
+        # float32 strengths, as the torch version had: the same factors to the last bit.
+        strength = np.array([self.brightness, self.contrast, self.saturation], dtype=np.float32)
+        low = np.maximum(1 - strength, 0)
+        return {"factors": torch.from_numpy(low + (1 + strength - low) * u).to(x.device)}
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         uint8 = x.dtype == torch.uint8
         y = x.float() / 255 if uint8 else x
         f = params["factors"].to(y.dtype).view(-1, 3, 1, 1, 1, 1)  # n×3×1×1×1×1 (n×G×C×H×W)
-        y = (f[:, 0] * y).clamp_(0, 1)  # brightness: a blend towards black
-        grey_mean = _greyscale(y).mean(dim=(-3, -2, -1), keepdim=True)  # n×G×1×1×1
-        y = _blend(y, grey_mean, f[:, 1])
-        y = _blend(y, _greyscale(y), f[:, 2])
+        brightness, contrast, saturation = f.unbind(1)  # each n×1×1×1×1
+        y = (brightness * y).clamp_(0, 1)  # a blend towards black
+        y = blend(y, greyscale_mean(y), contrast)
+        y = blend(y, greyscale(y), saturation)
         return (y * 255).round().to(torch.uint8) if uint8 else y
 
 
@@ -218,6 +222,7 @@ class Normalize(ImageOp):
         if len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"Normalize needs equal-length mean and positive std: {mean}, {std}")
         self.mean, self.std = tuple(mean), tuple(std)
+        self._made: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         if not x.is_floating_point():
@@ -227,9 +232,20 @@ class Normalize(ImageOp):
                 f"image has {x.shape[-3]} channels but mean/std have {len(self.mean)}; "
                 "fix the spec's mean and std"
             )
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return (x - mean) / std
+        mean, std = self._constants(x.dtype, x.device)
+        return (x - mean).div_(std)
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        # Made once per dtype and device: a batch's front end is a few dozen small calls, and
+        # making these two tensors every batch was four of them.
+        key = (dtype, device)
+        if key not in self._made:
+            shape = (-1, 1, 1)
+            self._made[key] = tuple(
+                torch.tensor(v, dtype=dtype, device=device).view(shape)
+                for v in (self.mean, self.std)
+            )
+        return self._made[key]
 
 
 def shorter_side_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -283,18 +299,6 @@ def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
         return x
     dh, dw = max(0, size - h), max(0, size - w)
     return nn.functional.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
-
-
-def _greyscale(x: torch.Tensor) -> torch.Tensor:  # …×C×H×W → …×1×H×W
-    if x.shape[-3] == 1:
-        return x
-    r, g, b = x.unbind(-3)[:3]
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    # lerp: one pass over the batch where multiply, multiply, add took three.
-    return torch.lerp(other.expand_as(x), x, factor).clamp_(0, 1)
 
 
 class Pipeline(nn.Module):
@@ -357,8 +361,12 @@ class Pipeline(nn.Module):
         for i, op in enumerate(list(self.ops)[self.split :], start=self.split):
             prefix = f"{i}."
             params = {k[len(prefix) :]: v for k, v in staged.params.items() if k.startswith(prefix)}
-            x = op.transform(x, {k: v.to(x.device) for k, v in params.items()})
+            x = op.transform(x, {k: _on(v, x.device) for k, v in params.items()})
         return x
+
+
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)  # `to` is a call even when it moves nothing
 
 
 RESIZING_OPS = (ResizeShorter, CenterCrop, RandomCrop, RandomResizedCrop)
