@@ -17,7 +17,11 @@ under the `fast` preset) and for all four together, and for each setting:
   as the pipeline, it does not move with the machine's speed between the fit and the ceiling's
   rounds, which on a shared VM moves the share by several points from run to run.
 
-Settings, run in one process and taking turns per input:
+Each input and setting is measured in a process of its own (a fresh allocator, see
+after-plain-malloc), taking turns per input; `--rounds R` measures everything R times, the
+settings' order reversed every other round, and prints medians and, per input, the paired ratios
+of the last setting to the first (the VM's speed drifts by 20-30% from minute to minute here;
+pairs taken a minute apart see the same drift). Settings:
 
 - before: workers=0, no decoded-sample cache, fp32, the old video encoder (8 frames of 64 px);
 - after: today's defaults (workers="auto", the decoded-sample cache, today's precision and
@@ -25,7 +29,9 @@ Settings, run in one process and taking turns per input:
 - after-bf16 (with `--settings before,after,after-bf16`): today's defaults with bf16 autocast
   and channels-last, the ceiling where the hardware has bf16 units;
 - after-cl: today's defaults with channels-last alone (fp32);
-- after-fp32: today's defaults in fp32 (what "after" is where the device has no bf16 units).
+- after-fp32: today's defaults in fp32 (what "after" is where the device has no bf16 units);
+- after-plain-malloc: today's defaults with `keep_freed_memory=False` (glibc's own thresholds:
+  freed memory handed back to the system at once, `train.allocator`).
 
 `--width 16` (or 8) gives the image, audio and video encoders narrower convolutions, whose cost
 falls about with the square of the width: on a slow CPU, the model a fast one (or bf16 units)
@@ -41,8 +47,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +62,7 @@ import torch
 from mmfuse.data.avdigits import ensure_avdigits
 from mmfuse.data.manifest import read_manifest
 from mmfuse.infer.batch import row_loader
+from mmfuse.train.allocator import keep_freed_memory
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.optim import optimizer_for, scheduler_for
 from mmfuse.train.presets import FAST_ENCODERS
@@ -67,8 +76,15 @@ from default_run import OLD_VIDEO
 CASES = {"image": ["image"], "audio": ["audio"], "video": ["video"]}
 CASES["all four"] = ["image", "audio", "video", "text"]
 SETTINGS = {
-    "before": {"workers": 0, "decoded_cache": False, "precision": "fp32", "channels_last": False},
+    "before": {
+        "workers": 0,
+        "decoded_cache": False,
+        "precision": "fp32",
+        "channels_last": False,
+        "keep_freed_memory": False,
+    },
     "after": {},
+    "after-plain-malloc": {"keep_freed_memory": False},
     "after-bf16": {"precision": "bf16", "channels_last": True},
     "after-cl": {"precision": "fp32", "channels_last": True},
     "after-fp32": {"precision": "fp32", "channels_last": False},
@@ -143,6 +159,8 @@ def step_setup(manifest, setting: str, args, tmp: Path) -> tuple:
     device = torch.device(args.device)
     # As the trainer does: "auto" precision settled for the device (bf16 + channels-last).
     cfg = train_config(setting, args, tmp / "unused").for_device(device)
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     model = build_model(config, 0)
     dataset = dataset_for(manifest, model, config, cfg, train=True)
     batch = next(iter(row_loader(dataset, [[(1, r) for r in range(args.batch_size)]])))
@@ -194,6 +212,14 @@ def main() -> None:
         help="the encoders' base width instead of 32: a cheaper model, as a faster CPU or bf16 "
         "units would make it, to see how fast a model the data path keeps busy",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every input and setting this many times, the settings' order reversed "
+        "every other round; medians, and the paired ratios of the last setting to the first",
+    )
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.rows, args.epochs, args.steps, args.repeats = 64, 2, 2, 1
@@ -204,26 +230,78 @@ def main() -> None:
     if not set(settings) <= set(SETTINGS) or not set(cases) <= set(CASES):
         parser.error(f"--settings are among {list(SETTINGS)}, --cases among {list(CASES)}")
     splits = ensure_avdigits(args.samples, progress=False)
+    if args.child:
+        print("RESULT " + json.dumps(measure(*args.child, splits, args)))
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"device {args.device}; {args.rows} avdigits rows, batch {args.batch_size}, "
         f"{args.epochs} epochs, encoder width {args.width or 32}; load average before: {_load()}"
     )
-    out = {}
+    runs = {}
+    for r in range(args.rounds):
+        for case in cases:
+            for setting in settings if r % 2 == 0 else settings[::-1]:
+                rate, top, busy = run_child(case, setting, args)
+                runs.setdefault((case, setting), []).append((rate, top, busy))
+                shown = "" if busy is None else f", model busy {busy:.0%}"
+                print(f"  {case}, {setting}: pipeline {rate:.1f}, ceiling {top:.1f}{shown}")
+    print(f"load average after: {_load()}\n")
+    out = {k: tuple(_median(v[i] for v in runs[k]) for i in range(3)) for k in runs}
+    print_table(out, cases, settings)
+    if args.rounds > 1 and len(settings) > 1:
+        print_paired(runs, cases, settings)
+
+
+def measure(case: str, setting: str, splits: dict, args) -> tuple:
+    """(pipeline, ceiling, model busy) of one input and setting, in this process."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for case in cases:
-            manifest = case_manifest(CASES[case], splits, args.rows, tmp)
-            for setting in settings:
-                rate, busy = pipeline(manifest, setting, args, tmp)
-                out[case, setting] = (rate, ceiling(manifest, setting, args, tmp), busy)
-                shown = "" if busy is None else f", model busy {busy:.0%}"
-                print(
-                    f"  {case}, {setting}: pipeline {rate:.1f}, "
-                    f"ceiling {out[case, setting][1]:.1f}{shown}"
-                )
-    print(f"load average after: {_load()}\n")
-    print_table(out, cases, settings)
+        manifest = case_manifest(CASES[case], splits, args.rows, tmp)
+        rate, busy = pipeline(manifest, setting, args, tmp)
+        return rate, ceiling(manifest, setting, args, tmp), busy
+
+
+def run_child(case: str, setting: str, args) -> tuple:
+    """`measure` in a process of its own: `keep_freed_memory` changes the allocator for the
+    rest of a process, so one setting's measurement must not inherit another's."""
+    options = {
+        "--samples": args.samples,
+        "--rows": args.rows,
+        "--epochs": args.epochs,
+        "--batch-size": args.batch_size,
+        "--steps": args.steps,
+        "--repeats": args.repeats,
+        "--device": args.device,
+        "--workers": args.workers,
+        "--width": args.width,
+    }
+    argv = [str(x) for k, v in options.items() if v is not None for x in (k, v)]
+    argv += ["--profile"] if args.profile else []
+    command = [sys.executable, __file__, *argv, "--child", case, setting]
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not lines:
+        sys.exit(f"{case}, {setting} failed:\n{done.stderr[-3000:]}")
+    return tuple(json.loads(lines[-1][len("RESULT ") :]))
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def print_paired(runs: dict, cases: list[str], settings: list[str]) -> None:
+    """Per input, the median over rounds of (last setting / first setting) for the pipeline and
+    the ceiling: measured minutes apart, so the machine's drift cancels as far as it can."""
+    first, last = settings[0], settings[-1]
+    print(f"\nPaired ratios, {last} / {first}, median over rounds (each round's ratios):")
+    for case in cases:
+        pairs = list(zip(runs[case, first], runs[case, last]))
+        for i, what in ((0, "pipeline"), (1, "ceiling")):
+            ratios = [b[i] / a[i] for a, b in pairs]
+            each = ", ".join(f"{x:.2f}" for x in ratios)
+            print(f"  {case}, {what}: {statistics.median(ratios):.2f}x ({each})")
 
 
 def print_table(out: dict, cases: list[str], settings: list[str]) -> None:

@@ -62,6 +62,9 @@ class TrainConfig(JsonConfig):
     # "auto": bf16 autocast with channels-last where the device has bf16 units, else fp32.
     precision: str = "auto"  # "auto" | "fp32" | "bf16" (autocast)
     channels_last: bool = False
+    # Keep freed memory for reuse rather than handing it back to the system at once (glibc's
+    # malloc thresholds, `train.allocator`): each step frees and reallocates the same tensors.
+    keep_freed_memory: bool = True
     # Robustness training.
     augment: bool = True  # random crops/flips/jitter for images and video, random audio crops
     spec_augment: bool = True  # SpecAugment masks on log-mel/MFCC inputs (when augmenting)

@@ -41,6 +41,7 @@ from mmfuse.infer.engine import PredictOptions, predict_dataset
 from mmfuse.model.config import ModelConfig
 from mmfuse.model.multimodal import MultimodalModel
 from mmfuse.train._ckpt_io import no_space_is_an_error
+from mmfuse.train.allocator import keep_freed_memory
 from mmfuse.train.batches import FitBatches, batches_per_epoch, epoch_order
 from mmfuse.train.cached_features import attach_cached_features, cacheable_inputs, fit_scalers
 from mmfuse.train.checkpoint import best_checkpoint, latest_checkpoint
@@ -148,6 +149,8 @@ class Trainer:
             if data is not None:
                 check_loadable(data, split, cfg.max_failed_share)
         torch.manual_seed(cfg.seed)
+        if cfg.keep_freed_memory:
+            keep_freed_memory()
         started = time.perf_counter()
         self.prepare_cache(train, val)
         # Before a resume loads the checkpoint's own (equal) statistics over these.
