@@ -25,6 +25,7 @@ from mmfuse.train.logger import MetricsLogger
 from mmfuse.train.nonfinite import NonFiniteLossError
 from mmfuse.train.preflight import UnloadableDataError
 from mmfuse.train.run import train_model
+from mmfuse.train.step import BufferSnapshot
 from rank_helpers import run_ranks
 from train_helpers import (
     SMALL_ENCODERS,
@@ -456,3 +457,23 @@ def test_ranks_agree_to_skip_a_batch_only_one_of_them_holds_nan_in(shapes, tmp_p
     assert all(math.isfinite(w) for w in ranks[0]) and ranks[0] == pytest.approx(ranks[1])
     listed = json.loads((run / "skipped.json").read_text())
     assert [(s["row"], s["column"], s["reason"]) for s in listed] == [(5, "audio", "non-finite")]
+
+
+def test_a_skipped_step_puts_batch_norm_statistics_back():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    buffers = ["1.num_batches_tracked", "1.running_mean", "1.running_var"]
+    snapshot = BufferSnapshot()
+    for _ in range(3):  # the second and third reuse the first's copies
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        snapshot.take(model)
+        model(torch.randn(2, 3, 8, 8))  # a forward pass in training mode updates the buffers
+        assert state_dicts_equal(before, model.state_dict()) == buffers
+        snapshot.restore()
+        assert state_dicts_equal(before, model.state_dict()) == []
+        model(torch.randn(2, 3, 8, 8))  # a step that was kept
+    model[1] = torch.nn.BatchNorm2d(4, momentum=0.5)  # a new module: its buffers are put back
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    snapshot.take(model)
+    model(torch.randn(2, 3, 8, 8))
+    snapshot.restore()
+    assert state_dicts_equal(before, model.state_dict()) == []

@@ -36,6 +36,35 @@ from mmfuse.train.losses import (
 from mmfuse.train.profile import StageClock
 
 
+class BufferSnapshot:
+    """The model's buffers (batch norm's running statistics) as they were before a step's
+    forward pass, to put back when the step is skipped. The copies are kept from step to step
+    and refreshed in one `_foreach_copy_`: a clone per buffer was two dozen small allocations
+    and copies a step, each costing more inside a fit than the copying itself."""
+
+    def __init__(self):
+        self._live: list[Tensor] = []
+        self._saved: list[Tensor] = []
+
+    @torch.no_grad()
+    def take(self, model: torch.nn.Module) -> BufferSnapshot:
+        live = list(model.buffers())
+        if [(b.shape, b.dtype, b.device) for b in live] != [
+            (b.shape, b.dtype, b.device) for b in self._saved
+        ]:
+            self._saved = [b.detach().clone() for b in live]
+        elif live:
+            torch._foreach_copy_(self._saved, live)
+        self._live = live
+        return self
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Every buffer back to its value at `take`."""
+        if self._live:
+            torch._foreach_copy_(self._live, self._saved)
+
+
 @dataclass
 class StepContext:
     """What every step of one fit shares."""
@@ -52,7 +81,7 @@ class StepContext:
     class_weights: dict[str, Tensor] | None = None
     dist: DistInfo | None = None  # under DDP, every rank must agree to skip a step
     clock: StageClock = field(default_factory=StageClock)  # the profile (off: times nothing)
-    buffers: BufferSnapshot = field(default_factory=lambda: BufferSnapshot())
+    buffers: BufferSnapshot = field(default_factory=BufferSnapshot)  # for a skipped step
 
     @classmethod
     def for_fit(
@@ -156,35 +185,6 @@ def _all_finite(ctx: StepContext, value: float) -> bool:
     bad = torch.tensor([0.0 if finite else 1.0], device=ctx.device)
     torch.distributed.all_reduce(bad)
     return float(bad) == 0.0
-
-
-class BufferSnapshot:
-    """The model's buffers (batch norm's running statistics) as they were before a step's
-    forward pass, to put back when the step is skipped. The copies are kept from step to step
-    and refreshed in one `_foreach_copy_`: a clone per buffer was two dozen small allocations
-    and copies a step, each costing more inside a fit than the copying itself."""
-
-    def __init__(self):
-        self._live: list[Tensor] = []
-        self._saved: list[Tensor] = []
-
-    @torch.no_grad()
-    def take(self, model: torch.nn.Module) -> BufferSnapshot:
-        live = list(model.buffers())
-        if [(b.shape, b.dtype, b.device) for b in live] != [
-            (b.shape, b.dtype, b.device) for b in self._saved
-        ]:
-            self._saved = [b.detach().clone() for b in live]
-        elif live:
-            torch._foreach_copy_(self._saved, live)
-        self._live = live
-        return self
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """Every buffer back to its value at `take`."""
-        if self._live:
-            torch._foreach_copy_(self._live, self._saved)
 
 
 def _describe(value: float) -> str:
