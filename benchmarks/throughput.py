@@ -242,7 +242,7 @@ def main() -> None:
     for r in range(args.rounds):
         for case in cases:
             for setting in settings if r % 2 == 0 else settings[::-1]:
-                rate, top, busy = run_child(case, setting, args)
+                rate, top, busy = run_child(case, setting)
                 runs.setdefault((case, setting), []).append((rate, top, busy))
                 shown = "" if busy is None else f", model busy {busy:.0%}"
                 print(f"  {case}, {setting}: pipeline {rate:.1f}, ceiling {top:.1f}{shown}")
@@ -262,23 +262,11 @@ def measure(case: str, setting: str, splits: dict, args) -> tuple:
         return rate, ceiling(manifest, setting, args, tmp), busy
 
 
-def run_child(case: str, setting: str, args) -> tuple:
+def run_child(case: str, setting: str) -> tuple:
     """`measure` in a process of its own: `keep_freed_memory` changes the allocator for the
     rest of a process, so one setting's measurement must not inherit another's."""
-    options = {
-        "--samples": args.samples,
-        "--rows": args.rows,
-        "--epochs": args.epochs,
-        "--batch-size": args.batch_size,
-        "--steps": args.steps,
-        "--repeats": args.repeats,
-        "--device": args.device,
-        "--workers": args.workers,
-        "--width": args.width,
-    }
-    argv = [str(x) for k, v in options.items() if v is not None for x in (k, v)]
-    argv += ["--profile"] if args.profile else []
-    command = [sys.executable, __file__, *argv, "--child", case, setting]
+    # The child reads the same options (it measures before `--rounds` would matter).
+    command = [sys.executable, __file__, *sys.argv[1:], "--child", case, setting]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
     if done.returncode or not lines:

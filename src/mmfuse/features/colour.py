@@ -1,4 +1,5 @@
-"""Colour arithmetic of the image transforms: greyscale, its mean, blends (float images)."""
+"""Colour arithmetic of the image transforms: greyscale, its mean, blends (float images), and
+the small constant tensors they and `Normalize` use, made once."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import torch
 _GREY = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
 
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`torch.tensor(values)` of this dtype and device, made once: the front end runs on every
+    training batch, and making a small tensor is a call each time. Callers must not write into
+    it."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def _grey_weights(x: torch.Tensor) -> torch.Tensor:  # 1×3, of x's dtype and device
-    return _weights(x.dtype, x.device)
-
-
-@functools.lru_cache(maxsize=16)
-def _weights(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # Made once: the jitter runs on every training batch, and a new tensor is a call each time.
-    return torch.tensor([_GREY], dtype=dtype, device=device)
+    return constant((_GREY,), x.dtype, x.device)
 
 
 def greyscale(x: torch.Tensor) -> torch.Tensor:  # …×C×H×W → …×1×H×W

@@ -15,10 +15,10 @@ import math
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from mmfuse.features.batched import Staged
-from mmfuse.features.colour import blend, greyscale, greyscale_mean
+from mmfuse.features.colour import blend, constant, greyscale, greyscale_mean
 from mmfuse.features.draws import Source, rand_array, randint_below, randint_below_array
 from mmfuse.features.spec import ImageSpec
 
@@ -222,7 +222,6 @@ class Normalize(ImageOp):
         if len(mean) != len(std) or min(std) <= 0:
             raise ValueError(f"Normalize needs equal-length mean and positive std: {mean}, {std}")
         self.mean, self.std = tuple(mean), tuple(std)
-        self._made: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         if not x.is_floating_point():
@@ -232,20 +231,8 @@ class Normalize(ImageOp):
                 f"image has {x.shape[-3]} channels but mean/std have {len(self.mean)}; "
                 "fix the spec's mean and std"
             )
-        mean, std = self._constants(x.dtype, x.device)
+        mean, std = (constant(v, x.dtype, x.device).view(-1, 1, 1) for v in (self.mean, self.std))
         return (x - mean).div_(std)
-
-    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        # Made once per dtype and device: a batch's front end is a few dozen small calls, and
-        # making these two tensors every batch was four of them.
-        key = (dtype, device)
-        if key not in self._made:
-            shape = (-1, 1, 1)
-            self._made[key] = tuple(
-                torch.tensor(v, dtype=dtype, device=device).view(shape)
-                for v in (self.mean, self.std)
-            )
-        return self._made[key]
 
 
 def shorter_side_size(height: int, width: int, short: int) -> tuple[int, int]:
