@@ -94,6 +94,40 @@ class Encoder(nn.Module):
         return f"modality={self.modality!r}, output_dim={self.output_dim}"
 
 
+# glibc serves an allocation above its mmap threshold (32 MiB at most) with a fresh mapping
+# whose pages fault in one at a time and go back to the kernel when it is freed, so a CPU
+# forward whose activations are larger than that spends more time faulting pages in than
+# computing (docs/encoders.md, "Inference in slices"). Inference on a CPU therefore runs a
+# large batch in slices whose largest activation stays under this.
+SLICE_BYTES = 24 << 20
+
+
+def in_slices(module: nn.Module, fn: Callable, x: torch.Tensor, per_row: int) -> torch.Tensor:
+    """`fn(x)` for a `B×…` batch, computed on slices of its rows when `module` is in eval mode
+    on a CPU and one call's largest activation, `per_row` elements a row, would pass
+    SLICE_BYTES. Eval-mode layers treat rows apart, so the result is the same. Training keeps
+    one call (BatchNorm's batch statistics), and so do tracing and ONNX export, whose graph
+    must not fix the batch size."""
+    rows = max(1, SLICE_BYTES // max(1, per_row * activation_bytes(x)))
+    if (
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or module.training
+        or x.device.type != "cpu"
+        or x.shape[0] <= rows
+    ):
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(rows)])
+
+
+def activation_bytes(x: torch.Tensor) -> int:
+    """Bytes an element of the activations computed from `x` takes: 2 under CPU autocast to
+    a 16-bit type, else `x`'s own."""
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        return torch.empty((), dtype=torch.get_autocast_dtype("cpu")).element_size()
+    return x.element_size()
+
+
 def check_shape(x: torch.Tensor, expected: tuple, what: str) -> None:
     """Raise a ValueError naming expected vs got shape. `expected` holds ints or names (free)."""
     if not isinstance(x, torch.Tensor):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmfuse.encoders.base import Encoder, EncoderError, check_shape, register
+from mmfuse.encoders.base import Encoder, EncoderError, check_shape, in_slices, register
 from mmfuse.features.spec import ImageSpec
 
 # The TF Lite builder normalises pixels in [0, 255] as (x - 127) / 128 ("inception-style, for
@@ -155,6 +155,9 @@ class EfficientNetLite(Encoder):
         self._conv_stem = SameConv2d(3, stem, 3, 2, bias=False)
         self._bn0 = batch_norm(stem)
         blocks, in_ch, stage_ends, stage_dims = [], stem, [], []
+        # The widest activation, in elements per input pixel: channels over the squared
+        # stride at which they are computed (`in_slices` sizes its slices by it).
+        self.widest, reduction = stem / 4, 2
         for i, (repeats, kernel, stride, expand, _, out_ch) in enumerate(STAGES):
             out_ch = round_channels(out_ch, width)
             # Lite keeps the first and last stages at one block whatever the depth.
@@ -162,6 +165,8 @@ class EfficientNetLite(Encoder):
                 repeats = math.ceil(depth * repeats)
             for j in range(repeats):
                 blocks.append(MBConv(in_ch, out_ch, kernel, stride if j == 0 else 1, expand))
+                self.widest = max(self.widest, in_ch * expand / reduction**2)
+                reduction *= stride if j == 0 else 1
                 in_ch = out_ch
             stage_ends.append(len(blocks) - 1)
             stage_dims.append(out_ch)
@@ -185,6 +190,10 @@ class EfficientNetLite(Encoder):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # B×3×H×W → B×D×h×w
         check_shape(x, ("B", 3, "H", "W"), "image encoder 'efficientnet-lite'")
+        per_row = math.ceil(self.widest * x.shape[-2] * x.shape[-1])
+        return in_slices(self, self._feature_map, x, per_row)
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
         stages = []
         for i, block in enumerate(self._blocks):

@@ -6,10 +6,12 @@ torchvision ResNet state_dict minus its `fc.*` keys loads with `load_state_dict`
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from mmfuse.encoders.base import Encoder, check_shape, register
+from mmfuse.encoders.base import Encoder, check_shape, in_slices, register
 from mmfuse.features.spec import ImageSpec
 
 
@@ -62,6 +64,11 @@ class ResNet(Encoder):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:  # B×3×H×W → B×C×h×w
         check_shape(x, ("B", 3, "H", "W"), "image encoder 'resnet'")
+        # The widest activation is the stem's: `width` channels at half the resolution.
+        per_row = self.conv1.out_channels * math.ceil(x.shape[-2] / 2) * math.ceil(x.shape[-1] / 2)
+        return in_slices(self, self._feature_map, x, per_row)
+
+    def _feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)

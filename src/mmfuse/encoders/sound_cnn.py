@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmfuse.encoders.base import Encoder, EncoderError, check_shape, register
+from mmfuse.encoders.base import Encoder, EncoderError, check_shape, in_slices, register
 from mmfuse.features.sfx_mel import FRAME, HOP, N_MELS, SAMPLE_RATE, log_mel_frames, sliding
 from mmfuse.features.spec import AudioSpec
 
@@ -95,26 +95,40 @@ class SoundCNN(Encoder):
         self.output_dim = self.net.output_dim + (2 * N_MELS if stats else 0)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self._tokens(x, content_frames(x))
+
+    def _tokens(
+        self, x: torch.Tensor, frames: torch.Tensor, used: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Block tokens of clips whose audio spans `frames`; with `used` (blocks per clip)
+        the blocks past every clip's last are left out (zeros a loader padded with)."""
         check_shape(x, ("B", "N"), "audio encoder 'sound-cnn' (44.1 kHz waveform)")
         spec = log_mel_frames(x) / SPEC_MAX  # B×T×96
         blocks = spectrogram_blocks(spec)  # B×K×100×96
+        if used is not None and not torch.jit.is_tracing():
+            # Short clips padded to `duration` would otherwise spend most of the network on
+            # silence that the mean leaves out. (A traced graph keeps every block.)
+            blocks = blocks[:, : int(used.max())]
         # -1 for B: a traced (ONNX) graph keeps the batch size free.
         k = blocks.shape[1]
-        tokens = self.net(blocks.flatten(0, 1)).view(-1, k, self.net.output_dim)  # B×K×C
+        per_row = self.net.conv_block1.conv1.out_channels * BLOCK * N_MELS
+        tokens = in_slices(self, self.net, blocks.flatten(0, 1), per_row)
+        tokens = tokens.view(-1, k, self.net.output_dim)  # B×K×C
         if not self.stats:
             return tokens
         # Every block carries the clip's statistics, so tokens keep the vector's width and
         # their mean is the vector.
-        summary = mel_statistics(spec, content_frames(x))  # B×192
+        summary = mel_statistics(spec, frames)  # B×192
         return torch.cat([tokens, summary[:, None].expand(-1, k, -1)], dim=-1)  # B×K×D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.forward_tokens(x)  # B×K×D
         # The mean over blocks keeps a clip's scale independent of its length, and every part of
         # the clip counts alike (blocks overlap by half); the max over time inside each block
         # already keeps short events. Blocks made only of the zeros a loader padded with are
         # left out, so a clip embeds the same alone as padded to `duration`.
-        used = block_count(content_frames(x))  # B
+        frames = content_frames(x)
+        used = block_count(frames)  # B
+        tokens = self._tokens(x, frames, used)  # B×K×D
         keep = torch.arange(tokens.shape[1], device=x.device) < used[:, None]  # B×K
         keep = keep.unsqueeze(-1).to(tokens.dtype)
         return (tokens * keep).sum(dim=1) / keep.sum(dim=1)  # B×D

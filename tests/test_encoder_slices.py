@@ -1,0 +1,88 @@
+"""Inference on a CPU in slices (`encoders.base.in_slices`): the same features as one call,
+one call where slicing would change or fix something (training, tracing), and the slices'
+size following the encoder's widest activation. Also: `sound-cnn` leaves out the blocks that
+are only padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmfuse.encoders import base, build
+from mmfuse.encoders.base import SLICE_BYTES, in_slices
+
+
+class Counting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return x * 2
+
+
+def test_a_large_eval_batch_runs_in_slices_under_the_budget():
+    module = Counting().eval()
+    x = torch.randn(10, 3)
+    per_row = SLICE_BYTES // (4 * 3)  # three rows a slice
+    torch.testing.assert_close(in_slices(module, module, x, per_row), x * 2)
+    assert module.calls == [3, 3, 3, 1]
+
+
+@pytest.mark.parametrize("case", ["training", "small", "traced"])
+def test_one_call_when_training_small_or_traced(case):
+    module = Counting().train(case == "training")
+    x = torch.randn(10, 3)
+    per_row = 4 if case == "small" else SLICE_BYTES
+    if case == "traced":
+        torch.jit.trace(lambda t: in_slices(module, module, t, per_row), x, check_trace=False)
+    else:
+        in_slices(module, module, x, per_row)
+    assert module.calls == [10]
+
+
+def test_autocast_halves_the_bytes_of_an_element():
+    x = torch.randn(2, 3)
+    assert base.activation_bytes(x) == 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert base.activation_bytes(x) == 2
+
+
+def test_efficientnet_lite0_widest_activation_is_its_second_stage_expansion():
+    # 16 channels × 6 at stride 2: 96 / 4 elements per input pixel.
+    encoder = build("image", "efficientnet-lite0", pretrained=False)
+    assert encoder.widest == 24
+
+
+@pytest.mark.parametrize(
+    ("modality", "name", "options", "shape"),
+    [
+        ("image", "efficientnet-lite-tiny", {"features": "stages", "grid": 2}, (7, 3, 64, 64)),
+        ("image", "resnet-tiny", {}, (7, 3, 64, 64)),
+        ("audio", "sound-cnn-tiny", {"width": 4, "duration": 5.0}, (5, 5 * 44100)),
+    ],
+)
+def test_sliced_features_equal_one_call(monkeypatch, modality, name, options, shape):
+    torch.manual_seed(0)
+    encoder = build(modality, name, **options).eval()
+    x = torch.rand(shape) - 0.5
+    with torch.no_grad():
+        whole = encoder(x)
+        monkeypatch.setattr(base, "SLICE_BYTES", 1)  # one row a slice
+        sliced = encoder(x)
+    torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_sound_cnn_skips_blocks_that_are_only_padding():
+    torch.manual_seed(0)
+    encoder = build("audio", "sound-cnn-tiny", width=4, duration=5.0).eval()
+    seen: list[int] = []
+    encoder.net.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    x = torch.zeros(3, 5 * 44100)
+    x[:, :44100] = torch.randn(3, 44100) * 0.1  # one second of sound, then padding
+    with torch.no_grad():
+        pooled = encoder(x)
+        tokens = encoder.forward_tokens(x)
+    assert seen == [3 * 1, 3 * tokens.shape[1]]  # one block a clip, then every block
+    torch.testing.assert_close(pooled, tokens[:, 0])
