@@ -29,6 +29,7 @@ BLOCK_HOP = 50
 # aiSFX scales log-mels by the largest value of its training set ('original' min-max, min 0).
 SPEC_MAX = 9.457798957824707
 CHECKPOINT = "models/checkpoint.pth"  # inside the installed aisfx package
+WHAT = "audio encoder 'sound-cnn' (44.1 kHz waveform)"
 INSTALL_HINT = "run `make setup`, or `pip install --no-deps aisfx==0.1.2`"
 
 
@@ -95,6 +96,7 @@ class SoundCNN(Encoder):
         self.output_dim = self.net.output_dim + (2 * N_MELS if stats else 0)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, ("B", "N"), WHAT)
         return self._tokens(x, content_frames(x))
 
     def _tokens(
@@ -102,7 +104,6 @@ class SoundCNN(Encoder):
     ) -> torch.Tensor:
         """Block tokens of clips whose audio spans `frames`; with `used` (blocks per clip)
         the blocks past every clip's last are left out (zeros a loader padded with)."""
-        check_shape(x, ("B", "N"), "audio encoder 'sound-cnn' (44.1 kHz waveform)")
         spec = log_mel_frames(x) / SPEC_MAX  # B×T×96
         blocks = spectrogram_blocks(spec)  # B×K×100×96
         if used is not None and not torch.jit.is_tracing():
@@ -126,6 +127,7 @@ class SoundCNN(Encoder):
         # the clip counts alike (blocks overlap by half); the max over time inside each block
         # already keeps short events. Blocks made only of the zeros a loader padded with are
         # left out, so a clip embeds the same alone as padded to `duration`.
+        check_shape(x, ("B", "N"), WHAT)
         frames = content_frames(x)
         used = block_count(frames)  # B
         tokens = self._tokens(x, frames, used)  # B×K×D
