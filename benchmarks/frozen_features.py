@@ -31,10 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-SETTINGS = {"one-call": {"slices": False}, "slices": {"slices": True}}
+sys.path.insert(0, str(Path(__file__).parent))
+from real import load, scores
+
+SETTINGS = ("one-call", "slices")
 
 
 def task_paths(task: str, samples: int, data: Path) -> dict[str, Path]:
@@ -50,19 +52,12 @@ def task_paths(task: str, samples: int, data: Path) -> dict[str, Path]:
     return ensure_real_task(task, data / f"real-{task}", seed=0, size="small")
 
 
-def scores(proba: np.ndarray, classes, truth: np.ndarray) -> dict:
-    index = {str(c): i for i, c in enumerate(classes)}
-    picked = proba[np.arange(len(truth)), [index[t] for t in truth]]
-    accuracy = float(np.mean(np.asarray(classes)[proba.argmax(1)].astype(str) == truth))
-    return {"accuracy": accuracy, "log_loss": float(-np.log(np.clip(picked, 1e-15, 1)).mean())}
-
-
 def measure(task: str, setting: str, args) -> dict:
     """One task and setting: a cold and a warm fit, and the test scores."""
     from mmfuse import MultimodalClassifier
     from mmfuse.encoders import base
 
-    if not SETTINGS[setting]["slices"]:
+    if setting == "one-call":
         base.SLICE_BYTES = 1 << 62
     paths = task_paths(task, args.samples, Path(args.data))
     truth = pd.read_csv(paths["test"], dtype=str)["label"].to_numpy()
@@ -79,9 +74,10 @@ def measure(task: str, setting: str, args) -> dict:
             start = time.perf_counter()
             clf.fit(str(paths["train"]), val=str(paths["val"]))
             times.append(time.perf_counter() - start)
-        fitted = scores(clf.predict_proba(str(paths["test"])), clf.classes_, truth)
+        classes = [str(c) for c in clf.classes_]
+        fitted = scores(clf.predict_proba(str(paths["test"])), classes, truth)
         saved = MultimodalClassifier.load(clf.save(f"{tmp}/model"))
-        loaded = scores(saved.predict_proba(str(paths["test"])), saved.classes_, truth)
+        loaded = scores(saved.predict_proba(str(paths["test"])), classes, truth)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rows = sum(len(pd.read_csv(paths[s])) for s in ("train", "val"))
     return {
@@ -116,10 +112,6 @@ def print_row(r: dict) -> None:
         f"{r['loaded']['accuracy']:>6.3f} {r['loaded']['log_loss']:>6.3f}",
         flush=True,
     )
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main() -> None:

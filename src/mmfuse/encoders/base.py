@@ -124,7 +124,7 @@ def activation_bytes(x: torch.Tensor) -> int:
     """Bytes an element of the activations computed from `x` takes: 2 under CPU autocast to
     a 16-bit type, else `x`'s own."""
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return torch.empty((), dtype=torch.get_autocast_dtype("cpu")).element_size()
+        return torch.get_autocast_dtype("cpu").itemsize
     return x.element_size()
 
 
