@@ -19,7 +19,9 @@ import torch
 from mmfuse.errors import CheckpointError
 
 FORMAT = "mmfuse-checkpoint"
-VERSION = 1
+# 2: meta.json may name a frozen file beside the folder (`_ckpt_frozen`); a checkpoint without
+# one is still written as 1, which older versions read.
+VERSION = 2
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
@@ -27,6 +29,9 @@ META_FILE = "meta.json"
 # The files a meta.json may list; anything else means a foreign or newer layout.
 REQUIRED_FILES = (MODEL_FILE, STATE_FILE)
 KNOWN_FILES = (MODEL_FILE, STATE_FILE, CONFIG_FILE)
+
+# A run folder's frozen tensors, named by their sha256 (see `_ckpt_frozen`).
+FROZEN = re.compile(r"frozen-(?P<sha256>[0-9a-f]{64})\.safetensors")
 
 TAG = re.compile(r"[a-z][a-z0-9_]*")
 FOLDER = re.compile(r"(?P<tag>[a-z][a-z0-9_]*)-(?P<step>\d{8,})")
@@ -54,7 +59,25 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
             )
         if sha256(file) != expected["sha256"]:
             raise CheckpointError(file, f"sha256 does not match meta.json (damaged); {TRY_OLDER}")
+    if "frozen" in meta:
+        _verify_frozen(path, meta["frozen"])
     return meta
+
+
+def _verify_frozen(path: Path, entry: dict) -> None:
+    file = path.parent / entry["file"]
+    if not file.is_file():
+        raise CheckpointError(
+            file,
+            f"missing: {path.name} keeps its frozen weights in this file beside it in the run "
+            f"folder; copy the file with the checkpoint folder, or {TRY_OLDER}",
+        )
+    if file.stat().st_size != entry["bytes"]:
+        raise CheckpointError(
+            file, f"is {file.stat().st_size} bytes, meta.json says {entry['bytes']}; {TRY_OLDER}"
+        )
+    if sha256(file) != FROZEN.fullmatch(file.name)["sha256"]:
+        raise CheckpointError(file, f"sha256 does not match its name (damaged); {TRY_OLDER}")
 
 
 def read_meta(path: Path) -> dict:
@@ -100,6 +123,17 @@ def _well_formed(meta: dict) -> bool:
         )
         and isinstance(meta.get("step"), int)
         and isinstance(meta.get("epoch"), int)
+        and ("frozen" not in meta or _well_formed_frozen(meta["frozen"]))
+    )
+
+
+def _well_formed_frozen(entry) -> bool:
+    # The name is checked by pattern, so meta.json cannot point outside the run folder.
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("file"), str)
+        and FROZEN.fullmatch(entry["file"]) is not None
+        and isinstance(entry.get("bytes"), int)
     )
 
 

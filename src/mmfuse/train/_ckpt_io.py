@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 
 from mmfuse.errors import CheckpointError
 
@@ -34,6 +34,22 @@ _SCRATCH = re.compile(
 def write_model(path: Path, model: torch.nn.Module) -> None:
     # save_model stores each tied/shared tensor once; load_model re-ties on the way back.
     save_model(model, str(path), metadata={"format": "pt"})
+    fsync_file(path)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Part of a state dict, every name stored (a tensor sharing memory with one already
+    taken is copied: safetensors stores no aliases, and loading copies into the model's own)."""
+    taken, plain = set(), {}
+    for name, tensor in tensors.items():
+        key = (tensor.device, tensor.untyped_storage().data_ptr())
+        plain[name] = (
+            tensor.detach().clone(memory_format=torch.contiguous_format)
+            if key in taken
+            else tensor.detach().contiguous()
+        )
+        taken.add(key)
+    save_file(plain, str(path), metadata={"format": "pt"})
     fsync_file(path)
 
 

@@ -7,12 +7,14 @@ mid-delete never leaves a half-deleted `ckpt-*` folder.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 from mmfuse.errors import CheckpointError
-from mmfuse.train import _ckpt_io
+from mmfuse.train import _ckpt_frozen, _ckpt_io
 from mmfuse.train._ckpt_format import FOLDER, META_FILE, TAG, read_meta, verify_checkpoint
 
 
@@ -129,8 +131,21 @@ def prune(run_dir: Path, tag: str, keep: int, newest: Path) -> None:
         trash = run_dir / _ckpt_io.scratch_name("trash", path.name)
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
+    _ckpt_frozen.remove_unreferenced(run_dir, _frozen_in_use(run_dir))
     _ckpt_io.fsync_dir(run_dir)
     _ckpt_io.remove_abandoned_scratch(run_dir)
+
+
+def _frozen_in_use(run_dir: Path) -> set[str]:
+    """The frozen files that the run's checkpoint folders (any tag, complete or not) name."""
+    names = set()
+    for child in run_dir.iterdir():
+        meta = child / META_FILE
+        if FOLDER.fullmatch(child.name) and meta.is_file():
+            # No frozen file, or an unreadable meta.json: its checkpoint is not usable anyway.
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                names.add(json.loads(meta.read_text())["frozen"]["file"])
+    return names
 
 
 def remove_all(run_dir: Path) -> None:
@@ -141,6 +156,7 @@ def remove_all(run_dir: Path) -> None:
             trash = run_dir / _ckpt_io.scratch_name("trash", child.name)
             os.replace(child, trash)
             shutil.rmtree(trash, ignore_errors=True)
+    _ckpt_frozen.remove_unreferenced(run_dir, set())
     _ckpt_io.remove_abandoned_scratch(run_dir)
 
 
@@ -153,4 +169,4 @@ def _looks_complete(path: Path) -> bool:
     return all(
         (path / name).is_file() and (path / name).stat().st_size == info["bytes"]
         for name, info in meta["files"].items()
-    )
+    ) and ("frozen" not in meta or _ckpt_frozen.looks_complete(path, meta["frozen"]))

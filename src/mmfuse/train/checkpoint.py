@@ -9,7 +9,12 @@ Layout of a run folder::
             config.json           optional run config (JSON), as passed to `save_checkpoint`
             meta.json             format version, epoch, step, sha256 + size of the files above
         best-00000150/            `mark_best` hard-links the files of the best checkpoint here
+        frozen-<sha256>.safetensors   frozen tensors the checkpoints share (`_ckpt_frozen`)
         .tmp-ckpt-00000300-...    a save in progress or killed mid-way: always ignored
+
+A model whose frozen tensors (no gradient; buffers of modules in eval mode) make 8 MiB or more
+keeps them out of each checkpoint's model.safetensors: they are written once into the frozen
+file that meta.json names and loaded from it, and the file goes when no checkpoint names it.
 
 A checkpoint is built in a `.tmp-` folder (each file flushed and fsynced, meta.json last, the
 folder fsynced), renamed into place with one `os.replace` (a directory rename is atomic on
@@ -43,11 +48,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model
+from safetensors.torch import load_file, load_model
 
 from mmfuse.errors import CheckpointError
 from mmfuse.model.saved import first_nonfinite
-from mmfuse.train import _ckpt_io, _ckpt_store
+from mmfuse.train import _ckpt_frozen, _ckpt_io, _ckpt_store
 from mmfuse.train._ckpt_format import (
     CONFIG_FILE,
     FORMAT,
@@ -104,6 +109,7 @@ def save_checkpoint(
     generators: Mapping[str, Any] | None = None,
     tag: str = "ckpt",
     keep_last: int | None = 2,
+    frozen_min_bytes: int | None = _ckpt_frozen.MIN_BYTES,
 ) -> Path:
     """Write `run_dir/<tag>-<step:08d>/` atomically and return its path.
 
@@ -111,13 +117,16 @@ def save_checkpoint(
     None, lists, tuples and dicts (checked up front, so a bad value fails before any write).
     `config` (JSON-safe) is stored as config.json. `generators` are named data-order RNGs saved
     with the global ones. Afterwards only the newest `keep_last` complete `<tag>-*` checkpoints
-    are kept (None keeps all); the one just written is never pruned.
+    are kept (None keeps all); the one just written is never pruned. Frozen tensors (no
+    gradient, or buffers of modules in eval mode) of at least `frozen_min_bytes` together go
+    to a `frozen-<sha256>.safetensors` in `run_dir` that checkpoints share (None: never).
     """
     run_dir = Path(run_dir)
     _check_arguments(tag, epoch, step, keep_last)
+    trained, frozen = _ckpt_frozen.split(model, frozen_min_bytes)
     state = {
         "format": FORMAT,
-        "version": VERSION,
+        "version": VERSION if frozen else 1,
         "epoch": epoch,
         "step": step,
         "best_metric": None if best_metric is None else float(best_metric),
@@ -132,20 +141,25 @@ def save_checkpoint(
     older = [p for s, p in _ckpt_store.checkpoints(run_dir, tag) if s < step]
     kept = f"the last checkpoint, {older[0]}, is untouched" if older else ""
     _check_finite(model, final, kept)
+    _warn_if_newer(run_dir, tag, step)
+    need = _ckpt_io.tensor_bytes([trained, frozen, state])
+    with _ckpt_io.no_space_is_an_error(run_dir, f"checkpoint {final.name}", need=need, kept=kept):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split = (trained, _ckpt_frozen.store(run_dir, frozen)) if frozen else None
+        _write_folder(final, model, state, config_text, split)
+        if keep_last is not None:
+            _ckpt_store.prune(run_dir, tag, keep_last, final)
+    return final
+
+
+def _warn_if_newer(run_dir: Path, tag: str, step: int) -> None:
     newer = [p for s, p in _ckpt_store.checkpoints(run_dir, tag) if s > step]
     if newer:
         warnings.warn(
             f"{run_dir} already has {tag} checkpoints past step {step} ({newer[0].name}): "
             "latest_checkpoint will keep picking them; resume into a fresh run folder",
-            stacklevel=2,
+            stacklevel=3,
         )
-    need = _ckpt_io.tensor_bytes(model.state_dict()) + _ckpt_io.tensor_bytes(state)
-    with _ckpt_io.no_space_is_an_error(run_dir, f"checkpoint {final.name}", need=need, kept=kept):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_folder(final, model, state, config_text)
-        if keep_last is not None:
-            _ckpt_store.prune(run_dir, tag, keep_last, final)
-    return final
 
 
 def _check_finite(model: torch.nn.Module, final: Path, kept: str) -> None:
@@ -179,12 +193,16 @@ def _config_text(config: Mapping[str, Any] | None) -> str | None:
         raise ValueError(f"config is not JSON-safe ({err}); pass plain dicts/lists") from err
 
 
-def _write_folder(final: Path, model, state: dict, config_text: str | None) -> None:
-    """Build the checkpoint in a scratch folder, then rename it to `final` in one step."""
+def _write_folder(final: Path, model, state: dict, config_text: str | None, split=None) -> None:
+    """Build the checkpoint in a scratch folder, then rename it to `final` in one step.
+    `split`: (the trained tensors, the meta.json entry of the frozen file holding the rest)."""
     tmp = final.parent / _ckpt_io.scratch_name("tmp", final.name)
     tmp.mkdir()
     try:
-        _ckpt_io.write_model(tmp / MODEL_FILE, model)
+        if split is None:
+            _ckpt_io.write_model(tmp / MODEL_FILE, model)
+        else:
+            _ckpt_io.write_tensors(tmp / MODEL_FILE, split[0])
         _ckpt_io.write_state(tmp / STATE_FILE, state)
         names = list(REQUIRED_FILES)
         if config_text is not None:
@@ -192,12 +210,14 @@ def _write_folder(final: Path, model, state: dict, config_text: str | None) -> N
             names.append(CONFIG_FILE)
         meta = {
             "format": FORMAT,
-            "version": VERSION,
+            "version": state["version"],
             "epoch": state["epoch"],
             "step": state["step"],
             "torch": torch.__version__,
             "files": {name: describe(tmp / name) for name in names},
         }
+        if split is not None:
+            meta["frozen"] = split[1]
         # Last, so a folder copied or synced by hand is complete iff meta.json is there.
         _ckpt_io.write_bytes(tmp / META_FILE, json.dumps(meta, indent=2).encode())
         _ckpt_io.fsync_dir(tmp)
@@ -233,7 +253,7 @@ def load_checkpoint(
     meta = verify_checkpoint(path) if verify else read_meta(path)
     state_path = path / STATE_FILE
     state = _read_state(state_path, map_location)
-    _load_weights(path / MODEL_FILE, model, map_location)
+    _load_weights(path, meta, model, map_location)
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None:
             _load_state_dict(target, name, state, state_path)
@@ -267,10 +287,18 @@ def _read_state(state_path: Path, map_location) -> dict:
     return state
 
 
-def _load_weights(model_path: Path, model: torch.nn.Module, map_location) -> None:
+def _load_weights(path: Path, meta: dict, model: torch.nn.Module, map_location) -> None:
     device = map_location if isinstance(map_location, str) else str(map_location)
+    model_path = path / MODEL_FILE
     try:
-        load_model(model, model_path, strict=True, device=device)
+        if "frozen" in meta:
+            tensors = _ckpt_frozen.read(path, meta["frozen"], device)
+            tensors.update(load_file(model_path, device=device))
+            model.load_state_dict(tensors, strict=True)
+        else:
+            load_model(model, model_path, strict=True, device=device)
+    except CheckpointError:
+        raise
     except Exception as err:
         raise CheckpointError(
             model_path,
