@@ -4,7 +4,10 @@ tensors, pruning, and damaged or missing frozen files."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,3 +292,18 @@ def test_a_trainer_writes_a_frozen_encoder_once_and_resumes_exactly(tmp_path, mo
     resumed, model = run(part, 3, resume=True)
     assert without_timing(resumed.history) == without_timing(full.history)
     assert state_dicts_equal(model.state_dict(), full_model.state_dict()) == []
+
+
+def test_a_frozen_file_left_by_a_killed_save_is_removed(tmp_path):
+    from mmfuse.train import _ckpt_io
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    ours = _ckpt_io.scratch_name("tmp", "frozen")
+    theirs = ours.replace(f"-{os.getpid()}-", f"-{dead}-")
+    for name in (ours, theirs):
+        (tmp_path / name).write_bytes(b"half a frozen file")
+    save(tmp_path, Frozen().eval(), 1)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert theirs not in names  # its process is gone
+    assert ours in names  # this process may still be writing it

@@ -26,8 +26,10 @@ from mmfuse.errors import CheckpointError
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 # The tag pattern has no "-", so the host (which may) is unambiguous at the end.
+# The step is absent from a frozen file's scratch name (`.tmp-frozen-<pid>-...`); a pid never
+# has the 8 digits of a step, so the two cannot be confused.
 _SCRATCH = re.compile(
-    r"\.(?:tmp|trash)-[a-z][a-z0-9_]*-\d{8,}-(?P<pid>\d+)-[0-9a-f]+-(?P<host>[A-Za-z0-9_.-]*)"
+    r"\.(?:tmp|trash)-[a-z][a-z0-9_]*(?:-\d{8,})?-(?P<pid>\d+)-[0-9a-f]+-(?P<host>[A-Za-z0-9_.-]*)"
 )
 
 
@@ -108,19 +110,23 @@ def scratch_name(kind: str, name: str) -> str:
 
 
 def remove_abandoned_scratch(run_dir: Path) -> None:
-    # Temp folders of killed saves would otherwise pile up, each as large as a checkpoint.
-    # Only those whose saving process, on this host, is gone: another may still be writing.
+    # Temp folders (and frozen files) of killed saves would otherwise pile up, each as large as
+    # a checkpoint. Only those whose saving process, on this host, is gone: another may still
+    # be writing.
     if os.name != "posix":
         return
     host = _host()
     for child in run_dir.iterdir():
         match = _SCRATCH.fullmatch(child.name)
-        if not match or match["host"] != host or not child.is_dir():
+        if not match or match["host"] != host:
             continue
         pid = int(match["pid"])
         if pid == os.getpid() or _process_alive(pid):
             continue
-        shutil.rmtree(child, ignore_errors=True)
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _host() -> str:
