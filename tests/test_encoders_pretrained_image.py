@@ -14,7 +14,7 @@ from skimage import data
 from torch.nn import functional as F
 
 from mmfuse.encoders import EncoderError, build
-from mmfuse.encoders.efficientnet import WEIGHTS, pretrained_state_dict
+from mmfuse.encoders.efficientnet import WEIGHTS, SameConv2d, pretrained_state_dict
 from mmfuse.features.image import image_transform, resize
 from mmfuse.features.spec import IMAGENET_MEAN, IMAGENET_STD
 from mmfuse.features.video import video_transform
@@ -43,6 +43,23 @@ def reference(name: str) -> EfficientNet:
     package, filename, _ = WEIGHTS[name]
     path = importlib.resources.files(package) / "models" / filename
     return EfficientNet.from_pretrained(name, weights_path=str(path)).eval()
+
+
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (5, 1), (3, 2), (5, 2), (1, 2)])
+@pytest.mark.parametrize("size", [(7, 7), (8, 8), (9, 12), (224, 224)])
+def test_same_padding_is_tensorflows(kernel, stride, size):
+    # TF "SAME": output ceil(size / stride), the odd padding pixel at the bottom / right.
+    torch.manual_seed(0)
+    conv = SameConv2d(4, 6, kernel, stride, bias=True)
+    x = torch.randn(2, 4, *size)
+    pads = []
+    for n in size[::-1]:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        pads += [total // 2, total - total // 2]
+    expected = F.conv2d(F.pad(x, pads), conv.weight, conv.bias, stride)
+    got = conv(x)
+    assert got.shape[-2:] == tuple(-(-n // stride) for n in size)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
