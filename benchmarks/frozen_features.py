@@ -1,4 +1,5 @@
-"""What the `medium` preset's frozen features cost to compute: in slices or one call a batch.
+"""What the `medium` preset's frozen features cost to compute: in slices or one call a batch,
+channels-last or not.
 
     .venv/bin/python benchmarks/frozen_features.py                      # avdigits-600
     .venv/bin/python benchmarks/frozen_features.py --tasks avdigits,digits --samples 200
@@ -10,7 +11,9 @@ computing the features cost. Settings:
 
 - `one-call`: each batch through an encoder in one call, as before slicing (the slice budget
   `encoders.base.SLICE_BYTES` set beyond any batch);
-- `slices`: large batches in slices (`encoders.base.in_slices`), the default.
+- `slices-nchw`: in slices, each picture batch in the layout it comes in (NCHW), as before
+  `encoders.base.CPU_CHANNELS_LAST`;
+- `slices`: large batches in slices (`encoders.base.in_slices`), channels-last: the default.
 
 Also printed: the child's peak memory and minor page faults, and test accuracy and log loss,
 both of the fitted classifier and of its saved folder loaded again (`MultimodalClassifier.load`):
@@ -36,7 +39,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from real import load, scores
 
-SETTINGS = ("one-call", "slices")
+SETTINGS = ("one-call", "slices-nchw", "slices")
 
 
 def task_paths(task: str, samples: int, data: Path) -> dict[str, Path]:
@@ -59,6 +62,8 @@ def measure(task: str, setting: str, args) -> dict:
 
     if setting == "one-call":
         base.SLICE_BYTES = 1 << 62
+    if setting in ("one-call", "slices-nchw"):
+        base.CPU_CHANNELS_LAST = False
     paths = task_paths(task, args.samples, Path(args.data))
     truth = pd.read_csv(paths["test"], dtype=str)["label"].to_numpy()
     with tempfile.TemporaryDirectory(prefix="mmfuse-frozen-") as tmp:

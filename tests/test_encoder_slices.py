@@ -86,3 +86,38 @@ def test_sound_cnn_skips_blocks_that_are_only_padding():
         tokens = encoder.forward_tokens(x)
     assert seen == [3 * 1, 3 * tokens.shape[1]]  # one block a clip, then every block
     torch.testing.assert_close(pooled, tokens[:, 0])
+
+
+class Layout(torch.nn.Module):
+    """Records whether each call got a channels-last batch; returns it as a map."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_last: list[bool] = []
+
+    def forward(self, x):
+        self.channels_last.append(x.is_contiguous(memory_format=torch.channels_last))
+        return x + 1
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_eval_on_a_cpu_computes_image_batches_channels_last(training):
+    module = Layout().train(training)
+    x = torch.randn(4, 3, 8, 8)
+    out = in_slices(module, module, x, per_row=1)
+    assert module.channels_last == [not training]
+    # Handed back in the ordinary layout, whatever the layers produced.
+    assert out.is_contiguous() and torch.equal(out, x + 1)
+    in_slices(module, module, torch.randn(4, 3), per_row=1)  # not an image batch: as it is
+    assert module.channels_last[-1] is False
+
+
+@pytest.mark.parametrize("name", ["resnet-tiny", "efficientnet-lite-tiny"])
+def test_channels_last_features_equal_the_ordinary_layout(name):
+    torch.manual_seed(0)
+    encoder = build("image", name).eval()
+    x = torch.rand(3, 3, 64, 64) - 0.5
+    with torch.no_grad():
+        got = encoder(x)
+        ordinary = encoder._feature_map(x).mean(dim=(2, 3))  # bypasses in_slices
+    torch.testing.assert_close(got, ordinary, rtol=1e-5, atol=1e-5)
