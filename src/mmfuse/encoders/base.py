@@ -100,9 +100,9 @@ class Encoder(nn.Module):
 # computing (docs/encoders.md, "Inference in slices"). Inference on a CPU therefore runs a
 # large batch in slices whose largest activation stays under this.
 SLICE_BYTES = 24 << 20
-# oneDNN's CPU convolutions run faster on NHWC than on NCHW (ResNet-18 1.3x, EfficientNet-Lite0
-# 1.1x a picture), with float32 results equal up to summation order; so eval-mode inference on
-# a CPU computes B×C×H×W batches channels-last (False: as given, for comparison).
+# oneDNN's CPU convolutions run faster on NHWC than on NCHW (docs/encoders.md), with float32
+# results equal up to summation order; so eval-mode inference on a CPU computes B×C×H×W
+# batches channels-last (False: as given, for comparison).
 CPU_CHANNELS_LAST = True
 
 
@@ -112,18 +112,30 @@ def in_slices(module: nn.Module, fn: Callable, x: torch.Tensor, per_row: int) ->
     SLICE_BYTES. Eval-mode layers treat rows apart, so the result is the same. Training keeps
     one call (BatchNorm's batch statistics), and so do tracing and ONNX export, whose graph
     must not fix the batch size. A B×C×H×W batch is computed channels-last there."""
-    if (
+    if not inference_on_cpu(module, x):
+        return fn(x)
+    x = in_cpu_layout(module, x)
+    rows = max(1, SLICE_BYTES // max(1, per_row * activation_bytes(x)))
+    out = fn(x) if x.shape[0] <= rows else torch.cat([fn(part) for part in x.split(rows)])
+    return out.contiguous()
+
+
+def inference_on_cpu(module: nn.Module, x: torch.Tensor) -> bool:
+    """Eval mode on a CPU, neither traced nor exported: where `in_slices` may slice and
+    reorder memory (training's batch statistics and a traced graph must see one call)."""
+    return not (
         torch.jit.is_tracing()
         or torch.onnx.is_in_onnx_export()
         or module.training
         or x.device.type != "cpu"
-    ):
-        return fn(x)
-    if x.dim() == 4 and CPU_CHANNELS_LAST:
-        x = x.contiguous(memory_format=torch.channels_last)
-    rows = max(1, SLICE_BYTES // max(1, per_row * activation_bytes(x)))
-    out = fn(x) if x.shape[0] <= rows else torch.cat([fn(part) for part in x.split(rows)])
-    return out.contiguous()
+    )
+
+
+def in_cpu_layout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` channels-last when it is a B×C×H×W batch for CPU inference (CPU_CHANNELS_LAST)."""
+    if CPU_CHANNELS_LAST and x.dim() == 4 and inference_on_cpu(module, x):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def activation_bytes(x: torch.Tensor) -> int:

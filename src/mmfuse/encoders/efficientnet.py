@@ -96,7 +96,7 @@ class SameConv2d(nn.Conv2d):
         left, right, top, bottom = pads
         if left == right and top == bottom:
             # Every stride-1 convolution: the convolution pads itself, without the padded copy
-            # F.pad makes (the same numbers, a tenth less time per picture).
+            # F.pad makes (the same numbers, in less time).
             padding = (top, left)
         else:
             x, padding = F.pad(x, pads), 0

@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmfuse.encoders.base import Encoder, EncoderError, check_shape, in_slices, register
+from mmfuse.encoders.base import (
+    Encoder,
+    EncoderError,
+    check_shape,
+    in_cpu_layout,
+    in_slices,
+    register,
+)
 from mmfuse.features.sfx_mel import FRAME, HOP, N_MELS, SAMPLE_RATE, log_mel_frames, sliding
 from mmfuse.features.spec import AudioSpec
 
@@ -45,6 +52,9 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
+        # The network's one-channel input has no channels-last form of its own; from here on
+        # it does.
+        x = in_cpu_layout(self, x)
         return torch.relu(self.bn2(self.conv2(x)))
 
 
