@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from frozen_features import task_paths
+from frozen_features import run_in_child, task_paths
 from real import load, scores
 
 SETTINGS = ("whole", "frozen-once")
@@ -93,12 +92,7 @@ def measure(setting: str, args) -> dict:
 
 
 def run_child(setting: str) -> dict:
-    command = [sys.executable, __file__, *sys.argv[1:], "--child", setting]
-    done = subprocess.run(command, capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"{setting} failed:\n{done.stderr[-3000:]}")
+    return run_in_child(__file__, setting)
 
 
 def print_row(r: dict) -> None:

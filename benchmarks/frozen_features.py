@@ -99,13 +99,19 @@ def measure(task: str, setting: str, args) -> dict:
     }
 
 
-def run_child(task: str, setting: str) -> dict:
-    command = [sys.executable, __file__, *sys.argv[1:], "--child", task, setting]
+def run_in_child(script: str, *child: str) -> dict:
+    """`script` run again with this run's arguments and `--child *child`: the dict it prints
+    on its `RESULT ` line (each measurement in a fresh process: its own peak and faults)."""
+    command = [sys.executable, script, *sys.argv[1:], "--child", *child]
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT ") :])
-    raise RuntimeError(f"{task} {setting} failed:\n{done.stderr[-3000:]}")
+    raise RuntimeError(f"{' '.join(child)} failed:\n{done.stderr[-3000:]}")
+
+
+def run_child(task: str, setting: str) -> dict:
+    return run_in_child(__file__, task, setting)
 
 
 def print_row(r: dict) -> None:
