@@ -92,8 +92,7 @@ def meta(checkpoint: Path) -> dict:
 
 
 def states_equal(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return state_dicts_equal(a.state_dict(), b.state_dict()) == []
 
 
 def step(model: nn.Module, optimizer, seed: int) -> None:
