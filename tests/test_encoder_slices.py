@@ -1,7 +1,8 @@
 """Inference on a CPU in slices (`encoders.base.in_slices`): the same features as one call,
 one call where slicing would change or fix something (training, tracing), and the slices'
 size following the encoder's widest activation. Also: `sound-cnn` leaves out the blocks that
-are only padding."""
+are only padding; picture batches channels-last on a CPU; EfficientNet's in-place
+activations."""
 
 from __future__ import annotations
 
@@ -121,3 +122,25 @@ def test_channels_last_features_equal_the_ordinary_layout(name):
         got = encoder(x)
         ordinary = encoder._feature_map(x).mean(dim=(2, 3))  # bypasses in_slices
     torch.testing.assert_close(got, ordinary, rtol=1e-5, atol=1e-5)
+
+
+def test_efficientnet_in_place_activations_keep_training_gradients(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmfuse.encoders import efficientnet
+
+    def gradients() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        encoder = build("image", "efficientnet-lite-tiny").train()
+        encoder(torch.rand(4, 3, 64, 64)).square().mean().backward()
+        return [p.grad.clone() for p in encoder.parameters()]
+
+    in_place = gradients()
+    functional = efficientnet.F
+    relu6 = functional.relu6
+    # The same network with every activation out of place.
+    without = SimpleNamespace(**vars(functional))
+    without.relu6 = lambda x, inplace=False: relu6(x)
+    monkeypatch.setattr(efficientnet, "F", without)
+    for got, expected in zip(in_place, gradients(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
