@@ -144,3 +144,18 @@ def test_efficientnet_in_place_activations_keep_training_gradients(monkeypatch):
     monkeypatch.setattr(efficientnet, "F", without)
     for got, expected in zip(in_place, gradients(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_sound_cnn_in_place_activations_keep_training_gradients(monkeypatch):
+    from mmfuse.encoders import sound_cnn
+
+    def gradients() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        encoder = build("audio", "sound-cnn-tiny", width=4, duration=1.0).train()
+        encoder(torch.rand(2, 44100) - 0.5).square().mean().backward()
+        return [p.grad.clone() for p in encoder.parameters()]
+
+    in_place = gradients()
+    monkeypatch.setattr(sound_cnn.torch, "relu_", torch.relu)  # every activation out of place
+    for got, expected in zip(in_place, gradients(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)

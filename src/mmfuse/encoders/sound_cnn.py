@@ -51,11 +51,12 @@ class ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
+        # ReLU in place on the batch norm's output, which no backward needs.
+        x = torch.relu_(self.bn1(self.conv1(x)))
         # The network's one-channel input has no channels-last form of its own; from here on
         # it does.
         x = in_cpu_layout(self, x)
-        return torch.relu(self.bn2(self.conv2(x)))
+        return torch.relu_(self.bn2(self.conv2(x)))
 
 
 class SfxNet(nn.Module):
