@@ -3,6 +3,7 @@ tensors, pruning, and damaged or missing frozen files."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from mmfuse.train import Trainer
+from mmfuse.train import Trainer, _ckpt_io
 from mmfuse.train import state as train_state
 from mmfuse.train.checkpoint import (
     META_FILE,
@@ -294,8 +295,6 @@ def test_a_trainer_writes_a_frozen_encoder_once_and_resumes_exactly(tmp_path, mo
 
 
 def test_a_frozen_file_left_by_a_killed_save_is_removed(tmp_path):
-    from mmfuse.train import _ckpt_io
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
     ours = _ckpt_io.scratch_name("tmp", "frozen")
@@ -306,3 +305,23 @@ def test_a_frozen_file_left_by_a_killed_save_is_removed(tmp_path):
     names = {p.name for p in tmp_path.iterdir()}
     assert theirs not in names  # its process is gone
     assert ours in names  # this process may still be writing it
+
+
+def test_a_full_disk_while_writing_the_frozen_file_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    model = Frozen().eval()
+    first = save(tmp_path, model, 1)
+    with torch.no_grad():
+        model.encoder[0].weight.add_(1.0)  # the next save needs a new frozen file
+    write = _ckpt_io.write_tensors
+
+    def full(path, tensors):
+        write(path, tensors)  # written, then the disk fills: as a file half on disk
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(_ckpt_io, "write_tensors", full)
+    with pytest.raises(CheckpointError, match="no space left on the device") as caught:
+        save(tmp_path, model, 2)
+    assert f"the last checkpoint, {first}, is untouched" in str(caught.value)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [first.name, *frozen_files(tmp_path)] and len(names) == 2  # no scratch
+    assert latest_checkpoint(tmp_path) == first
