@@ -325,3 +325,51 @@ def test_a_full_disk_while_writing_the_frozen_file_keeps_the_last_checkpoint(tmp
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [first.name, *frozen_files(tmp_path)] and len(names) == 2  # no scratch
     assert latest_checkpoint(tmp_path) == first
+
+
+def test_prune_deletes_no_frozen_file_when_a_meta_json_cannot_be_read(tmp_path, monkeypatch):
+    model = Frozen().eval()
+    save(tmp_path, model, 1)
+    read_text = Path.read_text
+
+    def flaky(self, *args, **kwargs):  # a passing I/O error on every meta.json
+        if self.name == META_FILE:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", flaky)
+    second = save(tmp_path, model, 2, keep_last=2)
+    monkeypatch.undo()
+    assert len(frozen_files(tmp_path)) == 1
+    verify_checkpoint(second)
+    assert latest_checkpoint(tmp_path) == second
+
+
+def test_frozen_files_are_compared_bit_for_bit(tmp_path):
+    model = Frozen().eval()
+    with torch.no_grad():
+        model.encoder[0].weight[0, 0] = float("nan")  # equal to itself, bit for bit
+        model.encoder[0].bias.zero_()
+    save(tmp_path, model, 1, keep_last=None)
+    [first] = frozen_files(tmp_path)
+    save(tmp_path, model, 2, keep_last=None)
+    assert frozen_files(tmp_path) == [first]  # reused, NaN and all
+    with torch.no_grad():
+        model.encoder[0].bias.neg_()  # -0.0: equal by value, not by bits
+    third = save(tmp_path, model, 3, keep_last=None)
+    assert len(frozen_files(tmp_path)) == 2
+    loaded = Frozen(seed=8).eval()
+    load_checkpoint(third, loaded, restore_rng=False)
+    assert torch.signbit(loaded.encoder[0].bias).all()
+
+
+def test_a_frozen_file_of_the_wrong_size_or_missing_is_named(tmp_path):
+    path = save(tmp_path, Frozen().eval(), 1)
+    [name] = frozen_files(tmp_path)
+    with open(tmp_path / name, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(CheckpointError, match=r"bytes, meta.json says"):
+        verify_checkpoint(path)
+    (tmp_path / name).unlink()
+    with pytest.raises(CheckpointError, match=r"missing.*copy the file with the checkpoint"):
+        load_checkpoint(path, Frozen(), restore_rng=False, verify=False)

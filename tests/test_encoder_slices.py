@@ -159,3 +159,21 @@ def test_sound_cnn_in_place_activations_keep_training_gradients(monkeypatch):
     monkeypatch.setattr(sound_cnn.torch, "relu_", torch.relu)  # every activation out of place
     for got, expected in zip(in_place, gradients(), strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_sound_cnn_turns_channels_last_after_its_first_convolution(monkeypatch):
+    from mmfuse.encoders.sound_cnn import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(1, 8).eval()
+    x = torch.rand(2, 1, 20, 16)
+    with torch.no_grad():
+        assert block(x).is_contiguous(memory_format=torch.channels_last)
+        assert block.train()(x).is_contiguous()  # training: as it comes
+    encoder = build("audio", "sound-cnn-tiny", width=4, duration=1.0).eval()
+    clips = torch.rand(3, 44100) - 0.5
+    with torch.no_grad():
+        got = encoder(clips)
+        monkeypatch.setattr(base, "CPU_CHANNELS_LAST", False)
+        ordinary = encoder(clips)
+    torch.testing.assert_close(got, ordinary, rtol=1e-5, atol=1e-5)

@@ -7,7 +7,7 @@ checkpoint keeps in its own model.safetensors only what training may change, and
 `frozen-<sha256>.safetensors` beside it in the run folder that holds the rest.
 
 "Frozen" is decided per save: parameters that do not require gradients and buffers of modules
-in eval mode. A frozen file is reused only if it holds exactly these names with equal values
+in eval mode. A frozen file is reused only if it holds exactly these names with the same bits
 (compared against the file, not trusted from an earlier save), so a weight changed by any
 means, or an encoder unfrozen after a warm-up, is written again. The file is named by its own
 content's hash: the same tensors give the same file, and its name is its checksum.
@@ -83,7 +83,7 @@ def entry(path: Path) -> dict:
 
 
 def holds(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
-    """Whether the file at `path` holds exactly `tensors` (names, dtypes, shapes, values)."""
+    """Whether the file at `path` holds exactly `tensors` (names, dtypes, shapes, bits)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             if set(f.keys()) != set(tensors):
@@ -92,11 +92,21 @@ def holds(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
                 saved = f.get_tensor(name)
                 if saved.dtype != tensor.dtype or saved.shape != tensor.shape:
                     return False
-                if not torch.equal(saved.to(tensor.device), tensor):
+                if not same_bits(saved.to(tensor.device), tensor):
                     return False
     except (OSError, SafetensorError):
         return False  # unreadable: a new file is written and this one is pruned
     return True
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit, not by value: NaN equals itself and -0.0 differs from 0.0 (same dtype and
+    shape assumed)."""
+    return torch.equal(_bytes(a), _bytes(b))
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
 
 
 def looks_complete(checkpoint: Path, meta_entry: dict) -> bool:
@@ -106,6 +116,12 @@ def looks_complete(checkpoint: Path, meta_entry: dict) -> bool:
 
 def read(checkpoint: Path, meta_entry: dict, device: str) -> dict[str, torch.Tensor]:
     file = checkpoint.parent / meta_entry["file"]
+    if not file.is_file():
+        raise CheckpointError(
+            file,
+            f"missing: {checkpoint.name} keeps its frozen weights in this file beside it in the "
+            "run folder; copy the file with the checkpoint folder",
+        )
     try:
         return load_file(file, device=device)
     except (OSError, SafetensorError) as err:

@@ -7,7 +7,6 @@ mid-delete never leaves a half-deleted `ckpt-*` folder.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -131,20 +130,30 @@ def prune(run_dir: Path, tag: str, keep: int, newest: Path) -> None:
         trash = run_dir / _ckpt_io.scratch_name("trash", path.name)
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
-    _ckpt_frozen.remove_unreferenced(run_dir, _frozen_in_use(run_dir))
+    in_use = _frozen_in_use(run_dir)
+    if in_use is not None:
+        _ckpt_frozen.remove_unreferenced(run_dir, in_use)
     _ckpt_io.fsync_dir(run_dir)
     _ckpt_io.remove_abandoned_scratch(run_dir)
 
 
-def _frozen_in_use(run_dir: Path) -> set[str]:
-    """The frozen files that the run's checkpoint folders (any tag, complete or not) name."""
+def _frozen_in_use(run_dir: Path) -> set[str] | None:
+    """The frozen files that the run's checkpoint folders (any tag) name; None when a
+    meta.json could not be read, so that nothing is deleted on a guess (a passing I/O error
+    would otherwise take the file of a good checkpoint, even the one just written)."""
     names = set()
     for child in run_dir.iterdir():
         meta = child / META_FILE
-        if FOLDER.fullmatch(child.name) and meta.is_file():
-            # No frozen file, or an unreadable meta.json: its checkpoint is not usable anyway.
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                names.add(json.loads(meta.read_text())["frozen"]["file"])
+        if not (FOLDER.fullmatch(child.name) and meta.is_file()):
+            continue
+        try:
+            frozen = json.loads(meta.read_text()).get("frozen")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if frozen is not None:
+            if not isinstance(frozen, dict) or not isinstance(frozen.get("file"), str):
+                return None
+            names.add(frozen["file"])
     return names
 
 

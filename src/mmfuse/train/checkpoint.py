@@ -300,9 +300,12 @@ def _load_weights(path: Path, meta: dict, model: torch.nn.Module, map_location) 
     except CheckpointError:
         raise
     except Exception as err:
+        what = ""
+        if "frozen" in meta:
+            what = f"together with the frozen tensors of {meta['frozen']['file']}, "
         raise CheckpointError(
             model_path,
-            f"cannot be loaded into {type(model).__name__} ({_one_line(err)}); build the "
+            f"{what}cannot be loaded into {type(model).__name__} ({_one_line(err)}); build the "
             "model from this run's config, or the file is damaged",
         ) from err
 
