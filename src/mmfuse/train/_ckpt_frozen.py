@@ -102,11 +102,16 @@ def holds(path: Path, tensors: dict[str, torch.Tensor]) -> bool:
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bit for bit, not by value: NaN equals itself and -0.0 differs from 0.0 (same dtype and
     shape assumed)."""
-    return torch.equal(_bytes(a), _bytes(b))
+    return torch.equal(_bits(a), _bits(b))
 
 
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+# Integers of the element's width: torch.equal over bytes is several times slower.
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    flat = t.detach().contiguous().reshape(-1)
+    return flat.view(_BITS.get(flat.element_size(), torch.uint8))
 
 
 def looks_complete(checkpoint: Path, meta_entry: dict) -> bool:
