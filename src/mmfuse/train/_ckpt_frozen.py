@@ -62,7 +62,7 @@ def frozen_names(model: torch.nn.Module) -> set[str]:
 
 def store(run_dir: Path, frozen: dict[str, torch.Tensor]) -> dict:
     """The meta.json entry of a frozen file in `run_dir` holding `frozen`: one already there
-    with the same names and values, or a new one written durably."""
+    with the same names and bits, or a new one written durably."""
     for path in sorted(_frozen_files(run_dir), key=_mtime, reverse=True):
         if holds(path, frozen):
             return entry(path)
