@@ -64,7 +64,9 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
     return meta
 
 
-def _verify_frozen(path: Path, entry: dict) -> None:
+def frozen_file(path: Path, entry: dict) -> Path:
+    """The frozen file that checkpoint `path`'s meta.json `entry` names; CheckpointError
+    when it is not there."""
     file = path.parent / entry["file"]
     if not file.is_file():
         raise CheckpointError(
@@ -72,6 +74,11 @@ def _verify_frozen(path: Path, entry: dict) -> None:
             f"missing: {path.name} keeps its frozen weights in this file beside it in the run "
             f"folder; copy the file with the checkpoint folder, or {TRY_OLDER}",
         )
+    return file
+
+
+def _verify_frozen(path: Path, entry: dict) -> None:
+    file = frozen_file(path, entry)
     if file.stat().st_size != entry["bytes"]:
         raise CheckpointError(
             file, f"is {file.stat().st_size} bytes, meta.json says {entry['bytes']}; {TRY_OLDER}"

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from mmfuse.errors import CheckpointError
 from mmfuse.train import _ckpt_io
-from mmfuse.train._ckpt_format import FROZEN, sha256
+from mmfuse.train._ckpt_format import FROZEN, frozen_file, sha256
 
 # Below this the second file saves less than it costs (a tiny model writes one file as before).
 MIN_BYTES = 8 << 20
@@ -120,13 +120,7 @@ def looks_complete(checkpoint: Path, meta_entry: dict) -> bool:
 
 
 def read(checkpoint: Path, meta_entry: dict, device: str) -> dict[str, torch.Tensor]:
-    file = checkpoint.parent / meta_entry["file"]
-    if not file.is_file():
-        raise CheckpointError(
-            file,
-            f"missing: {checkpoint.name} keeps its frozen weights in this file beside it in the "
-            "run folder; copy the file with the checkpoint folder",
-        )
+    file = frozen_file(checkpoint, meta_entry)
     try:
         return load_file(file, device=device)
     except (OSError, SafetensorError) as err:

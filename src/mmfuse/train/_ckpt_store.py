@@ -7,7 +7,6 @@ mid-delete never leaves a half-deleted `ckpt-*` folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -143,17 +142,14 @@ def _frozen_in_use(run_dir: Path) -> set[str] | None:
     would otherwise take the file of a good checkpoint, even the one just written)."""
     names = set()
     for child in run_dir.iterdir():
-        meta = child / META_FILE
-        if not (FOLDER.fullmatch(child.name) and meta.is_file()):
+        if not (FOLDER.fullmatch(child.name) and (child / META_FILE).is_file()):
             continue
         try:
-            frozen = json.loads(meta.read_text()).get("frozen")
-        except (OSError, ValueError, AttributeError):
+            meta = read_meta(child)
+        except CheckpointError:
             return None
-        if frozen is not None:
-            if not isinstance(frozen, dict) or not isinstance(frozen.get("file"), str):
-                return None
-            names.add(frozen["file"])
+        if "frozen" in meta:
+            names.add(meta["frozen"]["file"])
     return names
 
 
