@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/default_run.py                      # 1,500 rows, 10 epochs
     .venv/bin/python benchmarks/default_run.py --rows 400 --epochs 4 --variants after,after-fp32
     .venv/bin/python benchmarks/default_run.py --quick              # smoke test, a few minutes
+    .venv/bin/python benchmarks/default_run.py --seed 0,1,2 --variants after-fp32,after-fp32-cl
 
 Each variant trains the `fast` preset's model (the encoders `mmfuse train` uses where no
 pretrained weights are installed; `--preset` picks another) on the avdigits training split
@@ -20,7 +21,10 @@ Variants (run in the order given; `--variants` picks some):
 - after: today's defaults.
 - after-nocache: today's defaults with the decoded-sample cache off (accuracy with and without
   it; its epochs are what epoch 1 of `after` is held against).
+- after-oldvideo: today's defaults with the old video encoder (the video change alone).
 - after-fp32 / after-bf16: today's defaults in fp32, or in bf16 autocast with channels-last.
+- after-fp32-cl: fp32 with channels-last memory: after-fp32's arithmetic in another order, so
+  the pair shows how far rounding alone moves one seed's test accuracy.
 - after-w0 / after-w1: today's defaults loading in the training process, or in one worker.
 
 Printed: epoch 1 seconds, the median of epochs 2+, their samples/s, test accuracy, and the
@@ -58,8 +62,13 @@ VARIANTS = {
     },
     "after": {"train": {}, "video": None},
     "after-nocache": {"train": {"decoded_cache": False}, "video": None},
+    # Today's defaults with the old video encoder: the video change alone.
+    "after-oldvideo": {"train": {}, "video": OLD_VIDEO},
     "after-fp32": {"train": {"precision": "fp32", "channels_last": False}, "video": None},
     "after-bf16": {"train": {"precision": "bf16", "channels_last": True}, "video": None},
+    # fp32 in channels-last memory: the same arithmetic as after-fp32 in another summation
+    # order, so the two differ by rounding alone (how far rounding moves one seed's accuracy).
+    "after-fp32-cl": {"train": {"precision": "fp32", "channels_last": True}, "video": None},
     "after-w0": {"train": {"workers": 0}, "video": None},
     "after-w1": {"train": {"workers": 1}, "video": None},
 }
@@ -109,7 +118,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1500, help="avdigits size (all splits)")
     parser.add_argument("--rows", type=int, default=None, help="training rows used (all)")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", default="0", help="a seed, or several: 0,1,2")
     parser.add_argument("--preset", default="fast")
     parser.add_argument("--variants", default="before,after,after-nocache")
     parser.add_argument("--quick", action="store_true", help="120 rows, 2 epochs")
@@ -120,28 +129,50 @@ def main() -> None:
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seed.split(",")]
     splits = ensure_avdigits(args.samples, progress=False)
     args.rows = args.rows or 10**9
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"avdigits-{args.samples}, {args.epochs} epochs, preset {args.preset}, seed {args.seed}; "
+        f"avdigits-{args.samples}, {args.epochs} epochs, preset {args.preset}, seeds {seeds}; "
         f"load average before: {os.getloadavg()}"
     )
-    results = {}
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            results[name] = run_variant(name, splits, args, Path(tmp))
-            r = results[name]
-            print(f"  {name}: {r}", flush=True)
+        for seed in seeds:
+            args.seed = seed
+            runs[seed] = {}
+            for name in names:
+                runs[seed][name] = r = run_variant(name, splits, args, Path(tmp) / str(seed))
+                print(f"  seed {seed}, {name}: {r}; load {os.getloadavg()[0]:.2f}", flush=True)
     print(f"load average after: {os.getloadavg()}\n")
-    print("| variant | epoch 1 s | epochs 2+ s (median) | samples/s | test accuracy | wall s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
+    print(
+        "| seed | variant | epoch 1 s | epochs 2+ s (median) | samples/s | test accuracy | wall s |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for seed, results in runs.items():
+        for name, r in results.items():
+            print(
+                f"| {seed} | {name} | {r['first']:.1f} | {r['later']:.1f} | {r['rate']:.1f} | "
+                f"{r['accuracy']:.4f} | {r['wall']:.0f} |"
+            )
+    for seed, results in runs.items():
+        print(f"\nseed {seed}:" if len(seeds) > 1 else "")
+        print_targets(results)
+    if len(seeds) > 1:
+        print_accuracy_pairs(runs)
+
+
+def print_accuracy_pairs(runs: dict) -> None:
+    """Per pair of variants, the test accuracy difference of each seed and their mean."""
+    names = list(next(iter(runs.values())))
+    for a, b in [(x, y) for i, x in enumerate(names) for y in names[i + 1 :]]:
+        diffs = [results[b]["accuracy"] - results[a]["accuracy"] for results in runs.values()]
         print(
-            f"| {name} | {r['first']:.1f} | {r['later']:.1f} | {r['rate']:.1f} | "
-            f"{r['accuracy']:.4f} | {r['wall']:.0f} |"
+            f"test accuracy {b} - {a}, per seed: {', '.join(f'{d:+.4f}' for d in diffs)}; "
+            f"mean {statistics.mean(diffs):+.4f}; largest |difference| "
+            f"{max(abs(d) for d in diffs):.4f}"
         )
-    print_targets(results)
 
 
 def print_targets(results: dict) -> None:
@@ -161,7 +192,13 @@ def print_targets(results: dict) -> None:
             f"(target <= 1.2); test accuracy with - without the cache: "
             f"{after['accuracy'] - nocache['accuracy']:+.4f}"
         )
-    fp32, bf16 = results.get("after-fp32"), results.get("after-bf16")
+    fp32, cl = results.get("after-fp32"), results.get("after-fp32-cl")
+    if fp32 and cl:
+        print(
+            f"rounding alone (fp32, channels-last - not): test accuracy "
+            f"{cl['accuracy'] - fp32['accuracy']:+.4f}"
+        )
+    bf16 = results.get("after-bf16")
     if fp32 and bf16:
         print(
             f"bf16 + channels-last: epochs 2+ {fp32['later'] / bf16['later']:.2f}x fp32; test "
