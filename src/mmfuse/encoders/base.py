@@ -114,7 +114,7 @@ def in_slices(module: nn.Module, fn: Callable, x: torch.Tensor, per_row: int) ->
     must not fix the batch size. A B×C×H×W batch is computed channels-last there."""
     if not inference_on_cpu(module, x):
         return fn(x)
-    x = in_cpu_layout(module, x)
+    x = _cpu_layout(x)
     rows = max(1, SLICE_BYTES // max(1, per_row * activation_bytes(x)))
     out = fn(x) if x.shape[0] <= rows else torch.cat([fn(part) for part in x.split(rows)])
     return out.contiguous()
@@ -133,7 +133,11 @@ def inference_on_cpu(module: nn.Module, x: torch.Tensor) -> bool:
 
 def in_cpu_layout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`x` channels-last when it is a B×C×H×W batch for CPU inference (CPU_CHANNELS_LAST)."""
-    if CPU_CHANNELS_LAST and x.dim() == 4 and inference_on_cpu(module, x):
+    return _cpu_layout(x) if inference_on_cpu(module, x) else x
+
+
+def _cpu_layout(x: torch.Tensor) -> torch.Tensor:
+    if CPU_CHANNELS_LAST and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
 
