@@ -13,16 +13,28 @@ weighing alone differs, so the rows compare like with like.
 
 `--summary`: the files grouped by name (one per draw of a task: `runs/draw<S>/<task>.npz`), and
 per task the mean over draws of each way's test accuracy and log loss, and its difference from
-the best member on the test split (chosen after the fact, the issue's comparison: the best
-accuracy and the lowest log loss of any member) and from the member with the lowest validation
-log loss (the one a user keeps without an ensemble), with the draws won / tied / lost. The
-ways: bagged selection as `train_ensemble` weighs (its temperature fitted on validation), the
-same weights with the ensemble's own temperature at 1, and equal weights both ways.
+three members, with the draws won / tied / lost:
+
+- the best member on the test split, chosen after the fact (the best accuracy and the lowest
+  log loss of any member in that draw): the strictest reading, and a biased one. Which of a few
+  similar members does best on 30 rows is partly luck, and the maximum keeps the luck;
+- the member with the lowest validation log loss: the one a user keeps without an ensemble;
+- the best member chosen on the *other* draws' test splits (the fusion method with the best
+  mean accuracy, and separately the lowest mean log loss, over every draw but this one; in this
+  draw the mean of that method's members, i.e. one run's expected score): the member that is
+  best on this task's kind of test rows, chosen without this draw's luck (leave one draw out).
+  It needs two draws or more.
+
+The ways: bagged selection as `train_ensemble` weighs (its temperature fitted on validation),
+the same weights with the ensemble's own temperature at 1, and equal weights both ways.
+`--members GLOB` keeps the members whose names match (e.g. `'*-seed0'`: one seed of each
+fusion method out of a `--seeds 2` run).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 from collections import defaultdict
 from pathlib import Path
 
@@ -32,10 +44,14 @@ from mmfuse.evaluate.calibration import expected_calibration_error, fit_temperat
 from mmfuse.train.selection import bagged_weights, greedy_weights, score
 
 
-def load(file: Path) -> tuple[dict, np.ndarray, dict, np.ndarray]:
-    """`(val probas by member, val labels, test probas by member, test labels)`."""
+def load(file: Path, keep: str = "*") -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    """`(val probas by member, val labels, test probas by member, test labels)`, the members
+    whose names match the glob `keep`."""
     data = np.load(file)
     members = [k[len("val_") :] for k in data.files if k.startswith("val_") and k != "val_y"]
+    members = [m for m in members if fnmatch.fnmatchcase(m, keep)]
+    if not members:
+        raise SystemExit(f"{file}: no member matches {keep!r}")
     val = {m: data[f"val_{m}"] for m in members}
     test = {m: data[f"test_{m}"] for m in members}
     return val, data["val_y"], test, data["test_y"]
@@ -56,8 +72,8 @@ def row(name: str, weights: str, y, proba) -> str:
     return f"| {name} | {weights} | {acc:.3f} | {loss:.3f} | {expected_calibration_error(y, proba):.3f} |"
 
 
-def compare(file: Path) -> None:
-    val, y_val, test, y_test = load(file)
+def compare(file: Path, keep: str = "*") -> None:
+    val, y_val, test, y_test = load(file, keep)
     print(f"\n## {file.stem}: {len(y_val)} validation rows, {len(y_test)} test rows\n")
     print("| model | weights | accuracy | log loss | ECE |\n|---|---|---:|---:|---:|")
     for m, p in test.items():
@@ -73,10 +89,10 @@ def compare(file: Path) -> None:
         print(row(f"**{name}**", shown, y_test, tempered_mix(weights, val, y_val, test)))
 
 
-def ways_of(file: Path) -> dict[str, tuple[float, float]]:
-    """Test (accuracy, log loss) of each way of mixing the file's members, and of the two
-    single members the ensemble is compared with."""
-    val, y_val, test, y_test = load(file)
+def ways_of(file: Path, keep: str = "*") -> tuple[dict, dict]:
+    """Test (accuracy, log loss) of each way of mixing the file's members and of the two
+    single members the ensemble is compared with in one draw; and of every member."""
+    val, y_val, test, y_test = load(file, keep)
     scored = lambda p: (score("accuracy", y_test, p), score("log_loss", y_test, p))  # noqa: E731
     members = {m: scored(p) for m, p in test.items()}
     # Ranked by validation log loss, the ensemble's default monitor (as ensemble.py prints it).
@@ -94,23 +110,52 @@ def ways_of(file: Path) -> dict[str, tuple[float, float]]:
         "bagged, T = 1": scored(mix(bagged, test)),
         "equal, T on validation": scored(tempered_mix(equal, val, y_val, test)),
         "equal, T = 1": scored(mix(equal, test)),
-    }
+    }, members
 
 
-def summary(files: list[Path]) -> None:
+REFS = ("best member on test", "member validation ranks first", "best member on other draws")
+
+
+def summary(files: list[Path], keep: str = "*") -> None:
     by_task = defaultdict(list)
     for file in files:
-        by_task[file.stem].append(ways_of(file))
-    for task, draws in by_task.items():
+        by_task[file.stem].append(ways_of(file, keep))
+    for task, scored in by_task.items():
+        draws = [ways for ways, _ in scored]
+        refs = REFS if len(draws) > 1 else REFS[:2]
+        if len(draws) > 1:
+            add_other_draws_pick(draws, [members for _, members in scored])
         print(f"\n## {task}: {len(draws)} draws, test split; mean, and difference per draw\n")
-        print("| way | accuracy | log loss | − best member: accuracy, log loss (W/T/L) "
-              "| − validation's first: accuracy, log loss (W/T/L) |")  # fmt: skip
-        print("|---|---:|---:|---|---|")
+        head = " | ".join(f"− {r}: accuracy, log loss (W/T/L)" for r in refs)
+        print(f"| way | accuracy | log loss | {head} |")
+        print("|---|---:|---:|" + "---|" * len(refs))
         for way in draws[0]:
             acc, loss = (np.mean([d[way][i] for d in draws]) for i in (0, 1))
-            cells = [_diff(draws, way, ref) for ref in ("best member on test",
-                                                         "member validation ranks first")]  # fmt: skip
-            print(f"| {way} | {acc:.3f} | {loss:.3f} | {cells[0]} | {cells[1]} |")
+            cells = " | ".join(_diff(draws, way, ref) for ref in refs)
+            print(f"| {way} | {acc:.3f} | {loss:.3f} | {cells} |")
+
+
+def add_other_draws_pick(draws: list[dict], members: list[dict]) -> None:
+    """Into each draw, "best member on other draws": the test accuracy of the fusion method
+    with the best mean accuracy over the other draws, and the log loss of the one with the
+    lowest mean log loss there (leave one draw out: no draw's luck picks its own member).
+
+    Picked by method, not by member name, and scored as the mean of that method's members in
+    this draw (one run's expected score): the draws share rows, so `attention-seed1`, the same
+    initial weights on nearly the same rows, would carry one seed's luck from draw to draw."""
+    methods = {}
+    for name in members[0]:
+        methods.setdefault(name.split("-seed")[0], []).append(name)
+    per_draw = [
+        {k: np.mean([m[n] for n in names], axis=0) for k, names in methods.items()} for m in members
+    ]
+    for d, ways in enumerate(draws):
+        means = {
+            k: np.mean([p[k] for i, p in enumerate(per_draw) if i != d], axis=0) for k in methods
+        }
+        by_acc = max(methods, key=lambda k: means[k][0])
+        by_loss = min(methods, key=lambda k: means[k][1])
+        ways["best member on other draws"] = (per_draw[d][by_acc][0], per_draw[d][by_loss][1])
 
 
 def _diff(draws: list[dict], way: str, ref: str) -> str:
@@ -127,12 +172,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--summary", action="store_true", help="means over draws, per task")
+    parser.add_argument("--members", default="*", help="glob: the members to weigh")
     args = parser.parse_args()
     if args.summary:
-        summary(args.files)
+        summary(args.files, args.members)
         return
     for file in args.files:
-        compare(file)
+        compare(file, args.members)
 
 
 if __name__ == "__main__":

@@ -46,11 +46,21 @@ def test_spec_combines_the_axes_into_named_members():
         ("fusion=attention,nope", "valid:"),
         ("seeds=zero", "seeds >= 1"),
         ("preset=huge", "fast, medium, best"),
+        ("weights=best", "auto, selected, equal"),
     ],
 )
 def test_a_bad_spec_is_one_sentence_naming_the_fix(spec, says):
     with pytest.raises(ConfigError, match=says):
         parse_ensemble(spec)
+
+
+def test_the_weighing_round_trips_and_auto_is_left_out():
+    assert parse_ensemble(["seeds=2", "weights=equal"]).to_dict() == {
+        "seeds": 2,
+        "weights": "equal",
+    }
+    assert parse_ensemble("seeds=2").weights == "auto"
+    assert "weights" not in parse_ensemble("seeds=2").to_dict()
 
 
 def test_a_one_member_ensemble_is_refused():
@@ -156,7 +166,9 @@ def test_the_report_shows_members_weights_and_calibration(ensemble):
         assert {"accuracy", "log_loss", "ece", "ece_uncalibrated"} <= set(metrics)
     text = (root / "run" / "report.md").read_text()
     assert "## Ensemble" in text and "late-seed1" in text and "## Calibration" in text
-    assert 0 <= run.validation["shrink"] <= 1 and "toward equal weights" in text
+    # 12 validation rows: too few to select weights on ("auto"), so the members weigh the same.
+    assert run.validation["weighing"] == "equal" and "equal weights" in text
+    assert saved["weights"] == pytest.approx({"attention-seed0": 0.5, "late-seed1": 0.5})
 
 
 def test_uncalibrated_means_every_temperature_at_one(ensemble):

@@ -295,7 +295,7 @@ def test_jobs_train_models_in_parallel_processes_like_one_at_a_time(shapes, tmp_
         log: list[str] = []
         runs[jobs] = train_ensemble(
             train, members, tmp_path / f"jobs{jobs}", val=val, folds=folds, jobs=jobs,
-            evaluate=False, log=log.append,
+            weights="selected", evaluate=False, log=log.append,
         )  # fmt: skip
     assert any("2 at a time" in line for line in log)
     assert sum(line.endswith(": done") for line in log) == 2 * max(folds, 1)

@@ -90,3 +90,47 @@ def test_tasks_share_the_resampled_rows_and_unlabelled_rows_are_left_out():
     y_u[:10] = -1  # rows without a label for task u
     selection = bagged_weights(both, {"t": labels["t"], "u": y_u}, seed=0)
     assert sum(selection.weights.values()) == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------- choose_weights: auto, equal
+class _Ensemble:
+    """What `choose_weights` uses of an `EnsembleModel`: members, tasks, weights and its own
+    temperature."""
+
+    def __init__(self, names):
+        self.members = dict.fromkeys(names)
+        self.tasks = ["t"]
+        self.weights = None
+        self.temperature = None
+
+    def set_temperatures(self, temperatures):
+        self.temperature = temperatures["t"]
+
+
+def _choose(noises, rows, how):
+    from mmfuse.train.ensemble import choose_weights
+
+    val, labels, _, _ = _split(noises, rows, 0, seed=1)
+    model, log = _Ensemble(list(val)), []
+    out = choose_weights(model, val, labels, "log_loss", calibrate=True, log=log.append, how=how)
+    return model, out, log[0]
+
+
+def test_auto_weighs_equally_and_keeps_t_at_1_on_few_rows():
+    # One member far better: on 225 rows selection weighs it, on 30 "auto" does not trust them.
+    model, out, line = _choose([0.5, 3.0, 3.0], 30, "auto")
+    assert model.weights == pytest.approx(dict.fromkeys(["m0", "m1", "m2"], 1 / 3))
+    assert model.temperature is None and out["weighing"] == "equal"
+    assert "30 labelled rows, fewer than 200" in line
+    model, out, line = _choose([0.5, 3.0, 3.0], 225, "auto")
+    assert out["weighing"] == "selected" and model.weights["m0"] > 0.5
+    assert model.temperature is not None and "bagged selection" in line
+
+
+def test_asked_weighings_override_the_row_count():
+    model, out, _ = _choose([0.5, 3.0, 3.0], 30, "selected")
+    assert out["weighing"] == "selected" and model.weights["m0"] > 0.5
+    assert model.temperature is not None  # the old behaviour, temperature included
+    model, out, line = _choose([0.5, 3.0, 3.0], 225, "equal")
+    assert model.weights == pytest.approx(dict.fromkeys(["m0", "m1", "m2"], 1 / 3))
+    assert model.temperature is not None and "as asked" in line  # enough rows for a T

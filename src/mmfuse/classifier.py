@@ -67,8 +67,10 @@ class MultimodalClassifier(BaseEstimator):
         ensemble: train several members and average their probabilities with weights chosen
             on `val`: parts such as `["fusion=attention,gated,late", "seeds=3"]` or a dict
             `{"fusion": [...], "preset": [...], "seeds": 3}` (see `train.ensemble_spec`). The
-            weights optimise log loss, or `train_options["monitor"]` when given. `"folds": 5`
-            trains each member on 5 folds of `X` and `val` pooled (`train.folds`).
+            weights optimise log loss, or `train_options["monitor"]` when given; on fewer than
+            200 labelled validation rows the members weigh the same (`"weights": "selected"`
+            or `"equal"` to choose). `"folds": 5` trains each member on 5 folds of `X` and
+            `val` pooled (`train.folds`).
     """
 
     def __init__(
@@ -213,6 +215,7 @@ class MultimodalClassifier(BaseEstimator):
             folds=spec.folds,
             jobs=spec.jobs,
             groups=spec.groups,
+            weights=spec.weights,
             resume=resume,
             robustness=robustness,
             log=log,

@@ -140,34 +140,60 @@ def choose_weights(
     seed: int = 0,
     log: Callable[[str], None],
     rows: str = "validation",
+    how: str = "auto",
 ) -> dict:
-    """Set `model`'s weights by bagged greedy selection on the members' `probas` of held-out
-    rows (bootstraps drawn from `seed`) and its temperature when `calibrate`; returns the
-    scores on those rows `{"metric", "members", "ensemble", "shrink", "rows"}`."""
-    from mmfuse.train.selection import score
+    """Set `model`'s weights and, when `calibrate`, its temperature from the members' `probas`
+    of held-out rows; returns the scores on those rows `{"metric", "members", "ensemble",
+    "weighing", "shrink", "rows"}`.
 
-    selection = bagged_weights(probas, labels, metric, seed=seed)
-    weights = model.weights = selection.weights
+    `how`: "selected" (bagged greedy selection, bootstraps drawn from `seed`, and a temperature
+    fitted to the mix), "equal" (the members weigh the same; the temperature only on enough
+    rows) or "auto": selected on `MIN_ROWS_TO_SELECT` labelled rows or more, else equal weights
+    and the ensemble's own temperature left at 1. Why: the members chose their best epoch and
+    temperature on these very rows, and on a few dozen of them which member looks best is
+    mostly that choice's luck; weights and a temperature fitted to it scored worse on test
+    than equal weights (docs/ensembles.md)."""
+    from mmfuse.train.selection import MIN_ROWS_TO_SELECT, score
+
     task = model.tasks[0]
     y = labels[task]
     keep = y >= 0
+    enough = min(int((np.asarray(v) >= 0).sum()) for v in labels.values()) >= MIN_ROWS_TO_SELECT
+    weighing = how if how != "auto" else ("selected" if enough else "equal")
+    shrink = 1.0
+    if weighing == "selected":
+        selection = bagged_weights(probas, labels, metric, seed=seed)
+        weights, shrink = selection.weights, selection.shrink
+    else:
+        weights = dict.fromkeys(model.members, 1 / len(model.members))
+    model.weights = weights
     mix = {t: sum(w * probas[n][t] for n, w in weights.items()) for t in model.tasks}
-    if calibrate:
+    if calibrate and (enough or how == "selected"):
         model.set_temperatures({t: fit_temperature(labels[t], mix[t]) for t in model.tasks})
     scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
     log(
-        f"ensemble weights ({metric} on {rows}, bagged selection, "
-        f"{selection.shrink:.0%} toward equal weights): {shown}"
+        f"ensemble weights ({metric} on {rows}, {_weighing_text(weighing, shrink, keep.sum())}): {shown}"
     )
     return {
         "metric": metric,
         "members": scores,
         "ensemble": ens,
-        "shrink": selection.shrink,
+        "weighing": weighing,
+        "shrink": shrink,
         "rows": rows,
     }
+
+
+def _weighing_text(weighing: str, shrink: float, rows: int) -> str:
+    if weighing == "selected":
+        return f"bagged selection, {shrink:.0%} toward equal weights"
+    from mmfuse.train.selection import MIN_ROWS_TO_SELECT
+
+    if rows < MIN_ROWS_TO_SELECT:
+        return f"equal weights: {rows} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
+    return "equal weights, as asked"
 
 
 def train_ensemble(
@@ -181,14 +207,15 @@ def train_ensemble(
     folds: int = 0,
     jobs: int = 1,
     groups: str | None = None,
+    weights: str = "auto",
     resume: bool = False,
     evaluate: bool = True,
     ablation: bool = True,
     robustness: bool = False,
     log: Callable[[str], None] = print,
 ) -> EnsembleRun:
-    """Train `members`, weigh them on `val` and evaluate the ensemble on `test` (else `val`),
-    writing the report into `out_dir`; without `val` the members weigh the same. `folds`,
+    """Train `members`, weigh them on `val` (`weights`: `choose_weights`' `how`; without `val`
+    equally), evaluate the ensemble on `test` (else `val`), report into `out_dir`. `folds`,
     `jobs`, `groups`: bagged members (`train.folds`), the report on `test` else out of fold."""
     out_dir = Path(out_dir)
     names = [m.name for m in members]
@@ -196,7 +223,7 @@ def train_ensemble(
         raise MmfuseError(f"ensemble member names {names} repeat; name each member once")
     first = members[0].train_config
     options = PredictOptions(batch_size=first.batch_size, workers=first.workers, seed=first.seed)
-    weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log)
+    weigh = dict(metric=metric, calibrate=first.calibrate, seed=first.seed, log=log, how=weights)
     bags, models, configs, histories = _train(
         train, val, members, out_dir, folds=folds, groups=groups, resume=resume, jobs=jobs, log=log
     )
@@ -215,17 +242,9 @@ def train_ensemble(
         target = test if test is not None else (None if bags else val)
         if target is not None:
             data = ensemble_dataset(target, model, config, first.seed)
-            evaluation = evaluate_model(
-                model,
-                data,
-                out_dir,
-                options=options,
-                ablation=ablation,
-                robustness=robustness,
-                title=f"mmfuse ensemble: {target.source}",
-                extra=extra,
-                log=log,
-            )
+            title = f"mmfuse ensemble: {target.source}"
+            evaluation = evaluate_model(model, data, out_dir, options=options, ablation=ablation,
+                                        robustness=robustness, title=title, extra=extra, log=log)  # fmt: skip
         elif bags is not None:
             evaluation = _out_of_fold_report(model, config, bags, labels, out_dir, extra)
     report = out_dir / "report.md" if evaluation is not None else None
@@ -284,9 +303,13 @@ def _validation_text(validation: Mapping) -> str:
         return str(validation.get("weights"))
     members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
     rows = validation.get("rows", "validation")
+    how = validation.get("weighing", "selected")
+    if how == "selected":
+        how = f"bagged selection, {validation['shrink']:.0%} toward equal weights"
+    else:
+        how = "equal weights"
     return f"{validation['metric']} on {rows}: members {members}; ensemble " + (
-        f"{validation['ensemble']:.4f} (bagged selection, {validation['shrink']:.0%} toward "
-        "equal weights)"
+        f"{validation['ensemble']:.4f} ({how})"
     )
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from mmfuse.model.config import ConfigError
 
-KEYS = ("fusion", "preset", "seeds", "folds", "jobs", "groups")
+KEYS = ("fusion", "preset", "seeds", "folds", "jobs", "groups", "weights")
+# How the members are weighed: "selected" on the held-out rows, "equal", or "auto" (selected
+# when there are enough held-out rows to trust it, `selection.MIN_ROWS_TO_SELECT`).
+WEIGHINGS = ("auto", "selected", "equal")
 EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
 # Metrics greedy selection can optimise: log loss is minimised, the others maximised.
 SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
@@ -40,6 +43,7 @@ class EnsembleSpec:
     folds: int = 0  # 0: no bagging; K >= 2: each member a bag of K fold models
     jobs: int = 1  # members (or fold models) trained at once, each in its own process
     groups: str | None = None  # a column whose rows stay in one fold (with folds)
+    weights: str = "auto"  # one of WEIGHINGS
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
         """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
@@ -65,6 +69,8 @@ class EnsembleSpec:
             out["jobs"] = self.jobs
         if self.groups:
             out["groups"] = self.groups
+        if self.weights != "auto":
+            out["weights"] = self.weights
         out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
         return out
 
@@ -97,6 +103,12 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
         raise ConfigError(
             f"ensemble groups={out.groups} keeps each group in one fold; give folds too, e.g. "
             f"folds=5 groups={out.groups}"
+        )
+    out.weights = str(spec.get("weights", "auto")).strip()
+    if out.weights not in WEIGHINGS:
+        raise ConfigError(
+            f"ensemble weights={out.weights!r}: give one of {', '.join(WEIGHINGS)}, e.g. "
+            "weights=equal"
         )
     _check_values(out)
     return out
