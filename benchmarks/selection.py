@@ -7,9 +7,9 @@
 Each file is `benchmarks/ensemble.py --dump`'s: every member's calibrated probabilities on the
 validation and test splits, and the labels. For each, the members' test scores, then the
 ensemble's with weights from plain greedy selection (Caruana et al. 2004), bagged selection
-(`train.selection.bagged_weights`, what `train_ensemble` uses) and equal weights; each mix gets
-its own temperature fitted on the validation split, as `train_ensemble` does. No training: the
-weighing alone differs, so the rows compare like with like.
+(`train.selection.bagged_weights`, what `weights=selected` uses) and equal weights; each mix
+gets its own temperature fitted on the validation split, as `weights=selected` does. No
+training: the weighing alone differs, so the rows compare like with like.
 
 `--summary`: the files grouped by name (one per draw of a task: `runs/draw<S>/<task>.npz`), and
 per task the mean over draws of each way's test accuracy and log loss, and its difference from
@@ -25,8 +25,9 @@ three members, with the draws won / tied / lost:
   best on this task's kind of test rows, chosen without this draw's luck (leave one draw out).
   It needs two draws or more.
 
-The ways: bagged selection as `train_ensemble` weighs (its temperature fitted on validation),
-the same weights with the ensemble's own temperature at 1, and equal weights both ways.
+The ways: bagged selection as `weights=selected` weighs (its temperature fitted on
+validation; the default on 200 labelled rows or more), the same weights with the ensemble's own
+temperature at 1, and equal weights both ways ("equal, T = 1": the default on fewer rows).
 `--members GLOB` keeps the members whose names match (e.g. `'*-seed0'`: one seed of each
 fusion method out of a `--seeds 2` run).
 """
@@ -133,6 +134,9 @@ def summary(files: list[Path], keep: str = "*") -> None:
             acc, loss = (np.mean([d[way][i] for d in draws]) for i in (0, 1))
             cells = " | ".join(_diff(draws, way, ref) for ref in refs)
             print(f"| {way} | {acc:.3f} | {loss:.3f} | {cells} |")
+        # The two defaults side by side: fewer than 200 rows, and 200 or more.
+        both = _diff(draws, "equal, T = 1", "bagged, T on validation")
+        print(f"\nequal, T = 1 − bagged, T on validation: accuracy, log loss (W/T/L): {both}")
 
 
 def add_other_draws_pick(draws: list[dict], members: list[dict]) -> None:
