@@ -17,9 +17,9 @@ def trained(tmp_path_factory):
     make_shapes(root / "train", 4, 3, seed=0)
     make_shapes(root / "val", 2, 3, seed=1)
     (root / "config.json").write_text(json.dumps(TINY_CONFIG))
-    argv = train_args(
-        root, root / "run", "--ensemble", "fusion=attention,late", "--monitor", "accuracy"
-    )
+    # 6 validation rows: without weights=selected the members would simply weigh the same.
+    argv = train_args(root, root / "run", "--ensemble", "fusion=attention,late",
+                      "--ensemble", "weights=selected", "--monitor", "accuracy")  # fmt: skip
     code, out, err = run(argv)
     assert code == 0, err
     return root, root / "run", out
@@ -37,6 +37,7 @@ def test_train_prints_members_and_writes_one_folder(trained):
     assert set(metrics["members"]) == {"attention-seed0", "late-seed0"}
     assert "ece" in metrics["metrics"] and "ece_uncalibrated" in metrics["metrics"]
     assert saved["train"]["monitor"] == "val_accuracy"
+    assert saved["ensemble"]["spec"]["weights"] == "selected" and "bagged selection" in out
 
 
 def test_evaluate_predict_and_export_take_the_ensemble(trained, tmp_path):
@@ -62,6 +63,7 @@ def test_evaluate_predict_and_export_take_the_ensemble(trained, tmp_path):
         (["--ensemble", "seeds=1"], "at least two"),
         (["--ensemble", "seeds=2", "--monitor", "top_5"], "log_loss, accuracy"),
         (["--ensemble", "folds=1"], "folds >= 2"),
+        (["--ensemble", "weights=best"], "auto, selected, equal"),
     ],
 )
 def test_a_bad_ensemble_flag_is_a_usage_error(trained, tmp_path, flags, says):
