@@ -158,7 +158,8 @@ def choose_weights(
     task = model.tasks[0]
     y = labels[task]
     keep = y >= 0
-    enough = min(int((np.asarray(v) >= 0).sum()) for v in labels.values()) >= MIN_ROWS_TO_SELECT
+    n = min(int((np.asarray(v) >= 0).sum()) for v in labels.values())  # labelled rows
+    enough = n >= MIN_ROWS_TO_SELECT
     weighing = how if how != "auto" else ("selected" if enough else "equal")
     shrink = 1.0
     if weighing == "selected":
@@ -173,9 +174,8 @@ def choose_weights(
     scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
-    log(
-        f"ensemble weights ({metric} on {rows}, {_weighing_text(weighing, shrink, keep.sum())}): {shown}"
-    )
+    text = _weighing_text(how, weighing, shrink, n)
+    log(f"ensemble weights ({metric} on {rows}, {text}): {shown}")
     return {
         "metric": metric,
         "members": scores,
@@ -186,14 +186,14 @@ def choose_weights(
     }
 
 
-def _weighing_text(weighing: str, shrink: float, rows: int) -> str:
+def _weighing_text(how: str, weighing: str, shrink: float, rows: int) -> str:
     if weighing == "selected":
         return f"bagged selection, {shrink:.0%} toward equal weights"
+    if how == "equal":
+        return "equal weights, as asked"
     from mmfuse.train.selection import MIN_ROWS_TO_SELECT
 
-    if rows < MIN_ROWS_TO_SELECT:
-        return f"equal weights: {rows} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
-    return "equal weights, as asked"
+    return f"equal weights: {rows} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
 
 
 def train_ensemble(
@@ -243,8 +243,8 @@ def train_ensemble(
         if target is not None:
             data = ensemble_dataset(target, model, config, first.seed)
             title = f"mmfuse ensemble: {target.source}"
-            evaluation = evaluate_model(model, data, out_dir, options=options, ablation=ablation,
-                                        robustness=robustness, title=title, extra=extra, log=log)  # fmt: skip
+            kwargs = dict(options=options, ablation=ablation, robustness=robustness, log=log)
+            evaluation = evaluate_model(model, data, out_dir, title=title, extra=extra, **kwargs)
         elif bags is not None:
             evaluation = _out_of_fold_report(model, config, bags, labels, out_dir, extra)
     report = out_dir / "report.md" if evaluation is not None else None
