@@ -158,8 +158,8 @@ def choose_weights(
     task = model.tasks[0]
     y = labels[task]
     keep = y >= 0
-    n = min(int((np.asarray(v) >= 0).sum()) for v in labels.values())  # labelled rows
-    enough = n >= MIN_ROWS_TO_SELECT
+    labelled = min(int((np.asarray(v) >= 0).sum()) for v in labels.values())
+    enough = labelled >= MIN_ROWS_TO_SELECT
     weighing = how if how != "auto" else ("selected" if enough else "equal")
     shrink = 1.0
     if weighing == "selected":
@@ -174,7 +174,7 @@ def choose_weights(
     scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
-    text = _weighing_text(how, weighing, shrink, n)
+    text = _weighing_text(how, weighing, shrink, labelled)
     log(f"ensemble weights ({metric} on {rows}, {text}): {shown}")
     return {
         "metric": metric,
@@ -188,12 +188,16 @@ def choose_weights(
 
 def _weighing_text(how: str, weighing: str, shrink: float, rows: int) -> str:
     if weighing == "selected":
-        return f"bagged selection, {shrink:.0%} toward equal weights"
+        return _selection_text(shrink)
     if how == "equal":
         return "equal weights, as asked"
     from mmfuse.train.selection import MIN_ROWS_TO_SELECT
 
     return f"equal weights: {rows} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
+
+
+def _selection_text(shrink: float) -> str:
+    return f"bagged selection, {shrink:.0%} toward equal weights"
 
 
 def train_ensemble(
@@ -303,11 +307,8 @@ def _validation_text(validation: Mapping) -> str:
         return str(validation.get("weights"))
     members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
     rows = validation.get("rows", "validation")
-    how = validation.get("weighing", "selected")
-    if how == "selected":
-        how = f"bagged selection, {validation['shrink']:.0%} toward equal weights"
-    else:
-        how = "equal weights"
+    selected = validation.get("weighing", "selected") == "selected"
+    how = _selection_text(validation["shrink"]) if selected else "equal weights"
     return f"{validation['metric']} on {rows}: members {members}; ensemble " + (
         f"{validation['ensemble']:.4f} ({how})"
     )
