@@ -7,8 +7,9 @@
 Each file is `benchmarks/ensemble.py --dump`'s: every member's calibrated probabilities on the
 validation and test splits, and the labels. For each, the members' test scores, then the
 ensemble's with weights from plain greedy selection (Caruana et al. 2004), bagged selection
-(`train.selection.bagged_weights`, what `weights=selected` uses) and equal weights; each mix
-gets its own temperature fitted on the validation split, as `weights=selected` does. No
+(`train.selection.bagged_weights`, what `weights=selected` uses) and equal weights, each mix
+with its own temperature fitted on the validation split, as `weights=selected` does; then equal
+weights at T = 1 and what `weights=auto`, the default, chooses. No
 training: the weighing alone differs, so the rows compare like with like.
 
 `--summary`: the files grouped by name (one per draw of a task: `runs/draw<S>/<task>.npz`), and
@@ -26,8 +27,10 @@ three members, with the draws won / tied / lost:
   It needs two draws or more.
 
 The ways: bagged selection as `weights=selected` weighs (its temperature fitted on
-validation; the default on 200 labelled rows or more), the same weights with the ensemble's own
-temperature at 1, and equal weights both ways ("equal, T = 1": the default on fewer rows).
+validation), the same weights with the ensemble's own temperature at 1, equal weights both ways
+(`weights=equal` keeps T = 1), and `weights=auto`, the default, which is one of the first and
+the last: selected on 200 labelled validation rows or more where the selection beats equal
+weights there by 4 standard errors, else equal at T = 1 (`auto_way`).
 `--members GLOB` keeps the members whose names match (e.g. `'*-seed0'`: one seed of each
 fusion method out of a `--seeds 2` run).
 """
@@ -42,7 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from mmfuse.evaluate.calibration import expected_calibration_error, fit_temperature, untempered
-from mmfuse.train.selection import bagged_weights, greedy_weights, score
+from mmfuse.train.selection import (
+    MIN_GAIN_SE,
+    MIN_ROWS_TO_SELECT,
+    bagged_weights,
+    gain_in_se,
+    greedy_weights,
+    score,
+)
 
 
 def load(file: Path, keep: str = "*") -> tuple[dict, np.ndarray, dict, np.ndarray]:
@@ -68,6 +78,22 @@ def tempered_mix(weights: dict, val: dict, y_val, test: dict) -> np.ndarray:
     return untempered(mix(weights, test), 1 / fit_temperature(y_val, mix(weights, val)))
 
 
+def auto_way(val: dict, y_val, test: dict) -> tuple[np.ndarray, str]:
+    """The test mix `weights=auto` (the default) makes, and why: the bagged weights with their
+    temperature on `MIN_ROWS_TO_SELECT` validation rows or more where they beat equal weights
+    there by `MIN_GAIN_SE` standard errors (`train.ensemble.choose_weights`), else equal
+    weights at T = 1."""
+    probas, labels = {m: {"t": p} for m, p in val.items()}, {"t": y_val}
+    equal = dict.fromkeys(val, 1 / len(val))
+    if len(y_val) < MIN_ROWS_TO_SELECT:
+        return mix(equal, test), f"equal: fewer than {MIN_ROWS_TO_SELECT} rows"
+    bagged = bagged_weights(probas, labels).weights
+    gain = gain_in_se(probas, labels, bagged)
+    if gain < MIN_GAIN_SE:
+        return mix(equal, test), f"equal: selection {gain:.1f} SE better"
+    return tempered_mix(bagged, val, y_val, test), f"selected: {gain:.1f} SE better"
+
+
 def row(name: str, weights: str, y, proba) -> str:
     acc, loss = score("accuracy", y, proba), score("log_loss", y, proba)
     return f"| {name} | {weights} | {acc:.3f} | {loss:.3f} | {expected_calibration_error(y, proba):.3f} |"
@@ -88,6 +114,9 @@ def compare(file: Path, keep: str = "*") -> None:
     for name, weights in ways.items():
         shown = " ".join(f"{w:.2f}" for w in weights.values())
         print(row(f"**{name}**", shown, y_test, tempered_mix(weights, val, y_val, test)))
+    print(row("**equal, T = 1**", "", y_test, mix(ways["equal"], test)))
+    proba, why = auto_way(val, y_val, test)
+    print(row(f"**auto, the default** ({why})", "", y_test, proba))
 
 
 def ways_of(file: Path, keep: str = "*") -> tuple[dict, dict]:
@@ -111,6 +140,7 @@ def ways_of(file: Path, keep: str = "*") -> tuple[dict, dict]:
         "bagged, T = 1": scored(mix(bagged, test)),
         "equal, T on validation": scored(tempered_mix(equal, val, y_val, test)),
         "equal, T = 1": scored(mix(equal, test)),
+        "auto (the default)": scored(auto_way(val, y_val, test)[0]),
     }, members
 
 
@@ -134,7 +164,7 @@ def summary(files: list[Path], keep: str = "*") -> None:
             acc, loss = (np.mean([d[way][i] for d in draws]) for i in (0, 1))
             cells = " | ".join(_diff(draws, way, ref) for ref in refs)
             print(f"| {way} | {acc:.3f} | {loss:.3f} | {cells} |")
-        # The two defaults side by side: fewer than 200 rows, and 200 or more.
+        # Equal weights against selection, the two ways the default can go.
         both = _diff(draws, "equal, T = 1", "bagged, T on validation")
         print(f"\nequal, T = 1 − bagged, T on validation: accuracy, log loss (W/T/L): {both}")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmfuse.train.selection import bagged_weights, greedy_weights, score
+from mmfuse.train.selection import bagged_weights, gain_in_se, greedy_weights, score
 
 
 def _noisy(y: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -125,12 +125,48 @@ def test_auto_weighs_equally_and_keeps_t_at_1_on_few_rows():
     model, out, line = _choose([0.5, 3.0, 3.0], 225, "auto")
     assert out["weighing"] == "selected" and model.weights["m0"] > 0.5
     assert model.temperature is not None and "bagged selection" in line
+    assert "standard errors better than equal weights" in line and out["why"] in line
+
+
+def test_auto_weighs_equally_when_selection_barely_beats_equal_weights():
+    # A member slightly better on 225 rows: selection leans on it (m0 about 0.5) for a gain
+    # of about 2 standard errors, under the bar, so equal weights and T = 1.
+    model, out, line = _choose([1.2, 1.6, 1.6], 225, "auto")
+    assert out["weighing"] == "equal" and model.temperature is None
+    assert model.weights == pytest.approx(dict.fromkeys(["m0", "m1", "m2"], 1 / 3))
+    gain = float(line.split("selection beat them by ")[1].split(" ")[0])
+    assert 1 < gain < 4 and "fewer than 4" in line
+    model, out, _ = _choose([1.2, 1.6, 1.6], 225, "selected")
+    assert model.weights["m0"] > 0.4  # what auto turned down
 
 
 def test_asked_weighings_override_the_row_count():
     model, out, _ = _choose([0.5, 3.0, 3.0], 30, "selected")
     assert out["weighing"] == "selected" and model.weights["m0"] > 0.5
     assert model.temperature is not None  # the old behaviour, temperature included
+    model, out, line = _choose([1.5, 1.5, 1.5], 225, "selected")
+    assert out["weighing"] == "selected" and "bagged selection" in line  # no gain asked for
     model, out, line = _choose([0.5, 3.0, 3.0], 225, "equal")
     assert model.weights == pytest.approx(dict.fromkeys(["m0", "m1", "m2"], 1 / 3))
-    assert model.temperature is not None and "as asked" in line  # enough rows for a T
+    assert model.temperature is None and "as asked" in line  # equal weights keep T at 1
+
+
+# ------------------------------------------------------------------------------- gain_in_se
+def test_the_gain_is_zero_for_equal_weights_and_signed_by_which_mix_is_better():
+    val, labels, _, _ = _split([0.5, 3.0, 3.0], 225, 0, seed=2)
+    assert gain_in_se(val, labels, dict.fromkeys(val, 1 / 3)) == 0.0
+    on_best = gain_in_se(val, labels, {"m0": 1.0})
+    assert on_best > 4 and on_best == gain_in_se(val, labels, {"m0": 1.0})  # seeded
+    assert gain_in_se(val, labels, {"m1": 1.0}) < -4
+
+
+def test_the_gain_in_log_loss_matches_the_paired_per_row_standard_error():
+    # For a per-row metric the bootstrap's spread is the textbook paired standard error.
+    val, labels, _, _ = _split([1.0, 2.0], 300, 0, seed=5)
+    y = labels["t"]
+    rows = np.arange(len(y))
+    on_m0 = -np.log(val["m0"]["t"][rows, y])
+    equal = -np.log((val["m0"]["t"] + val["m1"]["t"])[rows, y] / 2)
+    d = equal - on_m0  # per row: how much better all the weight on m0 does than equal weights
+    paired = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    assert gain_in_se(val, labels, {"m0": 1.0, "m1": 0.0}) == pytest.approx(paired, rel=0.2)

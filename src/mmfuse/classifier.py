@@ -67,9 +67,9 @@ class MultimodalClassifier(BaseEstimator):
         ensemble: train several members and average their probabilities with weights chosen
             on `val`: parts such as `["fusion=attention,gated,late", "seeds=3"]` or a dict
             `{"fusion": [...], "preset": [...], "seeds": 3}` (see `train.ensemble_spec`). The
-            weights optimise log loss, or `train_options["monitor"]` when given; on fewer than
-            200 labelled validation rows the members weigh the same (`"weights": "selected"`
-            or `"equal"` to choose). `"folds": 5` trains each member on 5 folds of `X` and
+            weights optimise log loss, or `train_options["monitor"]`; unless 200 labelled
+            validation rows or more show them 4 standard errors better than equal ones, the
+            members weigh the same (`"weights": "selected"` or `"equal"` to choose). `"folds": 5` trains each member on 5 folds of `X` and
             `val` pooled (`train.folds`).
     """
 

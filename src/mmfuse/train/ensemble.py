@@ -4,9 +4,10 @@ Each member is an ordinary run of `train_model` in `out_dir/members/<name>/` (ch
 calibration on the validation split, its model folder written when it is done), so a killed
 ensemble resumed with `resume=True` loads the finished members, goes on with the member it was
 training from its last checkpoint, and trains the rest. Then each member predicts the
-validation split, bagged greedy selection (`train.selection`) weighs them, the ensemble's own
-temperature is fitted on the weighted mean, and the ensemble is evaluated on `test` (else
-`val`) with each member's scores beside its own.
+validation split, bagged greedy selection (`train.selection`) weighs them where those rows can
+tell (else equal weights), the ensemble's own temperature is fitted on the mix of selected
+weights, and the ensemble is evaluated on `test` (else `val`) with each member's scores beside
+its own.
 """
 
 from __future__ import annotations
@@ -142,40 +143,29 @@ def choose_weights(
     rows: str = "validation",
     how: str = "auto",
 ) -> dict:
-    """Set `model`'s weights and, when `calibrate`, its temperature from the members' `probas`
-    of held-out rows; returns the scores on those rows `{"metric", "members", "ensemble",
-    "weighing", "shrink", "rows"}`.
+    """Set `model`'s weights and, when `calibrate` and they are selected, its temperature from
+    the members' `probas` of held-out rows; returns the scores on those rows `{"metric",
+    "members", "ensemble", "weighing", "shrink", "rows", "why"}`.
 
     `how`: "selected" (bagged greedy selection, bootstraps drawn from `seed`, and a temperature
-    fitted to the mix), "equal" (the members weigh the same; the temperature only on enough
-    rows) or "auto": selected on `MIN_ROWS_TO_SELECT` labelled rows or more, else equal weights
-    and the ensemble's own temperature left at 1. Why: the members chose their best epoch and
-    temperature on these very rows, and on a few dozen of them which member looks best is
-    mostly that choice's luck; weights and a temperature fitted to it scored worse on test
-    than equal weights (docs/ensembles.md)."""
-    from mmfuse.train.selection import MIN_ROWS_TO_SELECT, score
+    fitted to the mix), "equal", or "auto": selected where the rows can tell (`_weigh`), else
+    equal weights. Equal weights leave the ensemble's own temperature at 1 (each member keeps
+    its own): fitted to the mix of members that chose their epoch and temperature on these
+    very rows, it sharpened them on real tasks and cost test log loss (docs/ensembles.md)."""
+    from mmfuse.train.selection import score
 
     task = model.tasks[0]
     y = labels[task]
     keep = y >= 0
-    labelled = min(int((np.asarray(v) >= 0).sum()) for v in labels.values())
-    enough = labelled >= MIN_ROWS_TO_SELECT
-    weighing = how if how != "auto" else ("selected" if enough else "equal")
-    shrink = 1.0
-    if weighing == "selected":
-        selection = bagged_weights(probas, labels, metric, seed=seed)
-        weights, shrink = selection.weights, selection.shrink
-    else:
-        weights = dict.fromkeys(model.members, 1 / len(model.members))
+    weighing, weights, shrink, why = _weigh(probas, labels, metric, how, seed)
     model.weights = weights
     mix = {t: sum(w * probas[n][t] for n, w in weights.items()) for t in model.tasks}
-    if calibrate and (enough or how == "selected"):
+    if calibrate and weighing == "selected":
         model.set_temperatures({t: fit_temperature(labels[t], mix[t]) for t in model.tasks})
     scores = {n: score(metric, y[keep], probas[n][task][keep]) for n in model.members}
     ens = score(metric, y[keep], mix[task][keep])
     shown = ", ".join(f"{n} {w:.2f}" for n, w in weights.items())
-    text = _weighing_text(how, weighing, shrink, labelled)
-    log(f"ensemble weights ({metric} on {rows}, {text}): {shown}")
+    log(f"ensemble weights ({metric} on {rows}, {why}): {shown}")
     return {
         "metric": metric,
         "members": scores,
@@ -183,17 +173,37 @@ def choose_weights(
         "weighing": weighing,
         "shrink": shrink,
         "rows": rows,
+        "why": why,
     }
 
 
-def _weighing_text(how: str, weighing: str, shrink: float, rows: int) -> str:
-    if weighing == "selected":
-        return _selection_text(shrink)
-    if how == "equal":
-        return "equal weights, as asked"
-    from mmfuse.train.selection import MIN_ROWS_TO_SELECT
+def _weigh(probas, labels, metric: str, how: str, seed: int) -> tuple[str, dict, float, str]:
+    """`(weighing, weights, shrink toward equal weights, why)` for `choose_weights`' `how`.
 
-    return f"equal weights: {rows} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
+    "auto" keeps the selected weights only on `MIN_ROWS_TO_SELECT` labelled rows or more and
+    when they beat equal weights there by `MIN_GAIN_SE` standard errors: the members chose their
+    epoch and temperature on these rows, so which member looks best is partly that choice's
+    luck, and weights fitted to it lost to equal weights on test wherever their gain was
+    smaller (real tasks of 30 to 340 rows; docs/ensembles.md)."""
+    from mmfuse.train.selection import MIN_GAIN_SE, MIN_ROWS_TO_SELECT, gain_in_se
+
+    equal = dict.fromkeys(probas, 1 / len(probas))
+    if how == "equal":
+        return "equal", equal, 1.0, "equal weights, as asked"
+    labelled = min(int((np.asarray(v) >= 0).sum()) for v in labels.values())
+    if how == "auto" and labelled < MIN_ROWS_TO_SELECT:
+        why = f"{labelled} labelled rows, fewer than {MIN_ROWS_TO_SELECT} to select on"
+        return "equal", equal, 1.0, f"equal weights: {why}"
+    selection = bagged_weights(probas, labels, metric, seed=seed)
+    text = _selection_text(selection.shrink)
+    if how == "selected":
+        return "selected", selection.weights, selection.shrink, text
+    gain = gain_in_se(probas, labels, selection.weights, metric, seed=seed)
+    if gain < MIN_GAIN_SE:
+        why = f"selection beat them by {gain:.1f} standard errors, fewer than {MIN_GAIN_SE:g}"
+        return "equal", equal, 1.0, f"equal weights: {why}"
+    better = f"{gain:.1f} standard errors better than equal weights"
+    return "selected", selection.weights, selection.shrink, f"{text}, {better}"
 
 
 def _selection_text(shrink: float) -> str:
@@ -307,10 +317,8 @@ def _validation_text(validation: Mapping) -> str:
         return str(validation.get("weights"))
     members = ", ".join(f"{n} {s:.4f}" for n, s in validation["members"].items())
     rows = validation.get("rows", "validation")
-    selected = validation.get("weighing", "selected") == "selected"
-    how = _selection_text(validation["shrink"]) if selected else "equal weights"
     return f"{validation['metric']} on {rows}: members {members}; ensemble " + (
-        f"{validation['ensemble']:.4f} ({how})"
+        f"{validation['ensemble']:.4f} ({validation['why']})"
     )
 
 

@@ -16,7 +16,7 @@ from mmfuse.model.config import ConfigError
 
 KEYS = ("fusion", "preset", "seeds", "folds", "jobs", "groups", "weights")
 # How the members are weighed: "selected" on the held-out rows, "equal", or "auto" (selected
-# when there are enough held-out rows to trust it, `selection.MIN_ROWS_TO_SELECT`).
+# where those rows can tell the weights from equal ones: `train.ensemble.choose_weights`).
 WEIGHINGS = ("auto", "selected", "equal")
 EXAMPLE = "--ensemble fusion=attention,gated,late --ensemble seeds=3"
 # Metrics greedy selection can optimise: log loss is minimised, the others maximised.
