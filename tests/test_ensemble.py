@@ -38,6 +38,25 @@ def test_spec_combines_the_axes_into_named_members():
     assert parse_ensemble(None) is None
 
 
+def test_a_modality_key_varies_its_encoder_and_round_trips():
+    spec = parse_ensemble(["image=efficientnet-lite0,efficientnet-lite2", "fusion=late,gated"])
+    plans = spec.members("attention", None, 0)
+    assert [m.name for m in plans] == [
+        "efficientnet-lite0-late-seed0",
+        "efficientnet-lite0-gated-seed0",
+        "efficientnet-lite2-late-seed0",
+        "efficientnet-lite2-gated-seed0",
+    ]
+    assert plans[2].encoders == {"image": "efficientnet-lite2"} and plans[2].fusion == "late"
+    assert parse_ensemble(spec.to_dict()).members("attention", None, 0) == plans
+    # Two encoders alone are two members; a Hugging Face path becomes a folder-safe name.
+    alone = parse_ensemble({"text": ["embedding-bag", "hf:org/model"]})
+    assert [m.name for m in alone.members("late", None, 0)] == [
+        "embedding-bag-late-seed0",
+        "hf-org-model-late-seed0",
+    ]
+
+
 @pytest.mark.parametrize(
     "spec, says",
     [
@@ -47,6 +66,9 @@ def test_spec_combines_the_axes_into_named_members():
         ("seeds=zero", "seeds >= 1"),
         ("preset=huge", "fast, medium, best"),
         ("weights=best", "auto, selected, equal"),
+        ("imag=cnn", "or a modality \\(image, audio, video, text\\)"),
+        ("image=cnn,nope", "ensemble image \\['nope'\\] unknown; valid: cnn"),
+        ("image=cnn,cnn", "repeats a value"),
     ],
 )
 def test_a_bad_spec_is_one_sentence_naming_the_fix(spec, says):
@@ -272,3 +294,23 @@ def test_classifier_trains_an_ensemble_end_to_end(tmp_path):
     data = tmp_path / "val" / "manifest.csv"
     np.testing.assert_allclose(again.predict_proba(data), clf.predict_proba(data), atol=1e-6)
     assert torch.isfinite(again.model_.temperature).all()
+
+
+def test_members_that_differ_by_encoder_train_save_and_predict(tmp_path):
+    make_shapes(tmp_path / "train", 4, 3, seed=0)
+    make_shapes(tmp_path / "val", 3, 3, seed=1)
+    clf = tiny_classifier(tmp_path / "run", ensemble={"image": ["cnn", "resnet-tiny"]})
+    clf.fit(tmp_path / "train" / "manifest.csv", val=tmp_path / "val" / "manifest.csv")
+    assert set(clf.weights_) == {"cnn-attention-seed0", "resnet-tiny-attention-seed0"}
+    folder = clf.save(tmp_path / "model")
+    read = {
+        n: json.loads((folder / "members" / n / "config.json").read_text()) for n in clf.weights_
+    }
+    # Each member reads the image its own way, with the options its encoder takes.
+    image = {n: c["model"]["inputs"]["image"] for n, c in read.items()}
+    assert image["resnet-tiny-attention-seed0"]["encoder"] == "resnet-tiny"
+    assert image["cnn-attention-seed0"]["encoder"] == "cnn"
+    assert "stages" not in image["resnet-tiny-attention-seed0"]["options"]
+    data = tmp_path / "val" / "manifest.csv"
+    again = MultimodalClassifier.load(folder)
+    np.testing.assert_allclose(again.predict_proba(data), clf.predict_proba(data), atol=1e-6)

@@ -18,6 +18,7 @@ from mmfuse.train.presets import (
     PRETRAINED_ENCODERS,
     TRAINED_EPOCHS,
     default_epochs,
+    member_encoders,
     resolve_preset,
 )
 from mmfuse.train.run import model_config_for
@@ -130,3 +131,33 @@ def test_default_epochs_are_more_when_every_encoder_is_frozen():
     assert default_epochs(model_config_for(manifest, preset=fast)) == TRAINED_EPOCHS
     best = resolve_preset("best", ["image"], lr=1e-3, epochs=None, installed=every)
     assert best.encoders["image"]["finetune_after"] == 2
+
+
+# ------------------------------------------------------------- an ensemble's encoder axis
+def test_a_member_encoder_is_read_the_way_the_preset_reads_its_modality():
+    medium = resolve_preset("medium", ["image", "audio"], lr=1e-3, epochs=None, installed=every)
+    out = member_encoders(None, medium, {"image": "efficientnet-lite2"}, ["image", "audio"])
+    assert out == {
+        "image": {
+            "encoder": "efficientnet-lite2",
+            "options": {"features": "stages", "grid": 3},  # lite0's, which lite2 takes too
+            "mode": "freeze",
+            "standardize": True,
+        }
+    }
+    # The user's own entry for the modality is the base when there is one.
+    mine = {"audio": {"encoder": "mel-cnn", "options": {"width": 8, "n_mels": 32}}}
+    out = member_encoders(mine, medium, {"audio": "sound-cnn-tiny"}, ["image", "audio"])
+    assert out["audio"] == {"encoder": "sound-cnn-tiny", "options": {"width": 8}}
+    fast = resolve_preset("fast", ["image"], lr=1e-3, epochs=None)
+    out = member_encoders(None, fast, {"image": "resnet-tiny"}, ["image"])
+    assert out["image"]["mode"] == "finetune" and out["image"]["options"]["width"] == 32
+
+
+def test_a_frozen_random_member_or_a_missing_modality_is_one_sentence():
+    medium = resolve_preset("medium", ["image"], lr=1e-3, epochs=None, installed=every)
+    with pytest.raises(ConfigError, match=r"cnn has no pretrained weights.*efficientnet-lite0"):
+        member_encoders(None, medium, {"image": "cnn"}, ["image"])
+    with pytest.raises(ConfigError, match="the data has no audio column; vary the encoders of"):
+        member_encoders(None, medium, {"audio": "sound-cnn"}, ["image"])
+    assert member_encoders({"x": "cnn"}, medium, {}, ["image"]) == {"x": "cnn"}

@@ -36,7 +36,7 @@ from mmfuse.model.saved import load_model, read_saved_config, save_model
 from mmfuse.train.config import TrainConfig
 from mmfuse.train.ensemble import Member, train_ensemble
 from mmfuse.train.ensemble_spec import parse_ensemble, selection_metric
-from mmfuse.train.presets import Preset, default_epochs, resolve_preset
+from mmfuse.train.presets import Preset, default_epochs, member_encoders, resolve_preset
 from mmfuse.train.run import model_config_for, train_model
 
 
@@ -66,11 +66,11 @@ class MultimodalClassifier(BaseEstimator):
         verbose: print progress and per-epoch lines.
         ensemble: train several members and average their probabilities with weights chosen
             on `val`: parts such as `["fusion=attention,gated,late", "seeds=3"]` or a dict
-            `{"fusion": [...], "preset": [...], "seeds": 3}` (see `train.ensemble_spec`). The
-            weights optimise log loss, or `train_options["monitor"]`; unless 200 labelled
-            validation rows or more show them 4 standard errors better than equal ones, the
-            members weigh the same (`"weights": "selected"` or `"equal"` to choose). `"folds": 5` trains each member on 5 folds of `X` and
-            `val` pooled (`train.folds`).
+            `{"fusion": [...], "image": ["efficientnet-lite0", "efficientnet-lite2"]}` (see
+            `train.ensemble_spec`). The weights optimise log loss, or the monitor; unless 200
+            labelled validation rows or more show them 4 standard errors better than equal
+            ones, the members weigh the same (`"weights": "selected"` or `"equal"` to choose).
+            `"folds": 5` trains each member on 5 folds of `X` and `val` pooled.
     """
 
     def __init__(
@@ -161,16 +161,8 @@ class MultimodalClassifier(BaseEstimator):
             log(f"preset {preset.name}: {note}")
         config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
         train_config = self._train_config(preset, self._epochs_for(config, train))
-        run = train_model(
-            train,
-            config,
-            train_config,
-            run_dir,
-            val=val_manifest,
-            resume=resume,
-            robustness=robustness,
-            log=log,
-        )
+        options = dict(val=val_manifest, resume=resume, robustness=robustness, log=log)
+        run = train_model(train, config, train_config, run_dir, **options)
         self._set_fitted(run.model, config, train_config)
         self.preset_ = preset.name
         self.run_dir_ = run_dir
@@ -201,7 +193,9 @@ class MultimodalClassifier(BaseEstimator):
                 plan.preset, self._preset_modalities(train), lr=self.lr, epochs=self.epochs
             )
             fusion = self._fusion_config(plan.fusion)
-            config = model_config_for(train, encoders=self.encoders, fusion=fusion, preset=preset)
+            modalities = train.inputs.values()
+            encoders = member_encoders(self.encoders, preset, plan.encoders, modalities)
+            config = model_config_for(train, encoders=encoders, fusion=fusion, preset=preset)
             train_config = self._train_config(preset, self._epochs_for(config, train))
             train_config.seed = plan.seed
             members.append(Member(plan.name, config, train_config))

@@ -14,8 +14,9 @@ def add_ensemble_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUES",
-        help="train an ensemble: fusion=attention,gated,late | preset=fast,medium | seeds=3 "
-        "(repeatable; members are every combination), weighted on --val by bagged greedy "
+        help="train an ensemble: fusion=attention,gated,late | preset=fast,medium | seeds=3 | "
+        "image=efficientnet-lite0,efficientnet-lite2 (a modality: its encoders; pretrained ones "
+        "under medium) (repeatable; members are every combination), weighted on --val by bagged greedy "
         "selection when it has 200 labelled rows or more and beats equal weights on them by 4 "
         "standard errors, else equally (weights=selected or weights=equal to choose); folds=5 trains each member on 5 folds of the training and "
         "--val rows pooled and weighs them on out-of-fold predictions (groups=COLUMN keeps rows "

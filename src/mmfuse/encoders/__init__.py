@@ -30,6 +30,7 @@ from mmfuse.encoders.base import (
     available,
     build,
     check_shape,
+    option_names,
     register,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "available",
     "build",
     "check_shape",
+    "option_names",
     "register",
 ]

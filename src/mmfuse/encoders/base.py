@@ -199,19 +199,16 @@ def without_pretrained_weights() -> Iterator[None]:
         _SKIP_PRETRAINED.reset(token)
 
 
-def build(modality: str, name: str, **options) -> Encoder:
-    """Build encoder `name` for `modality`, e.g. `build("image", "resnet18", width=32)`.
-
-    `name` may be `hf:<folder-or-hub-id>` for any Hugging Face model (same as `name="hf",
-    path=...`). Unknown modalities, names or options raise a ValueError listing the valid ones.
-    """
-    registry = _registry(modality)
+def option_names(modality: str, name: str) -> tuple[str, ...]:
+    """The options encoder `name` for `modality` takes (`pretrained` among them: it loads
+    pretrained weights); an unknown name raises as `build` does."""
     if name.startswith(HF_PREFIX):
-        if options.get("path") is not None:
-            raise EncoderError(
-                f"give the Hugging Face path once: either {name!r} or path=..., not both"
-            )
-        name, options = "hf", {**options, "path": name[len(HF_PREFIX) :]}
+        name = "hf"
+    return tuple(inspect.signature(_builder(modality, name)).parameters)
+
+
+def _builder(modality: str, name: str) -> Callable:
+    registry = _registry(modality)
     if name not in registry:
         elsewhere = [m for m in MODALITIES if name in _REGISTRIES[m]]
         hint = f" ({name!r} is a {'/'.join(elsewhere)} encoder)" if elsewhere else ""
@@ -219,7 +216,22 @@ def build(modality: str, name: str, **options) -> Encoder:
             f"unknown {modality} encoder {name!r}{hint}; valid {modality} encoders: "
             f"{', '.join(registry.names())} (or hf:<path-or-id>)"
         )
-    builder = registry.get(name)
+    return registry.get(name)
+
+
+def build(modality: str, name: str, **options) -> Encoder:
+    """Build encoder `name` for `modality`, e.g. `build("image", "resnet18", width=32)`.
+
+    `name` may be `hf:<folder-or-hub-id>` for any Hugging Face model (same as `name="hf",
+    path=...`). Unknown modalities, names or options raise a ValueError listing the valid ones.
+    """
+    if name.startswith(HF_PREFIX):
+        if options.get("path") is not None:
+            raise EncoderError(
+                f"give the Hugging Face path once: either {name!r} or path=..., not both"
+            )
+        name, options = "hf", {**options, "path": name[len(HF_PREFIX) :]}
+    builder = _builder(modality, name)
     signature = inspect.signature(builder)
     unknown = sorted(set(options) - set(signature.parameters))
     if unknown:

@@ -9,12 +9,15 @@ bagging, `train.folds`) instead of once on the training rows.
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mmfuse.model.config import ConfigError
 
 KEYS = ("fusion", "preset", "seeds", "folds", "jobs", "groups", "weights")
+# A modality as a key varies its encoder: `image=efficientnet-lite0,efficientnet-lite2`.
+ENCODER_KEYS = ("image", "audio", "video", "text")
 # How the members are weighed: "selected" on the held-out rows, "equal", or "auto" (selected
 # where those rows can tell the weights from equal ones: `train.ensemble.choose_weights`).
 WEIGHINGS = ("auto", "selected", "equal")
@@ -25,12 +28,14 @@ SELECTION_METRICS = ("log_loss", "accuracy", "balanced_accuracy", "f1_macro")
 
 @dataclass(frozen=True)
 class MemberPlan:
-    """One member to train: its name (its folder under `members/`), fusion, preset and seed."""
+    """One member to train: its name (its folder under `members/`), fusion, preset, seed and
+    the encoder of each modality the ensemble varies (`{modality: name}`)."""
 
     name: str
     fusion: str
     preset: str | None
     seed: int
+    encoders: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -44,16 +49,21 @@ class EnsembleSpec:
     jobs: int = 1  # members (or fold models) trained at once, each in its own process
     groups: str | None = None  # a column whose rows stay in one fold (with folds)
     weights: str = "auto"  # one of WEIGHINGS
+    encoders: dict[str, list[str]] = field(default_factory=dict)  # modality → encoder names
 
     def members(self, fusion: str, preset: str | None, seed: int) -> list[MemberPlan]:
-        """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`)."""
+        """Every combination, named by what varies (`gated-seed1`, `fast-attention-seed0`,
+        `efficientnet-lite2-late-seed0`)."""
         presets = self.preset or [preset]
+        choices = [dict(zip(self.encoders, c)) for c in itertools.product(*self.encoders.values())]
         plans = []
-        for p, f, s in itertools.product(
-            presets, self.fusion or [fusion], range(seed, seed + self.seeds)
+        for p, enc, f, s in itertools.product(
+            presets, choices, self.fusion or [fusion], range(seed, seed + self.seeds)
         ):
-            name = f"{f}-seed{s}" if not self.preset else f"{p}-{f}-seed{s}"
-            plans.append(MemberPlan(name, f, p, s))
+            # A folder name: `hf:org/model` is written `hf-org-model`.
+            named = [re.sub(r"[^A-Za-z0-9._-]+", "-", e).strip("-") for e in enc.values()]
+            parts = [p] * bool(self.preset) + named + [f, f"seed{s}"]
+            plans.append(MemberPlan("-".join(parts), f, p, s, enc))
         if len(plans) < 2 and not self.folds:  # one member on folds is a bag of K models
             raise ConfigError(
                 f"the ensemble {self.to_dict()} has one member; give at least two, e.g. {EXAMPLE}, "
@@ -72,7 +82,7 @@ class EnsembleSpec:
         if self.weights != "auto":
             out["weights"] = self.weights
         out |= {k: v for k, v in (("fusion", self.fusion), ("preset", self.preset)) if v}
-        return out
+        return out | {m: list(names) for m, names in self.encoders.items()}
 
 
 def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
@@ -84,17 +94,17 @@ def parse_ensemble(spec: str | Sequence[str] | Mapping | EnsembleSpec | None):
         spec = [spec]
     if not isinstance(spec, Mapping):
         spec = dict(_part(p) for p in spec)
-    unknown = sorted(set(spec) - set(KEYS))
+    unknown = sorted(set(spec) - set(KEYS) - set(ENCODER_KEYS))
     if unknown:
         raise ConfigError(
-            f"ensemble key(s) {unknown} unknown; allowed keys: {', '.join(KEYS)} (e.g. {EXAMPLE})"
+            f"ensemble key(s) {unknown} unknown; allowed keys: {', '.join(KEYS)}, or a modality "
+            f"({', '.join(ENCODER_KEYS)}) to vary its encoder (e.g. {EXAMPLE})"
         )
     out = EnsembleSpec()
     for key in ("fusion", "preset"):
         if spec.get(key):
-            values = spec[key]
-            values = values.split(",") if isinstance(values, str) else list(values)
-            setattr(out, key, [v.strip() for v in values if v.strip()])
+            setattr(out, key, _values(spec[key]))
+    out.encoders = {m: _values(spec[m]) for m in ENCODER_KEYS if spec.get(m)}
     out.seeds = _count(spec, "seeds", 1, 1, "a number of seeds >= 1, e.g. seeds=3")
     out.folds = _count(spec, "folds", 0, 2, "a number of folds >= 2, e.g. folds=5")
     out.jobs = _count(spec, "jobs", 1, 1, "how many models to train at once, e.g. jobs=2")
@@ -126,6 +136,11 @@ def _count(spec: Mapping, key: str, default: int, least: int, what: str) -> int:
     return n
 
 
+def _values(given) -> list[str]:
+    values = given.split(",") if isinstance(given, str) else list(given)
+    return [str(v).strip() for v in values if str(v).strip()]
+
+
 def _part(text: str) -> tuple[str, str]:
     key, sep, value = str(text).partition("=")
     if not sep or not key.strip() or not value.strip():
@@ -137,14 +152,16 @@ def _part(text: str) -> tuple[str, str]:
 
 
 def _check_values(spec: EnsembleSpec) -> None:
-    from mmfuse import fusion
+    from mmfuse import encoders, fusion
     from mmfuse.train.presets import PRESETS
 
+    names = encoders.available()
     for key, given, valid in (
         ("fusion", spec.fusion, fusion.available()),
         ("preset", spec.preset, PRESETS),
+        *((m, spec.encoders[m], names[m]) for m in spec.encoders),
     ):
-        bad = sorted(set(given or []) - set(valid))
+        bad = sorted(v for v in set(given or []) - set(valid) if not v.startswith("hf:"))
         if bad:
             raise ConfigError(f"ensemble {key} {bad} unknown; valid: {', '.join(valid)}")
         if given and len(set(given)) != len(given):

@@ -12,9 +12,10 @@ An explicit encoder choice for a column or modality overrides the preset for it.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from mmfuse.model.config import ConfigError, ModelConfig
@@ -172,6 +173,49 @@ def _pretrained(modality: str, preset: str, epochs: int) -> dict:
         entry["mode"] = "finetune"
         entry["finetune_after"] = min(BEST_WARMUP_EPOCHS, max(epochs - 1, 0))
     return entry
+
+
+def member_encoders(
+    encoders: Mapping | None, preset: Preset, chosen: Mapping[str, str], modalities: Iterable[str]
+) -> Mapping | None:
+    """An ensemble member's `encoders` (`MultimodalClassifier`'s): the user's, with each
+    modality of `chosen` (`{modality: encoder name}`, the member's point on an ensemble's
+    encoder axis) read by that encoder the way the run reads the modality otherwise (the user's
+    entry for it, else the preset's): the same mode, standardising and fine-tuning schedule,
+    and the options the new encoder takes (efficientnet-lite2 gets the medium preset's stage
+    features and grid). A frozen encoder must be able to load weights: a frozen random one
+    would teach the head nothing. `modalities`: the data's."""
+    from mmfuse.encoders import option_names
+
+    if not chosen:
+        return encoders
+    out, modalities = dict(encoders or {}), sorted(set(modalities))
+    for modality, name in chosen.items():
+        if modality not in modalities:
+            raise ConfigError(
+                f"ensemble {modality}={name}: the data has no {modality} column; vary the "
+                f"encoders of {', '.join(modalities)} instead"
+            )
+        given = out.get(modality)
+        base = copy.deepcopy(preset.encoders[modality]) if given is None else given
+        base = {"encoder": base} if isinstance(base, str) else dict(base)
+        takes = set(option_names(modality, name))
+        options = {k: v for k, v in base.get("options", {}).items() if k in takes}
+        if base.get("mode") == "freeze" and not takes & {"pretrained", "path", "image"}:
+            raise ConfigError(
+                f"ensemble {modality}={name}: {modality} encoders are frozen here and {name} "
+                f"has no pretrained weights, so it would stay random; name pretrained ones "
+                f"(e.g. {_pretrained_names(modality)}) or use preset=fast"
+            )
+        out[modality] = {**base, "encoder": name, "options": options}
+    return out
+
+
+def _pretrained_names(modality: str) -> str:
+    from mmfuse.encoders import available, option_names
+
+    names = [n for n in available()[modality] if "pretrained" in option_names(modality, n)]
+    return ", ".join(names) or "hf"
 
 
 def _missing(modality: str, consequence: str) -> str:
