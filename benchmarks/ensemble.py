@@ -10,7 +10,9 @@ member's best epoch, fits its temperature, weighs the members (greedy selection,
 fits the ensemble's temperature. The test split then scores each member and the ensemble:
 accuracy, log loss, ECE (15 bins) after and before temperature scaling. `avdigits` is
 `ensure_avdigits(--samples)`, with the demo's small encoders; any other name is a real-media
-task (`mmfuse.data.real.REAL_TASKS`, `--size`), with `--preset`'s encoders.
+task (`mmfuse.data.real.REAL_TASKS`, `--size`), with `--preset`'s encoders; `--vary
+image=efficientnet-lite0,efficientnet-lite2` multiplies the members by those encoders of the
+task's modality (members that differ by what they see, not only by their fusion head).
 
 Latency (`--latency`): an ensemble of 3 fused members (attention, gated, late; the demo's
 encoders, 1 epoch on 60 avdigits samples: accuracy is irrelevant here) is saved with equal
@@ -60,6 +62,15 @@ def splits(name: str, args) -> tuple[dict, dict | None]:
     return ensure_real_task(name, size=args.size, seed=args.draw), None
 
 
+def varied(axes: list[str], manifest) -> dict:
+    """`--vary`'s axes for the modalities this task's manifest has (its columns are named by
+    modality), so one run can vary the image encoders of digits and leave speech-kind alone."""
+    import pandas as pd
+
+    columns = set(pd.read_csv(manifest, nrows=0).columns)
+    return {k: v for k, _, v in (a.partition("=") for a in axes) if k in columns}
+
+
 def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
     """`[(model, weight, accuracy, log loss, ECE, ECE before)]`, members first; `folds`: each
     member a bag of that many fold models (k-fold bagging over train + val)."""
@@ -84,6 +95,7 @@ def score_dataset(name: str, args, folds: int = 0) -> list[tuple]:
             "seeds": args.seeds,
             "folds": folds,
             "jobs": args.jobs,
+            **({} if demo else varied(args.vary, paths["train"])),
         },
         train_options={"tensorboard": False, **options},
         out_dir=Path(tempfile.mkdtemp(prefix=f"mmfuse-ensemble-{name}-")),
@@ -274,6 +286,14 @@ def main() -> int:
     p.add_argument("--preset", default="medium", help="real tasks' encoders (fast, medium, best)")
     p.add_argument("--fusion", default=FUSIONS, help="one member per fusion method")
     p.add_argument("--seeds", type=int, default=1, help="members per fusion method (seeds)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        metavar="MODALITY=ENCODERS",
+        help="another axis of members, e.g. image=efficientnet-lite0,efficientnet-lite2 "
+        "(a real task's modality; with --preset medium, pretrained encoders)",
+    )
     p.add_argument("--epochs", type=int, help="default: the preset's (or the demo encoders') own")
     p.add_argument(
         "--lr", type=float, help="default: 3e-3 avdigits, 1e-3 (MultimodalClassifier's) otherwise"

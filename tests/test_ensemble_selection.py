@@ -134,8 +134,8 @@ def test_auto_weighs_equally_when_selection_barely_beats_equal_weights():
     model, out, line = _choose([1.2, 1.6, 1.6], 225, "auto")
     assert out["weighing"] == "equal" and model.temperature is None
     assert model.weights == pytest.approx(dict.fromkeys(["m0", "m1", "m2"], 1 / 3))
-    gain = float(line.split("selection beat them by ")[1].split(" ")[0])
-    assert 1 < gain < 4 and "fewer than 4" in line
+    gain = float(line.split("selection's gain over them ")[1].split(" ")[0])
+    assert 1 < gain < 4 and "standard errors, under 4" in line
     model, out, _ = _choose([1.2, 1.6, 1.6], 225, "selected")
     assert model.weights["m0"] > 0.4  # what auto turned down
 

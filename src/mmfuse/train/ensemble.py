@@ -200,7 +200,7 @@ def _weigh(probas, labels, metric: str, how: str, seed: int) -> tuple[str, dict,
         return "selected", selection.weights, selection.shrink, text
     gain = gain_in_se(probas, labels, selection.weights, metric, seed=seed)
     if gain < MIN_GAIN_SE:
-        why = f"selection beat them by {gain:.1f} standard errors, fewer than {MIN_GAIN_SE:g}"
+        why = f"selection's gain over them {gain:.1f} standard errors, under {MIN_GAIN_SE:g}"
         return "equal", equal, 1.0, f"equal weights: {why}"
     better = f"{gain:.1f} standard errors better than equal weights"
     return "selected", selection.weights, selection.shrink, f"{text}, {better}"
